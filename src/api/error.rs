@@ -1,0 +1,181 @@
+//! One error type for the HTTP edge: every failure becomes
+//! `{"error": {"code", "message", "fields"?}}` with the right status. Internal details are logged,
+//! never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::commands::plant::PlantError;
+use crate::commands::user::UserError;
+use crate::commands::values::FieldErrors;
+use crate::events::store::CommandError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    PayloadTooLarge { message: String },
+    #[error("{message}")]
+    UnsupportedMediaType { message: String },
+    #[error("invalid fields")]
+    Validation(FieldErrors),
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Unauthorized {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden {
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// One invalid field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let mut fields = FieldErrors::new();
+        fields.add(field, message);
+        ApiError::Validation(fields)
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = %format!("{err:#}"), "internal error");
+                "internal error".to_string()
+            }
+            ApiError::Validation(fields) => {
+                let names: Vec<&str> = fields.0.keys().map(String::as_str).collect();
+                format!("invalid fields: {}", names.join(", "))
+            }
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": code, "message": message });
+        if let ApiError::Validation(fields) = &self {
+            error["fields"] = json!(fields.0);
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut => ApiError::Unavailable {
+                code: "database_busy",
+                message: "the database is busy; try again".into(),
+            },
+            _ => ApiError::Internal(err.into()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(err: redis::RedisError) -> Self {
+        tracing::warn!(error = %err, "redis unavailable");
+        ApiError::Unavailable {
+            code: "sessions_unavailable",
+            message: "the session store is unavailable; try again shortly".into(),
+        }
+    }
+}
+
+/// How each aggregate's domain errors read over HTTP.
+pub trait DomainError: std::error::Error {
+    fn into_api(self) -> ApiError;
+}
+
+impl DomainError for UserError {
+    fn into_api(self) -> ApiError {
+        match self {
+            UserError::AlreadyRegistered => {
+                ApiError::conflict("already_registered", self.to_string())
+            }
+            UserError::NotFound => ApiError::NotFound("user"),
+            UserError::NothingToChange => ApiError::Unprocessable {
+                code: "nothing_to_change",
+                message: "the request changes nothing".into(),
+            },
+        }
+    }
+}
+
+impl DomainError for PlantError {
+    fn into_api(self) -> ApiError {
+        match self {
+            PlantError::AlreadyExists => ApiError::conflict("already_exists", self.to_string()),
+            PlantError::NotFound => ApiError::NotFound("plant"),
+        }
+    }
+}
+
+impl<E: DomainError> From<CommandError<E>> for ApiError {
+    fn from(err: CommandError<E>) -> Self {
+        match err {
+            CommandError::Domain(err) => err.into_api(),
+            CommandError::Conflict => ApiError::conflict(
+                "concurrent_modification",
+                "the resource was changed concurrently; reload it and try again",
+            ),
+            CommandError::Internal(err) => ApiError::Internal(err),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Extractors that own the JSON edge: their rejections are `ApiError`s.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::events::Metadata;
+
+/// `Json<T>` whose rejections are answered in our error format: 400 malformed JSON, 415 wrong
+/// content type, 413 too large, 422 wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let message = rejection.body_text();
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            message: "request body is too large".into(),
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType {
+            message: "expected `Content-Type: application/json`".into(),
+        },
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable {
+            code: "invalid_body",
+            message,
+        },
+        _ => ApiError::BadRequest {
+            code: "malformed_json",
+            message,
+        },
+    }
+}
+
+/// `Query<T>` answering 422 on a bad query string.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rejection: QueryRejection| ApiError::Unprocessable {
+                code: "invalid_query",
+                message: rejection.body_text(),
+            })
+    }
+}
+
+/// `Path<T>`: an id that cannot exist is simply not found.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|_: PathRejection| ApiError::NotFound("resource"))
+    }
+}
+
+/// Request ids for event metadata: `x-request-id` (set by the request-id layer) and an inbound
+/// `x-correlation-id` when a caller chains work.
+pub struct RequestMeta(pub Metadata);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_string)
+        };
+        let request_id = header("x-request-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let correlation_id = header("x-correlation-id").unwrap_or_else(|| request_id.clone());
+        Ok(RequestMeta(Metadata {
+            actor_id: None,
+            actor_role: "ANONYMOUS".into(),
+            causation_id: request_id.clone(),
+            request_id,
+            correlation_id,
+        }))
+    }
+}

@@ -1,0 +1,101 @@
+//! The HTTP edge: one router per resource, the error mapping, and the auth extractor.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod me;
+pub mod ops;
+pub mod pagination;
+pub mod plants;
+pub mod token;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::events::store::Committed;
+use crate::App;
+use error::ApiError;
+
+/// The whole HTTP API; what `serve` runs and what tests drive.
+pub fn router(app: App) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .nest("/api/auth", auth::router())
+        .nest("/api/me", me::router())
+        .nest("/api/plants", plants::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this path"}})),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(app.config.max_json_body_bytes))
+        .layer(axum::middleware::from_fn(record_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(app.config.request_timeout_secs),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(app)
+}
+
+/// Request latency by route and status.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("http_request_duration_seconds",
+        "method" => method, "route" => route, "status" => status)
+    .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// Read-your-writes: waits (bounded) until the read models fed by `aggregate_type` have reached
+/// the command's events. False on time-out: answer 202 with the position.
+pub async fn settle(app: &App, aggregate_type: &str, committed: &Committed) -> bool {
+    match committed.position {
+        None => true,
+        Some(position) => {
+            app.projections
+                .wait_for(
+                    aggregate_type,
+                    position,
+                    app.config.read_your_writes_timeout(),
+                )
+                .await
+        }
+    }
+}
+
+/// 202 for a command whose read models have not caught up in time.
+pub fn accepted(id: uuid::Uuid, committed: &Committed) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": id,
+            "status": "pending",
+            "version": committed.version,
+            "position": committed.position.map(|p| p.global_position),
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,76 @@
+//! `?limit=&cursor=` lists answering `{"items": [...], "next_cursor": ...}`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::commands::values::FieldErrors;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Parses `limit` (1..=100, default 20) and an opaque cursor (the last id seen).
+pub fn parse(
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    errors: &mut FieldErrors,
+) -> (i64, Option<Uuid>) {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.add("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
+                DEFAULT_LIMIT
+            }
+        },
+    };
+    let cursor = cursor.filter(|c| !c.is_empty()).and_then(|raw| {
+        let decoded = URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()
+            .and_then(|bytes| Uuid::from_slice(&bytes).ok());
+        if decoded.is_none() {
+            errors.add("cursor", "is not a cursor this API returned");
+        }
+        decoded
+    });
+    (limit, cursor)
+}
+
+/// Builds a page from `limit + 1` fetched rows.
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id_of: impl Fn(&T) -> Uuid,
+) -> Result<Page<T>, ApiError> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last()
+            .map(|last| URL_SAFE_NO_PAD.encode(id_of(last).as_bytes()))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows,
+        next_cursor,
+    })
+}
+
+/// `%` and `_` are literal in a search term.
+pub fn like_pattern(term: &str) -> String {
+    let escaped = term
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}

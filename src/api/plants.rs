@@ -1,0 +1,323 @@
+//! `/api/plants`: a user's plants. Owners change their own; botanists and admins read all;
+//! anyone else gets 404 for a plant that is not theirs.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use super::me::with_position;
+use super::pagination::{self, Page};
+use super::token::AuthUser;
+use crate::commands::plant::{CarePatch, Plant, PlantCommand, PlantPatch};
+use crate::commands::values::{optional_text, watering_interval, FieldErrors, PlantName};
+use crate::events::double_option;
+use crate::events::plant::Care;
+use crate::events::store::Committed;
+use crate::events::user::Role;
+use crate::App;
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/", get(list_plants).post(create_plant))
+        .route(
+            "/{id}",
+            get(get_plant).patch(update_plant).delete(delete_plant),
+        )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CareView {
+    pub watering_interval_days: Option<i32>,
+    pub light: Option<String>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlantView {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub species: Option<String>,
+    pub description: Option<String>,
+    pub care: CareView,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct PlantRow {
+    id: Uuid,
+    owner_id: Uuid,
+    name: String,
+    species: Option<String>,
+    description: Option<String>,
+    watering_interval_days: Option<i32>,
+    light: Option<String>,
+    care_notes: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+impl From<PlantRow> for PlantView {
+    fn from(row: PlantRow) -> Self {
+        PlantView {
+            id: row.id,
+            owner_id: row.owner_id,
+            name: row.name,
+            species: row.species,
+            description: row.description,
+            care: CareView {
+                watering_interval_days: row.watering_interval_days,
+                light: row.light,
+                notes: row.care_notes,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            version: row.version,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, owner_id, name, species, description, watering_interval_days, light, \
+                       care_notes, created_at, updated_at, version";
+
+/// Roles that may read every plant.
+fn reads_all(auth: &AuthUser) -> bool {
+    matches!(auth.role, Role::Botanist | Role::Admin)
+}
+
+async fn load_plant(pool: &PgPool, id: Uuid) -> Result<Option<PlantView>, sqlx::Error> {
+    let row: Option<PlantRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM plants WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(PlantView::from))
+}
+
+/// The plant if the caller may see it; 404 otherwise (whether or not it exists).
+async fn visible_plant(app: &App, auth: &AuthUser, id: Uuid) -> Result<PlantView, ApiError> {
+    load_plant(&app.pool, id)
+        .await?
+        .filter(|plant| plant.owner_id == auth.user_id || reads_all(auth))
+        .ok_or(ApiError::NotFound("plant"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CareBody {
+    #[serde(default, deserialize_with = "double_option")]
+    watering_interval_days: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    light: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    notes: Option<Option<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantBody {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    species: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    care: Option<CareBody>,
+}
+
+/// Validates a body into a patch; every field optional (PATCH) and `null` clears.
+fn parse_patch(body: PlantBody, errors: &mut FieldErrors) -> PlantPatch {
+    let text = |errors: &mut FieldErrors, field: &str, value: Option<Option<String>>, max| {
+        value.map(|v| {
+            errors
+                .check(field, optional_text(v.as_deref(), max))
+                .flatten()
+        })
+    };
+    let care = body.care.unwrap_or_default();
+    PlantPatch {
+        name: body
+            .name
+            .and_then(|v| errors.check("name", PlantName::parse(&v))),
+        species: text(errors, "species", body.species, 100),
+        description: text(errors, "description", body.description, 2000),
+        care: CarePatch {
+            watering_interval_days: care.watering_interval_days.map(|v| {
+                v.and_then(|days| {
+                    errors.check("care.watering_interval_days", watering_interval(days))
+                })
+            }),
+            light: text(errors, "care.light", care.light, 100),
+            notes: text(errors, "care.notes", care.notes, 2000),
+        },
+    }
+}
+
+async fn respond(
+    app: &App,
+    id: Uuid,
+    committed: &Committed,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    if !super::settle(app, "Plant", committed).await {
+        return Ok(super::accepted(id, committed));
+    }
+    let plant = load_plant(&app.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound("plant"))?;
+    let position = committed.position.map(|p| p.global_position);
+    Ok((status, Json(with_position(&plant, position))).into_response())
+}
+
+async fn create_plant(
+    State(app): State<App>,
+    auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<PlantBody>,
+) -> Result<Response, ApiError> {
+    auth.require(&[Role::User, Role::Admin])?;
+    let mut errors = FieldErrors::new();
+    if body.name.is_none() {
+        errors.add("name", "is required");
+    }
+    let patch = parse_patch(body, &mut errors);
+    let Some(name) = patch.name.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let care = Care {
+        watering_interval_days: patch.care.watering_interval_days.flatten(),
+        light: patch.care.light.flatten(),
+        notes: patch.care.notes.flatten(),
+    };
+    let id = Uuid::now_v7();
+    let command = PlantCommand::CreatePlant {
+        owner_id: auth.user_id,
+        name,
+        species: patch.species.flatten(),
+        description: patch.description.flatten(),
+        care,
+    };
+    let committed = app
+        .store
+        .execute_new::<Plant>(&id.to_string(), command, &(), &auth.metadata(meta))
+        .await?;
+    respond(&app, id, &committed, StatusCode::CREATED).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    owner_id: Option<String>,
+    q: Option<String>,
+}
+
+async fn list_plants(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<PlantView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, cursor) = pagination::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
+    let owner_filter = match params.owner_id.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => errors.check(
+            "owner_id",
+            raw.parse::<Uuid>()
+                .map_err(|_| "must be a UUID".to_string()),
+        ),
+    };
+    let q = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if q.is_some_and(|q| q.chars().count() > 100) {
+        errors.add("q", "must be at most 100 characters");
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    // A user lists their own plants only; botanists and admins may filter by owner.
+    let owner = if reads_all(&auth) {
+        owner_filter
+    } else {
+        Some(auth.user_id)
+    };
+    let rows: Vec<PlantRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM plants \
+          WHERE ($1::uuid IS NULL OR owner_id = $1) \
+            AND ($2::uuid IS NULL OR id < $2) \
+            AND ($3::text IS NULL OR name ILIKE $3 OR species ILIKE $3) \
+          ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(owner)
+    .bind(cursor)
+    .bind(q.map(pagination::like_pattern))
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    let views = rows.into_iter().map(PlantView::from).collect();
+    Ok(Json(pagination::page(views, limit, |p: &PlantView| p.id)?))
+}
+
+async fn get_plant(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<PlantView>, ApiError> {
+    visible_plant(&app, &auth, id).await.map(Json)
+}
+
+async fn update_plant(
+    State(app): State<App>,
+    auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<PlantBody>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    let patch = parse_patch(body, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let command = PlantCommand::UpdatePlant {
+        actor: auth.actor(),
+        patch,
+    };
+    let committed = app
+        .store
+        .execute::<Plant>(&id.to_string(), command, &(), &auth.metadata(meta))
+        .await?;
+    respond(&app, id, &committed, StatusCode::OK).await
+}
+
+async fn delete_plant(
+    State(app): State<App>,
+    auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let command = PlantCommand::DeletePlant {
+        actor: auth.actor(),
+    };
+    let committed = app
+        .store
+        .execute::<Plant>(&id.to_string(), command, &(), &auth.metadata(meta))
+        .await?;
+    if !super::settle(&app, "Plant", &committed).await {
+        return Ok(super::accepted(id, &committed));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

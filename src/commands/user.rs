@@ -1,0 +1,199 @@
+//! The `User` aggregate: registration and profile. Uniqueness of e-mail addresses is checked
+//! before dispatch (the `email_claims` table, in the same transaction as the append).
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use crate::events::crypto::Sealed;
+use crate::events::user::{ProfileChanges, Role, UserEvent};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserCommand {
+    /// Fields arrive validated (value objects) and sealed with the new user's key.
+    RegisterUser {
+        email: Sealed,
+        display_name: Sealed,
+        password_hash: String,
+        botanist_requested: bool,
+    },
+    UpdateProfile {
+        changes: ProfileChanges,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("this user is already registered")]
+    AlreadyRegistered,
+    #[error("no such user")]
+    NotFound,
+    #[error("nothing to change")]
+    NothingToChange,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct User {
+    registered: bool,
+    role: Option<Role>,
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "User";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        match command {
+            UserCommand::RegisterUser {
+                email,
+                display_name,
+                password_hash,
+                botanist_requested,
+            } => {
+                if self.registered {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let event = UserEvent::UserRegistered {
+                    email,
+                    display_name,
+                    password_hash,
+                    // A botanist starts as a USER until an admin verifies the account.
+                    role: Role::User,
+                    botanist_requested,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::UpdateProfile { changes } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if changes == ProfileChanges::default() {
+                    return Err(UserError::NothingToChange);
+                }
+                sink.write(UserEvent::UserProfileUpdated { changes }, self)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            UserEvent::UserRegistered { role, .. } => {
+                self.registered = true;
+                self.role = Some(role);
+            }
+            UserEvent::UserProfileUpdated { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::events::crypto::Cipher;
+
+    type UserTest = TestFramework<User>;
+
+    fn cipher() -> Cipher {
+        Cipher::for_tests()
+    }
+
+    fn registered(cipher: &Cipher) -> UserEvent {
+        UserEvent::UserRegistered {
+            email: cipher.seal("ana@example.com"),
+            display_name: cipher.seal("Ana"),
+            password_hash: "$argon2id$stub".into(),
+            role: Role::User,
+            botanist_requested: true,
+        }
+    }
+
+    #[test]
+    fn registering_a_new_user_makes_them_a_user_even_when_asking_for_botanist() {
+        let c = cipher();
+        let UserEvent::UserRegistered {
+            email,
+            display_name,
+            ..
+        } = registered(&c)
+        else {
+            unreachable!()
+        };
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RegisterUser {
+                email: email.clone(),
+                display_name: display_name.clone(),
+                password_hash: "$argon2id$stub".into(),
+                botanist_requested: true,
+            })
+            .then_expect_events(vec![UserEvent::UserRegistered {
+                email,
+                display_name,
+                password_hash: "$argon2id$stub".into(),
+                role: Role::User,
+                botanist_requested: true,
+            }]);
+    }
+
+    #[test]
+    fn registering_twice_is_refused() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::RegisterUser {
+                email: c.seal("x@example.com"),
+                display_name: c.seal("X"),
+                password_hash: "h".into(),
+                botanist_requested: false,
+            })
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn updating_a_profile_records_the_changes() {
+        let c = cipher();
+        let changes = ProfileChanges {
+            city: Some(Some(c.seal("Lyon"))),
+            phone: Some(None),
+            ..Default::default()
+        };
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::UpdateProfile {
+                changes: changes.clone(),
+            })
+            .then_expect_events(vec![UserEvent::UserProfileUpdated { changes }]);
+    }
+
+    #[test]
+    fn updating_an_unknown_user_or_with_no_change_is_refused() {
+        let c = cipher();
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::UpdateProfile {
+                changes: ProfileChanges {
+                    bio: Some(Some(c.seal("hi"))),
+                    ..Default::default()
+                },
+            })
+            .then_expect_error(UserError::NotFound);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::UpdateProfile {
+                changes: ProfileChanges::default(),
+            })
+            .then_expect_error(UserError::NothingToChange);
+    }
+}

@@ -1,0 +1,216 @@
+//! Value objects: built by `parse`, so a command can only carry valid values. Each parse error is
+//! a short message for the field it concerns; the API gathers them into one 422.
+
+use std::collections::BTreeMap;
+
+/// Field name -> what is wrong with it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldErrors(pub BTreeMap<String, String>);
+
+impl FieldErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the error of a parse, returning its value when it succeeded.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.0.insert(field.to_string(), message);
+                None
+            }
+        }
+    }
+
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.insert(field.to_string(), message.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn has_control(value: &str) -> bool {
+    value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+/// Trimmed single-line or multi-line text of bounded length.
+fn bounded(value: &str, min: usize, max: usize, multiline: bool) -> Result<String, String> {
+    let trimmed = value.trim();
+    let len = trimmed.chars().count();
+    if len < min {
+        return Err(if min == 1 {
+            "must not be empty".to_string()
+        } else {
+            format!("must be at least {min} characters")
+        });
+    }
+    if len > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if has_control(trimmed) || (!multiline && trimmed.contains(['\n', '\t'])) {
+        return Err("must not contain control characters".to_string());
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Optional text: blank means absent.
+pub fn optional_text(value: Option<&str>, max: usize) -> Result<Option<String>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => bounded(text, 1, max, true).map(Some),
+    }
+}
+
+/// A normalised (trimmed, lower-case) e-mail address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(value: &str) -> Result<Email, String> {
+        let email = value.trim().to_lowercase();
+        let invalid = || "must be a valid e-mail address".to_string();
+        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        if local.is_empty()
+            || local.len() > 64
+            || domain.contains('@')
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
+            return Err(invalid());
+        }
+        Ok(Email(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password that meets the policy: 10 to 128 characters, not a single repeated character.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl Password {
+    pub const MIN: usize = 10;
+    pub const MAX: usize = 128;
+
+    pub fn parse(value: &str) -> Result<Password, String> {
+        let len = value.chars().count();
+        if len < Self::MIN {
+            return Err(format!("must be at least {} characters", Self::MIN));
+        }
+        if len > Self::MAX {
+            return Err(format!("must be at most {} characters", Self::MAX));
+        }
+        let mut chars = value.chars();
+        let first = chars.next();
+        if chars.all(|c| Some(c) == first) {
+            return Err("is too weak: use more than one distinct character".to_string());
+        }
+        Ok(Password(value.to_string()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A user's public name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub fn parse(value: &str) -> Result<DisplayName, String> {
+        bounded(value, 1, 80, false).map(DisplayName)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A plant's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantName(String);
+
+impl PlantName {
+    pub fn parse(value: &str) -> Result<PlantName, String> {
+        bounded(value, 1, 100, false).map(PlantName)
+    }
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// Days between waterings.
+pub fn watering_interval(days: i64) -> Result<i32, String> {
+    if (1..=365).contains(&days) {
+        Ok(days as i32)
+    } else {
+        Err("must be between 1 and 365 days".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_normalised_and_checked() {
+        assert_eq!(
+            Email::parse("  Alice@Example.COM ").unwrap().as_str(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@example.com",
+            "a@@b.com",
+            "a@b..com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse("aaaaaaaaaaaa").is_err());
+        assert!(Password::parse(&"x1".repeat(65)).is_err());
+        assert!(Password::parse("correct horse battery").is_ok());
+        assert_eq!(
+            format!("{:?}", Password::parse("correct horse").unwrap()),
+            "Password(***)"
+        );
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(DisplayName::parse("  Ana ").unwrap().as_str(), "Ana");
+        assert!(DisplayName::parse("   ").is_err());
+        assert!(DisplayName::parse("a\nb").is_err());
+        assert!(PlantName::parse(&"m".repeat(101)).is_err());
+        assert_eq!(optional_text(Some("  "), 10).unwrap(), None);
+        assert!(optional_text(Some(&"x".repeat(11)), 10).is_err());
+        assert!(watering_interval(0).is_err());
+        assert_eq!(watering_interval(7).unwrap(), 7);
+    }
+}

@@ -1,0 +1,138 @@
+//! Settings, read once from the environment. Every value has a documented default that works on a
+//! developer machine where PostgreSQL and Redis listen locally.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Development-only defaults for the secrets; `serve` warns when they are in use.
+pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
+pub const DEV_EMAIL_PEPPER: &str = "dev-only-email-pepper-change-me";
+
+/// Database and Redis endpoints, shared by every sub-command.
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// PostgreSQL connection string.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/arosaje"
+    )]
+    pub database_url: String,
+    /// Maximum connections in the PostgreSQL pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
+    pub database_max_connections: u32,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub store: StoreConfig,
+    /// Redis connection string (sessions; later rate limits, fan-out, cache).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
+    pub bind_addr: SocketAddr,
+    /// HMAC key for access tokens (HS256). Set it in production.
+    #[arg(long, env = "JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    pub jwt_secret: Secret,
+    /// Key of the keyed hash that indexes e-mail addresses without storing them in clear.
+    /// Changing it makes existing accounts unreachable by e-mail: set it once.
+    #[arg(long, env = "EMAIL_PEPPER", default_value = DEV_EMAIL_PEPPER, hide_default_value = true)]
+    pub email_pepper: Secret,
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a session in Redis, in seconds (refreshed at each login).
+    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// How long a command waits for its read models before answering 202 with its position.
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 2000)]
+    pub read_your_writes_timeout_ms: u64,
+    /// Attempts of a command that meets a concurrent change before it answers 409.
+    #[arg(long, env = "COMMAND_RETRIES", default_value_t = 5)]
+    pub command_retries: u32,
+    /// Projectors poll the log this often even without notifications.
+    #[arg(long, env = "PROJECTION_POLL_MS", default_value_t = 1000)]
+    pub projection_poll_ms: u64,
+    /// Events a projector applies in one transaction at most.
+    #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 500)]
+    pub projection_batch_size: i64,
+    /// Largest accepted JSON request body, in bytes.
+    #[arg(long, env = "MAX_JSON_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_json_body_bytes: usize,
+    /// Requests taking longer than this are answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Run the projectors in this process (turn off for API-only instances).
+    #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_projectors: bool,
+}
+
+impl Config {
+    /// Defaults for everything, as if no variable were set; tests and benches start from here.
+    pub fn for_tests(database_url: &str) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = Wrapper::parse_from(["arosaje"]).config;
+        config.store.database_url = database_url.to_string();
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            config.redis_url = url;
+        }
+        config
+    }
+
+    pub fn read_your_writes_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_your_writes_timeout_ms)
+    }
+
+    pub fn projection_poll(&self) -> Duration {
+        Duration::from_millis(self.projection_poll_ms)
+    }
+
+    /// Warnings an operator should see at start-up.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.jwt_secret.expose() == DEV_JWT_SECRET {
+            warnings.push("JWT_SECRET is the development default: set it in production");
+        }
+        if self.email_pepper.expose() == DEV_EMAIL_PEPPER {
+            warnings.push("EMAIL_PEPPER is the development default: set it in production");
+        }
+        warnings
+    }
+}

@@ -1,0 +1,219 @@
+//! Crypto-shredding: personal data inside events is sealed with a per-user AES-256-GCM key kept in
+//! the `user_keys` table, never in the log. Deleting the key makes every sealed field of that user
+//! unreadable forever while the log itself stays intact.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
+use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+const PREFIX: &str = "v1:";
+const NONCE_LEN: usize = 12;
+
+/// A sealed (encrypted) field as stored inside an event payload: `v1:` + base64(nonce || ciphertext).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(String);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("the data key of user {0} is gone (erased) or was never created")]
+    KeyMissing(Uuid),
+    #[error("sealed field is malformed or was not sealed with this key")]
+    Corrupt,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One user's data key, ready to seal and open. The user id is bound in as associated data, so a
+/// field copied into another user's event does not open.
+#[derive(Clone)]
+pub struct Cipher {
+    user_id: Uuid,
+    aead: Aes256Gcm,
+}
+
+impl Cipher {
+    fn new(user_id: Uuid, key: &[u8]) -> Result<Self, CryptoError> {
+        if key.len() != 32 {
+            return Err(CryptoError::Corrupt);
+        }
+        Ok(Self {
+            user_id,
+            aead: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+        })
+    }
+
+    pub fn seal(&self, plaintext: &str) -> Sealed {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: self.user_id.as_bytes(),
+        };
+        // Encryption with a valid key and a fresh nonce cannot fail for inputs of this size.
+        let ciphertext = self
+            .aead
+            .encrypt(&nonce, payload)
+            .expect("AES-GCM encryption of a bounded plaintext");
+        let mut bytes = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&ciphertext);
+        Sealed(format!("{PREFIX}{}", STANDARD.encode(bytes)))
+    }
+
+    pub fn open(&self, sealed: &Sealed) -> Result<String, CryptoError> {
+        let encoded = sealed.0.strip_prefix(PREFIX).ok_or(CryptoError::Corrupt)?;
+        let bytes = STANDARD.decode(encoded).map_err(|_| CryptoError::Corrupt)?;
+        if bytes.len() < NONCE_LEN {
+            return Err(CryptoError::Corrupt);
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let payload = Payload {
+            msg: ciphertext,
+            aad: self.user_id.as_bytes(),
+        };
+        let plain = self
+            .aead
+            .decrypt(Nonce::from_slice(nonce), payload)
+            .map_err(|_| CryptoError::Corrupt)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+/// The `user_keys` table with an in-process cache of keys already read.
+pub struct KeyStore {
+    pool: PgPool,
+    cache: RwLock<HashMap<Uuid, Cipher>>,
+}
+
+impl KeyStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Creates a fresh key for a new user inside the caller's transaction (so it exists exactly
+    /// when the user's first event does) and returns it ready to use.
+    pub async fn create_in(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+    ) -> Result<Cipher, CryptoError> {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        sqlx::query("INSERT INTO user_keys (user_id, key) VALUES ($1, $2)")
+            .bind(user_id)
+            .bind(key.as_slice())
+            .execute(conn)
+            .await?;
+        Cipher::new(user_id, key.as_slice())
+    }
+
+    /// The cipher of a user, or `KeyMissing` once the key has been shredded.
+    pub async fn cipher(&self, user_id: Uuid) -> Result<Cipher, CryptoError> {
+        if let Some(cipher) = self.cache_get(user_id) {
+            return Ok(cipher);
+        }
+        let key: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM user_keys WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let key = key.ok_or(CryptoError::KeyMissing(user_id))?;
+        let cipher = Cipher::new(user_id, &key)?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(user_id, cipher.clone());
+        }
+        Ok(cipher)
+    }
+
+    fn cache_get(&self, user_id: Uuid) -> Option<Cipher> {
+        self.cache.read().ok()?.get(&user_id).cloned()
+    }
+}
+
+/// Convenience for projections: open a field, or `None` when the key is gone.
+pub fn open_or_none(cipher: Option<&Cipher>, sealed: &Sealed) -> Option<String> {
+    cipher.and_then(|c| c.open(sealed).ok())
+}
+
+/// Shared handle.
+pub type Keys = Arc<KeyStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_field_opens_only_with_its_key_and_user() {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        let alice = Uuid::new_v4();
+        let cipher = Cipher::new(alice, key.as_slice()).unwrap();
+        let sealed = cipher.seal("alice@example.com");
+        assert!(!format!("{sealed:?}").contains("alice"));
+        assert!(!sealed.0.contains("alice"));
+        assert_eq!(cipher.open(&sealed).unwrap(), "alice@example.com");
+
+        let other_user = Cipher::new(Uuid::new_v4(), key.as_slice()).unwrap();
+        assert!(matches!(
+            other_user.open(&sealed),
+            Err(CryptoError::Corrupt)
+        ));
+        let other_key = Cipher::new(alice, Aes256Gcm::generate_key(&mut OsRng).as_slice()).unwrap();
+        assert!(matches!(other_key.open(&sealed), Err(CryptoError::Corrupt)));
+    }
+
+    #[test]
+    fn malformed_sealed_fields_are_errors_not_panics() {
+        let cipher = Cipher::new(Uuid::new_v4(), &[7u8; 32]).unwrap();
+        for bad in ["", "v1:", "v1:!!!", "v2:AAAA", "v1:AAAA"] {
+            assert!(cipher.open(&Sealed(bad.to_string())).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+impl Cipher {
+    /// A cipher with a random key, for unit tests of aggregates.
+    pub fn for_tests() -> Cipher {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        Cipher::new(Uuid::new_v4(), key.as_slice()).expect("32-byte key")
+    }
+}
+
+/// Keyed hash (HMAC-SHA-256) of a normalised e-mail address: lets the service find an account by
+/// e-mail, and check uniqueness, without keeping the address in clear anywhere but the read model.
+#[derive(Clone)]
+pub struct EmailIndex {
+    key: Vec<u8>,
+}
+
+impl EmailIndex {
+    pub fn new(pepper: &str) -> Self {
+        Self {
+            key: pepper.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn hash(&self, email: &crate::commands::values::Email) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(email.as_str().as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}

@@ -1,0 +1,273 @@
+//! Running commands against the event store.
+//!
+//! Aggregates are loaded through postgres-es (`PostgresEventRepository` behind cqrs-es's
+//! `PersistedEventStore`, which also runs upcasters). Appends are our own single statement,
+//! because we need what cqrs-es's `commit` does not give back: each event's place in the global
+//! order (`transaction_id`, `global_position`), so the HTTP answer can wait for the projections.
+//! Optimistic concurrency is postgres-es's: the primary key (aggregate_type, aggregate_id,
+//! sequence) refuses a second writer of the same version; we retry a bounded number of times.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+
+use super::{Metadata, Position};
+
+/// The outcome of a command that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate's sequence after the command (its "version").
+    pub version: i64,
+    /// Position of the last event appended; `None` when the command changed nothing.
+    pub position: Option<Position>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Domain(E),
+    /// Another writer kept winning the race for this aggregate's next version.
+    #[error("concurrent modification: retry budget exhausted")]
+    Conflict,
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl<E: std::error::Error> From<sqlx::Error> for CommandError<E> {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unique_violation(&err) {
+            CommandError::Conflict
+        } else {
+            CommandError::Internal(err.into())
+        }
+    }
+}
+
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Appends events and runs commands. Cheap to share.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    retries: u32,
+    appended: Arc<Notify>,
+}
+
+impl EventStore {
+    /// `retries`: extra attempts after a concurrency conflict. `appended` is notified after each
+    /// commit so projectors in this process wake without waiting for NOTIFY.
+    pub fn new(pool: PgPool, retries: u32, appended: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            retries,
+            appended,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Loads the aggregate, runs the command, appends its events; on a conflict, reloads and
+    /// tries again, up to the retry budget, then answers `Conflict`.
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        self.run::<A>(aggregate_id, command, services, metadata, false)
+            .await
+    }
+
+    /// As `execute`, for a command that creates an aggregate under a freshly generated id: the
+    /// first attempt skips the load (the stream is empty), and a conflict falls back to `execute`.
+    pub async fn execute_new<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        self.run::<A>(aggregate_id, command, services, metadata, true)
+            .await
+    }
+
+    /// Runs a creating command inside the caller's transaction (for appends that must commit
+    /// together with another write, e.g. a uniqueness claim). No retry: the caller decides.
+    /// The caller must call [`EventStore::appended`] after its commit.
+    pub async fn execute_new_in<A>(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate,
+    {
+        let events = decide(A::default(), command, services).await?;
+        append::<A>(conn, aggregate_id, 0, &events, metadata).await
+    }
+
+    /// Tells local projectors that something was committed.
+    pub fn appended(&self) {
+        self.appended.notify_waiters();
+    }
+
+    async fn run<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+        mut assume_new: bool,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            let (aggregate, sequence) = if assume_new {
+                (A::default(), 0)
+            } else {
+                self.load::<A>(aggregate_id).await?
+            };
+            assume_new = false;
+            let events = decide(aggregate, command.clone(), services).await?;
+            if events.is_empty() {
+                return Ok(Committed {
+                    version: sequence as i64,
+                    position: None,
+                });
+            }
+            let mut conn = self.pool.acquire().await.map_err(internal)?;
+            match append::<A>(&mut conn, aggregate_id, sequence, &events, metadata).await {
+                Ok(committed) => {
+                    self.appended();
+                    return Ok(committed);
+                }
+                Err(CommandError::Conflict) if attempt < self.retries => {
+                    attempt += 1;
+                    metrics::counter!("command_conflicts_total", "aggregate_type" => A::TYPE)
+                        .increment(1);
+                    // Jittered backoff so racing writers do not collide again in lockstep.
+                    let max_ms = 2u64 << attempt.min(6);
+                    let pause = rand::thread_rng().gen_range(0..=max_ms);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn load<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<(A, usize), CommandError<A::Error>> {
+        let store: PersistedEventStore<PostgresEventRepository, A> =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()));
+        let context = store
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(|err| match err {
+                AggregateError::AggregateConflict => CommandError::Conflict,
+                other => CommandError::Internal(anyhow::anyhow!("loading {aggregate_id}: {other}")),
+            })?;
+        Ok((context.aggregate, context.current_sequence))
+    }
+}
+
+fn internal<E: std::error::Error>(err: impl Into<anyhow::Error>) -> CommandError<E> {
+    CommandError::Internal(err.into())
+}
+
+/// Runs the aggregate's `handle` and collects the events it decided on.
+async fn decide<A: Aggregate>(
+    mut aggregate: A,
+    command: A::Command,
+    services: &A::Services,
+) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+    let sink = EventSink::<A>::default();
+    aggregate
+        .handle(command, services, &sink)
+        .await
+        .map_err(CommandError::Domain)?;
+    Ok(sink.collect().await)
+}
+
+/// Appends `events` after `current_sequence` in one statement (atomic for the command), returning
+/// the new version and the position of the last event. A duplicate sequence is a `Conflict`.
+async fn append<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    current_sequence: usize,
+    events: &[A::Event],
+    metadata: &Metadata,
+) -> Result<Committed, CommandError<A::Error>> {
+    let metadata = serde_json::to_value(metadata.to_map()).map_err(internal)?;
+    let n = events.len();
+    let mut sequences = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads: Vec<Value> = Vec::with_capacity(n);
+    for (i, event) in events.iter().enumerate() {
+        sequences.push((current_sequence + i + 1) as i64);
+        types.push(event.event_type());
+        versions.push(event.event_version());
+        payloads.push(serde_json::to_value(event).map_err(internal)?);
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "INSERT INTO events \
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT $1, $2, seq, etype, ever, payload, $7 \
+           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
+                AS e(seq, etype, ever, payload) \
+         RETURNING transaction_id::text, global_position",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .fetch_all(&mut *conn)
+    .await?;
+    metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
+    let position = rows
+        .iter()
+        .filter_map(|(tx, pos)| {
+            Some(Position {
+                transaction_id: tx.parse().ok()?,
+                global_position: *pos,
+            })
+        })
+        .max();
+    Ok(Committed {
+        version: (current_sequence + n) as i64,
+        position,
+    })
+}

@@ -1,0 +1,3 @@
+//! Adapters to infrastructure other than the event store.
+
+pub mod sessions;

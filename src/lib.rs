@@ -1,0 +1,154 @@
+//! A'rosa-je: an event-sourced backend for plant sitting, botanist advice and messaging.
+//!
+//! Data flows one way: HTTP -> command -> aggregate -> events appended -> projector -> read model
+//! -> query. See `DESIGN.md` in the shared folder for the decisions behind it.
+
+pub mod api;
+pub mod commands;
+pub mod config;
+pub mod events;
+pub mod infra;
+pub mod projections;
+
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::api::token::JwtKeys;
+use crate::config::Config;
+use crate::events::crypto::{EmailIndex, KeyStore};
+use crate::events::store::EventStore;
+use crate::infra::sessions::Sessions;
+use crate::projections::{Projection, Projections, ProjectorSettings};
+
+/// The migrations under `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Application state, built once in [`App::build`]; cheap to clone.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub pool: PgPool,
+    pub store: EventStore,
+    pub projections: Projections,
+    pub keys: Arc<KeyStore>,
+    pub email_index: EmailIndex,
+    pub sessions: Sessions,
+    pub jwt: JwtKeys,
+    pub metrics: PrometheusHandle,
+}
+
+impl Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// Opens the PostgreSQL pool described by the configuration.
+pub async fn connect_database(config: &config::StoreConfig) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .with_context(|| "cannot connect to PostgreSQL (DATABASE_URL)")
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every `App` of the process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (embedding application): keep ours local.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+impl App {
+    /// Connects to PostgreSQL and Redis, migrates, and wires everything.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let pool = connect_database(&config.store).await?;
+        MIGRATOR.run(&pool).await.context("running migrations")?;
+        App::with_pool(config, pool).await
+    }
+
+    /// Wires the application on an existing (migrated) pool.
+    pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
+        let redis = infra::sessions::connect(&config.redis_url)
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        let wake = Arc::new(Notify::new());
+        let keys = Arc::new(KeyStore::new(pool.clone()));
+        let email_index = EmailIndex::new(config.email_pepper.expose());
+        let projections = Projections::new(
+            pool.clone(),
+            ProjectorSettings {
+                batch_size: config.projection_batch_size,
+                poll_interval: config.projection_poll(),
+            },
+            read_models(keys.clone(), email_index.clone()),
+            wake.clone(),
+        );
+        projections
+            .init()
+            .await
+            .context("initialising projections")?;
+        let inner = AppInner {
+            store: EventStore::new(pool.clone(), config.command_retries, wake),
+            sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
+            jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),
+            keys,
+            email_index,
+            projections,
+            pool,
+            metrics: metrics_handle(),
+            config,
+        };
+        Ok(App(Arc::new(inner)))
+    }
+
+    /// Starts the projectors of this process; they stop when the returned guard is dropped.
+    pub fn start_projectors(&self) -> BackgroundTasks {
+        BackgroundTasks(self.projections.spawn())
+    }
+}
+
+/// Every read model of the service, in rebuild order (users before what refers to them).
+pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(projections::users::UsersProjection::new(keys, email_index)),
+        Arc::new(projections::plants::PlantsProjection),
+    ]
+}
+
+/// Background tasks that are aborted when this guard is dropped.
+pub struct BackgroundTasks(Vec<JoinHandle<()>>);
+
+impl BackgroundTasks {
+    pub fn abort(&self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}

@@ -1,0 +1,120 @@
+//! The `arosaje` command: serve the API, migrate, inspect projections.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use arosaje::config::{Config, StoreConfig};
+use arosaje::projections::runner::all_checkpoints;
+use arosaje::{api, connect_database, App, MIGRATOR};
+
+#[derive(Parser)]
+#[command(
+    name = "arosaje",
+    version,
+    about = "A'rosa-je: plant sitting, botanist advice, messaging"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate the database, start the projectors and serve the HTTP API.
+    Serve(Config),
+    /// Apply pending database migrations and exit.
+    Migrate(StoreConfig),
+    /// Inspect the projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// List the projections this binary knows.
+    List,
+    /// Show each projection's checkpoint and how far behind the log it is.
+    Status(StoreConfig),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Migrate(store) => {
+            let pool = connect_database(&store).await?;
+            MIGRATOR.run(&pool).await.context("running migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Projections { command } => match command {
+            ProjectionsCommand::List => {
+                for name in ["users", "plants"] {
+                    println!("{name}");
+                }
+                Ok(())
+            }
+            ProjectionsCommand::Status(store) => {
+                let pool = connect_database(&store).await?;
+                let head: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")
+                        .fetch_one(&pool)
+                        .await?;
+                let mut rows: Vec<_> = all_checkpoints(&pool).await?.into_iter().collect();
+                rows.sort_by(|a, b| a.0.cmp(&b.0));
+                println!("{:<16} {:>14} {:>10}", "projection", "position", "behind");
+                for (name, position) in rows {
+                    let behind = (head - position.global_position).max(0);
+                    println!("{name:<16} {:>14} {behind:>10}", position.global_position);
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let bind = config.bind_addr;
+    let app = App::build(config).await?;
+    let _projectors = app.config.run_projectors.then(|| app.start_projectors());
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind} (BIND_ADDR)"))?;
+    tracing::info!(%bind, "serving the A'rosa-je API");
+    axum::serve(
+        listener,
+        api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,122 @@
+//! Read model `users`: accounts and profiles, personal fields decrypted with each user's key.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Projection;
+use crate::commands::values::Email;
+use crate::events::crypto::{EmailIndex, KeyStore};
+use crate::events::user::UserEvent;
+use crate::events::StoredEvent;
+
+pub struct UsersProjection {
+    keys: Arc<KeyStore>,
+    email_index: EmailIndex,
+}
+
+impl UsersProjection {
+    pub fn new(keys: Arc<KeyStore>, email_index: EmailIndex) -> Self {
+        Self { keys, email_index }
+    }
+}
+
+#[async_trait]
+impl Projection for UsersProjection {
+    fn name(&self) -> &'static str {
+        "users"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["User"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        for event in events {
+            let user_id: Uuid = event.aggregate_id.parse()?;
+            let cipher = match self.keys.cipher(user_id).await {
+                Ok(cipher) => cipher,
+                Err(crate::events::crypto::CryptoError::KeyMissing(_)) => {
+                    // Erased user: nothing of theirs is readable, so nothing is projected.
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            match event.decode::<UserEvent>()? {
+                UserEvent::UserRegistered {
+                    email,
+                    display_name,
+                    password_hash,
+                    role,
+                    botanist_requested,
+                } => {
+                    let email = cipher.open(&email)?;
+                    let email_hash = self
+                        .email_index
+                        .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
+                    sqlx::query(
+                        "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
+                                            botanist_requested, created_at, updated_at, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(user_id)
+                    .bind(&email)
+                    .bind(&email_hash)
+                    .bind(cipher.open(&display_name)?)
+                    .bind(password_hash)
+                    .bind(role.as_str())
+                    .bind(botanist_requested)
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                UserEvent::UserProfileUpdated { changes } => {
+                    let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {
+                        field
+                            .as_ref()
+                            .map(|value| value.as_ref().map(|s| cipher.open(s)).transpose())
+                            .transpose()
+                    };
+                    let display_name = changes
+                        .display_name
+                        .as_ref()
+                        .map(|s| cipher.open(s))
+                        .transpose()?;
+                    let phone = open(&changes.phone)?;
+                    let city = open(&changes.city)?;
+                    let bio = open(&changes.bio)?;
+                    sqlx::query(
+                        "UPDATE users SET \
+                            display_name = COALESCE($2, display_name), \
+                            phone = CASE WHEN $3 THEN $4 ELSE phone END, \
+                            city = CASE WHEN $5 THEN $6 ELSE city END, \
+                            bio = CASE WHEN $7 THEN $8 ELSE bio END, \
+                            updated_at = $9, version = $10 \
+                          WHERE id = $1 AND version < $10",
+                    )
+                    .bind(user_id)
+                    .bind(display_name)
+                    .bind(phone.is_some())
+                    .bind(phone.flatten())
+                    .bind(city.is_some())
+                    .bind(city.flatten())
+                    .bind(bio.is_some())
+                    .bind(bio.flatten())
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
