@@ -147,6 +147,12 @@ impl BackgroundTasks {
     }
 }
 
+impl From<Vec<JoinHandle<()>>> for BackgroundTasks {
+    fn from(handles: Vec<JoinHandle<()>>) -> Self {
+        BackgroundTasks(handles)
+    }
+}
+
 impl Drop for BackgroundTasks {
     fn drop(&mut self) {
         self.abort();

@@ -1,0 +1,378 @@
+//! The global order of the log: projectors see every event exactly once, in
+//! (transaction_id, global_position) order, under concurrent writers, late commits and crashes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arosaje::commands::plant::{Plant, PlantCommand, PlantPatch};
+use arosaje::commands::values::PlantName;
+use arosaje::commands::Actor;
+use arosaje::events::plant::Care;
+use arosaje::events::store::{CommandError, EventStore};
+use arosaje::events::user::Role;
+use arosaje::events::{Metadata, Position};
+use arosaje::projections::{Projection, Projections, ProjectorSettings};
+use arosaje::BackgroundTasks;
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, pool};
+
+/// Records how many times each event was applied, and in which order.
+struct Counting {
+    delay: Duration,
+}
+
+#[async_trait]
+impl Projection for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Plant"]
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[arosaje::events::StoredEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            sqlx::query(
+                "INSERT INTO test_seen (global_position, n) VALUES ($1, 1) \
+                 ON CONFLICT (global_position) DO UPDATE SET n = test_seen.n + 1",
+            )
+            .bind(event.position.global_position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.delay.is_zero() {
+            // Widens the window in which a crash lands inside an open batch.
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(())
+    }
+}
+
+struct Fixture {
+    pool: PgPool,
+    store: EventStore,
+    wake: Arc<Notify>,
+}
+
+impl Fixture {
+    async fn new(options: PgPoolOptions, connect: PgConnectOptions, retries: u32) -> Fixture {
+        let pool = pool(options, connect).await;
+        sqlx::query(
+            "CREATE TABLE test_seen (global_position bigint PRIMARY KEY, n integer NOT NULL, \
+                                     applied_order bigserial)",
+        )
+        .execute(&pool)
+        .await
+        .expect("test table");
+        let wake = Arc::new(Notify::new());
+        Fixture {
+            store: EventStore::new(pool.clone(), retries, wake.clone()),
+            pool,
+            wake,
+        }
+    }
+
+    async fn projections(&self, delay: Duration, batch_size: i64) -> Projections {
+        let projections = Projections::new(
+            self.pool.clone(),
+            ProjectorSettings {
+                batch_size,
+                poll_interval: Duration::from_millis(100),
+            },
+            vec![Arc::new(Counting { delay })],
+            self.wake.clone(),
+        );
+        projections.init().await.expect("init");
+        projections
+    }
+
+    async fn seen(&self) -> (i64, i32) {
+        sqlx::query_as("SELECT count(*), COALESCE(max(n), 0) FROM test_seen")
+            .fetch_one(&self.pool)
+            .await
+            .expect("seen")
+    }
+
+    /// The last event in projector order.
+    async fn last_position(&self) -> Position {
+        let (tx, pos): (String, i64) = sqlx::query_as(
+            "SELECT transaction_id::text, global_position FROM events \
+             ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("last");
+        Position {
+            transaction_id: tx.parse().expect("xid"),
+            global_position: pos,
+        }
+    }
+}
+
+fn create(owner: Uuid) -> PlantCommand {
+    PlantCommand::CreatePlant {
+        owner_id: owner,
+        name: PlantName::parse("Ficus").expect("name"),
+        species: None,
+        description: None,
+        care: Care::default(),
+    }
+}
+
+fn meta() -> Metadata {
+    Metadata::system("test")
+}
+
+#[sqlx::test]
+async fn concurrent_writers_never_make_a_projector_skip_or_repeat_an_event(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const WRITERS: usize = 8;
+    const COMMANDS: usize = 500;
+    let fixture = Fixture::new(options, connect, 0).await;
+    let projections = fixture.projections(Duration::ZERO, 100).await;
+    let _running = BackgroundTasks::from(projections.spawn());
+
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let store = fixture.store.clone();
+        writers.push(tokio::spawn(async move {
+            let owner = Uuid::new_v4();
+            for _ in 0..COMMANDS {
+                let id = Uuid::now_v7().to_string();
+                store
+                    .execute_new::<Plant>(&id, create(owner), &(), &meta())
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+
+    let last = fixture.last_position().await;
+    eventually(
+        "the projector to reach the last event",
+        Duration::from_secs(60),
+        || {
+            let projections = projections.clone();
+            async move { projections.checkpoint("counting") == Some(last) }
+        },
+    )
+    .await;
+    let (count, max_n) = fixture.seen().await;
+    assert_eq!(count, (WRITERS * COMMANDS) as i64, "every event applied");
+    assert_eq!(max_n, 1, "no event applied twice");
+    let stored = arosaje::projections::runner::load_checkpoint(&fixture.pool, "counting")
+        .await
+        .expect("checkpoint");
+    assert_eq!(stored, last, "the stored checkpoint is the last event");
+}
+
+#[sqlx::test]
+async fn a_transaction_that_commits_late_is_waited_for_not_skipped(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let fixture = Fixture::new(options, connect, 0).await;
+    let projections = fixture.projections(Duration::ZERO, 100).await;
+
+    // A slow writer takes the first global position and keeps its transaction open...
+    let mut slow = fixture.pool.begin().await.expect("begin");
+    let slow_id = Uuid::now_v7();
+    fixture
+        .store
+        .execute_new_in::<Plant>(
+            &mut slow,
+            &slow_id.to_string(),
+            create(Uuid::new_v4()),
+            &(),
+            &meta(),
+        )
+        .await
+        .expect("slow append");
+    // ...while later writers commit events with higher positions.
+    for _ in 0..5 {
+        fixture
+            .store
+            .execute_new::<Plant>(
+                &Uuid::now_v7().to_string(),
+                create(Uuid::new_v4()),
+                &(),
+                &meta(),
+            )
+            .await
+            .expect("fast append");
+    }
+
+    // A cursor on the position alone would apply positions 2..6 now and never see position 1.
+    let outcome = projections.run_batch(0).await.expect("batch");
+    assert_eq!(outcome.read, 0, "nothing may pass the open transaction");
+    assert!(
+        outcome.held_back,
+        "committed events are reported as held back"
+    );
+    assert_eq!(fixture.seen().await.0, 0);
+
+    slow.commit().await.expect("commit");
+    projections.catch_up("counting").await.expect("catch up");
+    let (count, max_n) = fixture.seen().await;
+    assert_eq!((count, max_n), (6, 1), "all six events, each once");
+    let first: i64 =
+        sqlx::query_scalar("SELECT global_position FROM test_seen ORDER BY applied_order LIMIT 1")
+            .fetch_one(&fixture.pool)
+            .await
+            .expect("first");
+    let slow_position: i64 =
+        sqlx::query_scalar("SELECT global_position FROM events WHERE aggregate_id = $1")
+            .bind(slow_id.to_string())
+            .fetch_one(&fixture.pool)
+            .await
+            .expect("slow position");
+    assert_eq!(
+        first, slow_position,
+        "the late transaction's event is applied first"
+    );
+    assert_eq!(
+        projections.checkpoint("counting"),
+        Some(fixture.last_position().await)
+    );
+}
+
+#[sqlx::test]
+async fn a_projector_stopped_mid_stream_resumes_without_repeating_or_missing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const EVENTS: i64 = 600;
+    let fixture = Fixture::new(options, connect, 0).await;
+    let owner = Uuid::new_v4();
+    for _ in 0..EVENTS {
+        fixture
+            .store
+            .execute_new::<Plant>(&Uuid::now_v7().to_string(), create(owner), &(), &meta())
+            .await
+            .expect("append");
+    }
+
+    // First run: slow batches of 25, killed once it is part-way through.
+    let first = fixture.projections(Duration::from_millis(30), 25).await;
+    let running = BackgroundTasks::from(first.spawn());
+    eventually(
+        "the first run to get going",
+        Duration::from_secs(30),
+        || async { fixture.seen().await.0 >= 100 },
+    )
+    .await;
+    running.abort();
+    drop(running);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // What committed is exactly the events up to the stored checkpoint: no half batch.
+    let checkpoint = arosaje::projections::runner::load_checkpoint(&fixture.pool, "counting")
+        .await
+        .expect("checkpoint");
+    let upto: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (transaction_id, global_position) <= ($1::text::xid8, $2)",
+    )
+    .bind(checkpoint.transaction_id.to_string())
+    .bind(checkpoint.global_position)
+    .fetch_one(&fixture.pool)
+    .await
+    .expect("count");
+    let (seen, _) = fixture.seen().await;
+    assert_eq!(seen, upto, "the effects match the checkpoint exactly");
+    assert!(seen < EVENTS, "the run was stopped mid-stream");
+
+    // Restart, as a new process would.
+    let second = fixture.projections(Duration::ZERO, 25).await;
+    second.catch_up("counting").await.expect("catch up");
+    let (count, max_n) = fixture.seen().await;
+    assert_eq!(count, EVENTS, "nothing missed");
+    assert_eq!(max_n, 1, "nothing applied twice");
+}
+
+#[sqlx::test]
+async fn two_commands_on_one_aggregate_never_both_win_the_same_version(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const RACERS: usize = 16;
+    let fixture = Fixture::new(options, connect, 0).await;
+    let owner = Uuid::new_v4();
+    let id = Uuid::now_v7().to_string();
+    fixture
+        .store
+        .execute_new::<Plant>(&id, create(owner), &(), &meta())
+        .await
+        .expect("create");
+
+    let mut racers = Vec::new();
+    for i in 0..RACERS {
+        let store = fixture.store.clone();
+        let id = id.clone();
+        racers.push(tokio::spawn(async move {
+            let patch = PlantPatch {
+                name: Some(PlantName::parse(&format!("Ficus {i}")).expect("name")),
+                ..Default::default()
+            };
+            let actor = Actor {
+                id: owner,
+                role: Role::User,
+            };
+            store
+                .execute::<Plant>(
+                    &id,
+                    PlantCommand::UpdatePlant { actor, patch },
+                    &(),
+                    &meta(),
+                )
+                .await
+        }));
+    }
+    let mut won = 0;
+    let mut conflicts = 0;
+    let mut versions = Vec::new();
+    for racer in racers {
+        match racer.await.expect("racer") {
+            Ok(committed) => {
+                won += 1;
+                versions.push(committed.version);
+            }
+            Err(CommandError::Conflict) => conflicts += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(won >= 1);
+    assert!(
+        conflicts >= 1,
+        "with no retries, racing writers must conflict"
+    );
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), won, "no two winners share a version");
+    let stream: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(&id)
+            .fetch_all(&fixture.pool)
+            .await
+            .expect("stream");
+    assert_eq!(
+        stream,
+        (1..=(1 + won as i64)).collect::<Vec<_>>(),
+        "one event per winner, no gaps"
+    );
+}

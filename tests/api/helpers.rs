@@ -1,0 +1,235 @@
+use std::time::Duration;
+
+use arosaje::config::Config;
+use arosaje::{api, App, BackgroundTasks};
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub app: App,
+    pub router: Router,
+    pub pool: PgPool,
+    pub _projectors: Option<BackgroundTasks>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// A pool of our own on the test's database: sqlx's test pools share 20 connections among all
+/// tests of the binary, too few for projectors plus concurrent writers.
+pub async fn pool(_options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(connect)
+        .await
+        .expect("test pool")
+}
+
+/// Default test configuration: fast polling, real Redis from `REDIS_URL` or localhost.
+pub fn config() -> Config {
+    let mut config = Config::for_tests("postgres://unused");
+    config.projection_poll_ms = 200;
+    config.read_your_writes_timeout_ms = 10_000;
+    config
+}
+
+impl TestApp {
+    pub async fn spawn(options: PgPoolOptions, connect: PgConnectOptions) -> TestApp {
+        Self::with_config(options, connect, config(), true).await
+    }
+
+    pub async fn with_config(
+        options: PgPoolOptions,
+        connect: PgConnectOptions,
+        config: Config,
+        run_projectors: bool,
+    ) -> TestApp {
+        let pool = pool(options, connect).await;
+        let app = App::with_pool(config, pool.clone()).await.expect("app");
+        let projectors = run_projectors.then(|| app.start_projectors());
+        TestApp {
+            router: api::router(app.clone()),
+            app,
+            pool,
+            _projectors: projectors,
+        }
+    }
+
+    pub async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply { status, body }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("request");
+        self.raw(request).await
+    }
+
+    pub async fn get(&self, uri: &str, token: &str) -> Reply {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    pub async fn post(&self, uri: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::POST, uri, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, uri: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, uri, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, uri: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, uri, Some(token), None).await
+    }
+
+    pub async fn register(&self, email: &str, display_name: &str) -> Reply {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": PASSWORD, "display_name": display_name}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post(
+            "/api/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers and logs in a user; returns (user id, access token).
+    pub async fn user(&self, email: &str) -> (Uuid, String) {
+        let registered = self.register(email, "Test User").await;
+        assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
+        let login = self.login(email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{login:?}");
+        let id = login.body["user"]["id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
+        (
+            id,
+            login.body["access_token"]
+                .as_str()
+                .expect("token")
+                .to_string(),
+        )
+    }
+
+    /// A token for an existing user acting with another role (roles are granted by admins in a
+    /// later issue; this opens a real session and signs a real token).
+    pub async fn token_with_role(
+        &self,
+        user_id: Uuid,
+        role: arosaje::events::user::Role,
+    ) -> String {
+        let session_id = Uuid::new_v4();
+        self.app
+            .sessions
+            .create(
+                user_id,
+                session_id,
+                &arosaje::infra::sessions::SessionInfo {
+                    created_at: chrono::Utc::now(),
+                    user_agent: None,
+                },
+            )
+            .await
+            .expect("session");
+        self.app
+            .jwt
+            .issue(user_id, role, session_id)
+            .expect("token")
+    }
+
+    pub async fn create_plant(&self, token: &str, name: &str) -> Reply {
+        self.post(
+            "/api/plants",
+            Some(token),
+            json!({"name": name, "care": {"watering_interval_days": 7}}),
+        )
+        .await
+    }
+}
+
+/// Waits for a condition with a deadline instead of sleeping a fixed time.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn unique_email(prefix: &str) -> String {
+    format!("{prefix}-{}@example.com", Uuid::new_v4().simple())
+}

@@ -1,0 +1,7 @@
+//! Integration tests: a fresh migrated PostgreSQL database per test (`#[sqlx::test]`), the real
+//! Redis, HTTP through the real router.
+
+mod auth;
+mod event_order;
+mod helpers;
+mod plants;
