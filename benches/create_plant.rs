@@ -1,1 +1,294 @@
-fn main() {}
+//! Create-plant throughput and latency over the real HTTP API, against plain INSERTs of the same
+//! payload through the same pool, plus the projection lag at half load.
+//!
+//! `cargo bench --bench create_plant` (PostgreSQL and Redis must listen: `./scripts/services.sh`).
+//! Settings: `BENCH_DATABASE_URL` (a database to create the bench database from; default
+//! `postgres://postgres:postgres@127.0.0.1:5432/postgres`), `REDIS_URL`, `BENCH_SECS` (per phase,
+//! default 5), `BENCH_CLIENTS` (default `1,8,32`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arosaje::config::Config;
+use arosaje::{api, App, MIGRATOR};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+struct Run {
+    ok: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn plant_body(i: usize) -> Value {
+    json!({"name": format!("Monstera {i}"), "species": "Monstera deliciosa",
+           "care": {"watering_interval_days": 7, "light": "bright, indirect", "notes": "mist weekly"}})
+}
+
+/// `clients` tasks each POST plants as fast as they can (or at `rate` per second in total).
+async fn drive(
+    http: &reqwest::Client,
+    base: &str,
+    tokens: &[String],
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let url = format!("{base}/api/plants");
+        let token = tokens[c % tokens.len()].clone();
+        let stop = stop.clone();
+        let pace = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut ticker = pace.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let sent = Instant::now();
+                let reply = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&plant_body(i))
+                    .send()
+                    .await;
+                match reply {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+                i += 1;
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        if let Ok((latencies, errors)) = task.await {
+            run.ok += latencies.len();
+            run.errors += errors;
+            run.latencies.extend(latencies);
+        }
+    }
+    run.elapsed = start.elapsed();
+    run.latencies.sort_unstable();
+    run
+}
+
+/// Plain INSERTs of the same JSON payload through the application's pool.
+async fn plain_inserts(
+    pool: &sqlx::PgPool,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_plain (id uuid PRIMARY KEY, owner_id uuid NOT NULL, \
+         payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = uuid::Uuid::new_v4();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let done = sqlx::query(
+                    "INSERT INTO bench_plain (id, owner_id, payload) VALUES ($1, $2, $3)",
+                )
+                .bind(uuid::Uuid::now_v7())
+                .bind(owner)
+                .bind(plant_body(n))
+                .execute(&pool)
+                .await;
+                if done.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or(0);
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let admin_url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let duration = Duration::from_secs(secs);
+    let client_counts: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let max_clients = client_counts.iter().copied().max().unwrap_or(32);
+
+    // A fresh database for this run.
+    let db_name = format!("arosaje_bench_{}", std::process::id());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .context("BENCH_DATABASE_URL")?;
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&mut admin)
+        .await?;
+    let db_url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db_name}"),
+        None => anyhow::bail!("BENCH_DATABASE_URL needs a database name"),
+    };
+
+    let result = async {
+        let mut config = Config::for_tests(&db_url);
+        config.read_your_writes_timeout_ms = 10_000;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.store.database_max_connections)
+            .connect(&db_url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let app = App::with_pool(config, pool.clone()).await?;
+        let _projectors = app.start_projectors();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, api::router(app)).await;
+        });
+        let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+
+        // One account per client.
+        let mut tokens = Vec::new();
+        for i in 0..max_clients {
+            let email = format!("bench{i}@example.com");
+            let password = "correct horse battery";
+            let r = http
+                .post(format!("{base}/api/auth/register"))
+                .json(&json!({"email": email, "password": password, "display_name": format!("Bench {i}")}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "register: {}", r.status());
+            let login: Value = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"email": email, "password": password}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            tokens.push(login["access_token"].as_str().context("token")?.to_string());
+        }
+        // Warm-up.
+        drive(&http, &base, &tokens, 4, Duration::from_millis(500), None).await;
+
+        println!("create-plant over HTTP ({secs} s per run, read-your-writes on)");
+        println!("{:>8} {:>12} {:>10} {:>10} {:>7}", "clients", "commands/s", "p50", "p99", "errors");
+        let mut at_max = 0.0;
+        for &clients in &client_counts {
+            let run = drive(&http, &base, &tokens, clients, duration, None).await;
+            println!(
+                "{clients:>8} {:>12.0} {:>10} {:>10} {:>7}",
+                run.per_second(),
+                ms(run.percentile(50.0)),
+                ms(run.percentile(99.0)),
+                run.errors
+            );
+            if clients == max_clients {
+                at_max = run.per_second();
+            }
+        }
+
+        let inserts = plain_inserts(&pool, max_clients, duration).await?;
+        println!("plain INSERT of the same payload, {max_clients} tasks, same pool: {inserts:.0} rows/s");
+        println!("event-sourced / plain at {max_clients} clients: {:.2}", at_max / inserts);
+
+        // Projection lag at half the load measured above.
+        let rate = at_max / 2.0;
+        let phase_start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
+        let run = drive(&http, &base, &tokens, max_clients, duration, Some(rate)).await;
+        let (p50, p99, n): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), \
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*) \
+               FROM (SELECT extract(epoch FROM p.projected_at - e.timestamp)::float8 AS lag \
+                       FROM plants p \
+                       JOIN events e ON e.aggregate_type = 'Plant' AND e.aggregate_id = p.id::text \
+                                    AND e.sequence = 1 \
+                      WHERE e.timestamp >= $1) lags",
+        )
+        .bind(phase_start)
+        .fetch_one(&pool)
+        .await?;
+        println!(
+            "projection lag (event commit -> read-model row) at {:.0} commands/s offered, {:.0} served: \
+             p50 {:.2} ms, p99 {:.2} ms over {n} events; command p50 {} p99 {}",
+            rate,
+            run.per_second(),
+            p50.unwrap_or(0.0) * 1000.0,
+            p99.unwrap_or(0.0) * 1000.0,
+            ms(run.percentile(50.0)),
+            ms(run.percentile(99.0)),
+        );
+        pool.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    result
+}
