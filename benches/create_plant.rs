@@ -89,7 +89,7 @@ async fn drive(
                     .send()
                     .await;
                 match reply {
-                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                    Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         latencies.push(sent.elapsed());
                     }
@@ -197,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
 
     let result = async {
         let mut config = Config::for_tests(&db_url);
-        config.read_your_writes_timeout_ms = 10_000;
+        config.read_your_writes_timeout_ms = std::env::var("BENCH_RYW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
         let pool = PgPoolOptions::new()
             .max_connections(config.store.database_max_connections)
             .connect(&db_url)
@@ -223,13 +226,21 @@ async fn main() -> anyhow::Result<()> {
                 .send()
                 .await?;
             anyhow::ensure!(r.status().is_success(), "register: {}", r.status());
-            let login: Value = http
-                .post(format!("{base}/api/auth/login"))
-                .json(&json!({"email": email, "password": password}))
-                .send()
-                .await?
-                .json()
-                .await?;
+            // With a zero read-your-writes wait the account may need a moment to be readable.
+            let mut login = Value::Null;
+            for _ in 0..200 {
+                login = http
+                    .post(format!("{base}/api/auth/login"))
+                    .json(&json!({"email": email, "password": password}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if login["access_token"].is_string() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             tokens.push(login["access_token"].as_str().context("token")?.to_string());
         }
         // Warm-up.

@@ -33,18 +33,6 @@ CREATE TRIGGER events_no_update
     BEFORE UPDATE OR DELETE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_immutable();
 
--- Wake projectors on every instance once an append commits (NOTIFY is delivered at commit).
-CREATE FUNCTION events_notify() RETURNS trigger LANGUAGE plpgsql AS
-$$
-BEGIN
-    PERFORM pg_notify('arosaje_events', '');
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER events_appended
-    AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION events_notify();
-
 -- Snapshots, as postgres-es lays them out (used by aggregates whose streams grow without bound).
 CREATE TABLE snapshots
 (

@@ -18,13 +18,12 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::api::token::JwtKeys;
 use crate::config::Config;
 use crate::events::crypto::{EmailIndex, KeyStore};
-use crate::events::store::EventStore;
+use crate::events::store::{EventStore, Wakeups};
 use crate::infra::sessions::Sessions;
 use crate::projections::{Projection, Projections, ProjectorSettings};
 
@@ -39,6 +38,7 @@ pub struct AppInner {
     pub config: Config,
     pub pool: PgPool,
     pub store: EventStore,
+    pub wakeups: Arc<Wakeups>,
     pub projections: Projections,
     pub keys: Arc<KeyStore>,
     pub email_index: EmailIndex,
@@ -92,7 +92,7 @@ impl App {
         let redis = infra::sessions::connect(&config.redis_url)
             .await
             .context("cannot connect to Redis (REDIS_URL)")?;
-        let wake = Arc::new(Notify::new());
+        let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
         let email_index = EmailIndex::new(config.email_pepper.expose());
         let projections = Projections::new(
@@ -102,14 +102,15 @@ impl App {
                 poll_interval: config.projection_poll(),
             },
             read_models(keys.clone(), email_index.clone()),
-            wake.clone(),
+            wakeups.clone(),
         );
         projections
             .init()
             .await
             .context("initialising projections")?;
         let inner = AppInner {
-            store: EventStore::new(pool.clone(), config.command_retries, wake),
+            store: EventStore::new(pool.clone(), config.command_retries, wakeups.clone()),
+            wakeups,
             sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
             jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),
             keys,
@@ -122,9 +123,22 @@ impl App {
         Ok(App(Arc::new(inner)))
     }
 
-    /// Starts the projectors of this process; they stop when the returned guard is dropped.
+    /// Starts the background work of this process: the notifier that tells other instances of
+    /// appends and, with `run_projectors`, the projectors. They stop when the guard is dropped.
+    pub fn start(&self, run_projectors: bool) -> BackgroundTasks {
+        let mut tasks = vec![tokio::spawn(events::store::run_notifier(
+            self.pool.clone(),
+            self.wakeups.clone(),
+        ))];
+        if run_projectors {
+            tasks.extend(self.projections.spawn());
+        }
+        BackgroundTasks(tasks)
+    }
+
+    /// Notifier and projectors (what `serve` runs by default).
     pub fn start_projectors(&self) -> BackgroundTasks {
-        BackgroundTasks(self.projections.spawn())
+        self.start(true)
     }
 }
 

@@ -87,7 +87,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let bind = config.bind_addr;
     let app = App::build(config).await?;
-    let _projectors = app.config.run_projectors.then(|| app.start_projectors());
+    let _background = app.start(app.config.run_projectors);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind} (BIND_ADDR)"))?;

@@ -165,7 +165,7 @@ async fn register(
             err.into()
         }
     })?;
-    app.store.appended();
+    app.store.appended("User");
 
     if !super::settle(&app, "User", &committed).await {
         return Ok(super::accepted(user_id, &committed));

@@ -56,22 +56,80 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// Who is told that events were appended: projectors of this process at once (`local`), and other
+/// instances through one coalesced `NOTIFY arosaje_events` (`outbound`, sent by
+/// [`run_notifier`]). A trigger that notified inside every append transaction would serialise all
+/// appends, fsync included, on PostgreSQL's notification queue lock.
+#[derive(Default)]
+pub struct Wakeups {
+    /// Each local projector's wake-up, with the aggregate types it reads.
+    local: std::sync::RwLock<Vec<(&'static [&'static str], Arc<Notify>)>>,
+    outbound: Notify,
+}
+
+impl Wakeups {
+    /// The wake-up of a projector that reads `aggregate_types`.
+    pub fn subscribe(&self, aggregate_types: &'static [&'static str]) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut local) = self.local.write() {
+            local.push((aggregate_types, notify.clone()));
+        }
+        notify
+    }
+
+    /// Events of `aggregate_type` were committed here: wake the projectors that read them, and
+    /// have other instances told.
+    pub fn appended(&self, aggregate_type: &str) {
+        if let Ok(local) = self.local.read() {
+            for (types, notify) in local.iter() {
+                if types.contains(&aggregate_type) {
+                    notify.notify_waiters();
+                }
+            }
+        }
+        self.outbound.notify_one();
+    }
+
+    /// Wakes every local projector (a notification from another instance, a reconnect).
+    pub fn wake_all(&self) {
+        if let Ok(local) = self.local.read() {
+            for (_, notify) in local.iter() {
+                notify.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Sends `NOTIFY arosaje_events` after local appends; appends that happen while one is in flight
+/// share the next one.
+pub async fn run_notifier(pool: PgPool, wakeups: Arc<Wakeups>) {
+    loop {
+        wakeups.outbound.notified().await;
+        if let Err(err) = sqlx::query("SELECT pg_notify('arosaje_events', '')")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %err, "cannot notify other instances; they will poll");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Appends events and runs commands. Cheap to share.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
     retries: u32,
-    appended: Arc<Notify>,
+    wakeups: Arc<Wakeups>,
 }
 
 impl EventStore {
-    /// `retries`: extra attempts after a concurrency conflict. `appended` is notified after each
-    /// commit so projectors in this process wake without waiting for NOTIFY.
-    pub fn new(pool: PgPool, retries: u32, appended: Arc<Notify>) -> Self {
+    /// `retries`: extra attempts after a concurrency conflict. `wakeups` hears of each commit.
+    pub fn new(pool: PgPool, retries: u32, wakeups: Arc<Wakeups>) -> Self {
         Self {
             pool,
             retries,
-            appended,
+            wakeups,
         }
     }
 
@@ -131,9 +189,10 @@ impl EventStore {
         append::<A>(conn, aggregate_id, 0, &events, metadata).await
     }
 
-    /// Tells local projectors that something was committed.
-    pub fn appended(&self) {
-        self.appended.notify_waiters();
+    /// Tells projectors (here and on other instances) that events of `aggregate_type` were
+    /// committed.
+    pub fn appended(&self, aggregate_type: &str) {
+        self.wakeups.appended(aggregate_type);
     }
 
     async fn run<A>(
@@ -166,7 +225,7 @@ impl EventStore {
             let mut conn = self.pool.acquire().await.map_err(internal)?;
             match append::<A>(&mut conn, aggregate_id, sequence, &events, metadata).await {
                 Ok(committed) => {
-                    self.appended();
+                    self.appended(A::TYPE);
                     return Ok(committed);
                 }
                 Err(CommandError::Conflict) if attempt < self.retries => {

@@ -17,11 +17,15 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Projection;
+use crate::events::store::Wakeups;
 use crate::events::{Position, StoredEvent};
+
+const HELD_BACK_MIN_PAUSE: Duration = Duration::from_millis(1);
+const HELD_BACK_MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// How projectors run.
 #[derive(Debug, Clone)]
@@ -42,6 +46,7 @@ impl Default for ProjectorSettings {
 struct Projector {
     projection: Arc<dyn Projection>,
     checkpoint: watch::Sender<Position>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// All projectors of the process, their checkpoints, and the wake-up signal.
@@ -54,7 +59,9 @@ struct Inner {
     pool: PgPool,
     settings: ProjectorSettings,
     projectors: Vec<Projector>,
-    wake: Arc<Notify>,
+    wakeups: Arc<Wakeups>,
+    /// Whether this process runs the projectors (else waits read checkpoints from the database).
+    running: std::sync::atomic::AtomicBool,
 }
 
 /// What one batch did.
@@ -73,11 +80,12 @@ impl Projections {
         pool: PgPool,
         settings: ProjectorSettings,
         projections: Vec<Arc<dyn Projection>>,
-        wake: Arc<Notify>,
+        wakeups: Arc<Wakeups>,
     ) -> Self {
         let projectors = projections
             .into_iter()
             .map(|projection| Projector {
+                wake: wakeups.subscribe(projection.aggregate_types()),
                 projection,
                 checkpoint: watch::channel(Position::START).0,
             })
@@ -87,7 +95,8 @@ impl Projections {
                 pool,
                 settings,
                 projectors,
-                wake,
+                wakeups,
+                running: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -121,6 +130,9 @@ impl Projections {
     /// Starts one task per projector plus the LISTEN task. Dropping or aborting the handles
     /// stops them; an interrupted batch rolls back.
     pub fn spawn(&self) -> Vec<JoinHandle<()>> {
+        self.inner
+            .running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut handles = Vec::new();
         for index in 0..self.inner.projectors.len() {
             let this = self.clone();
@@ -133,7 +145,7 @@ impl Projections {
 
     /// Wakes every local projector.
     pub fn wake(&self) {
-        self.inner.wake.notify_waiters();
+        self.inner.wakeups.wake_all();
     }
 
     /// The last checkpoint this process saw for a projection.
@@ -142,7 +154,8 @@ impl Projections {
     }
 
     /// Waits until every projection that reads `aggregate_type` has passed `position`.
-    /// Returns false on time-out.
+    /// Returns false on time-out. Without local projectors (an API-only instance) it follows the
+    /// checkpoints in the database instead.
     pub async fn wait_for(
         &self,
         aggregate_type: &str,
@@ -150,21 +163,48 @@ impl Projections {
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        let local = self
+            .inner
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed);
         for projector in &self.inner.projectors {
-            if !projector
-                .projection
-                .aggregate_types()
-                .contains(&aggregate_type)
-            {
+            let projection = &projector.projection;
+            if !projection.aggregate_types().contains(&aggregate_type) {
                 continue;
             }
-            let mut rx = projector.checkpoint.subscribe();
-            let reached = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= position)).await;
-            if !matches!(reached, Ok(Ok(_))) {
+            let reached = if local {
+                let mut rx = projector.checkpoint.subscribe();
+                let waited =
+                    tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= position)).await;
+                matches!(waited, Ok(Ok(_)))
+            } else {
+                self.poll_checkpoint(projection.name(), position, deadline)
+                    .await
+            };
+            if !reached {
                 return false;
             }
         }
         true
+    }
+
+    async fn poll_checkpoint(
+        &self,
+        name: &str,
+        position: Position,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            if let Ok(current) = load_checkpoint(&self.inner.pool, name).await {
+                if current >= position {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Runs batches of one projection until it is caught up (for the CLI and tests).
@@ -201,11 +241,10 @@ impl Projections {
         let name = self.inner.projectors[index].projection.name();
         let poll = self.inner.settings.poll_interval;
         let mut failures: u32 = 0;
-        // Short pauses while a newer event waits behind an older open transaction.
-        let mut held_back_pause = Duration::from_millis(1);
+        let mut held_back_pause = HELD_BACK_MIN_PAUSE;
         loop {
             // Register interest before reading, so a wake-up during the batch is not lost.
-            let notified = self.inner.wake.notified();
+            let notified = self.inner.projectors[index].wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
@@ -215,19 +254,20 @@ impl Projections {
                     if outcome.read as i64 >= self.inner.settings.batch_size {
                         continue;
                     }
-                    if outcome.read > 0 {
-                        // Our commit may have released events other projectors were held behind.
-                        self.wake();
-                    }
-                    if outcome.held_back {
-                        tokio::time::sleep(held_back_pause).await;
-                        held_back_pause = (held_back_pause * 2).min(poll);
-                        continue;
-                    }
-                    held_back_pause = Duration::from_millis(1);
+                    // Events held behind an open transaction become readable when it ends: an
+                    // append's commit wakes us; anything else (another projector's batch, a
+                    // transaction elsewhere) is caught by a short, growing pause.
+                    let pause = if outcome.held_back {
+                        let pause = held_back_pause;
+                        held_back_pause = (held_back_pause * 2).min(HELD_BACK_MAX_PAUSE);
+                        pause
+                    } else {
+                        held_back_pause = HELD_BACK_MIN_PAUSE;
+                        poll
+                    };
                     tokio::select! {
                         _ = &mut notified => {}
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
                 Err(err) => {
@@ -247,34 +287,48 @@ impl Projections {
     pub async fn run_batch(&self, index: usize) -> anyhow::Result<BatchOutcome> {
         let projector = &self.inner.projectors[index];
         let projection = &projector.projection;
-        let mut tx = self.inner.pool.begin().await?;
-        // Taken before the checkpoint lock gives this transaction an id of its own: every
-        // transaction below this bound has finished, so its events are final.
-        let horizon: String =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-                .fetch_one(&mut *tx)
-                .await?;
-        let row: (String, i64) = sqlx::query_as(
-            "SELECT last_transaction_id::text, last_position FROM projection_checkpoints \
-             WHERE name = $1 FOR UPDATE",
+        // The batch and its checkpoint commit or vanish together, and both can be redone from the
+        // durable log: waiting for this commit's WAL flush buys nothing.
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?;
+        // One round trip: the horizon (every transaction below it has finished, so its events
+        // are final), the checkpoint (locked: one batch at a time across instances), and whether
+        // committed events already wait beyond the horizon. The horizon is read before the lock
+        // gives this transaction an id; a horizon read after a lock wait is older, so only
+        // less fresh, never unsafe.
+        let head: (String, String, i64, bool) = sqlx::query_as(
+            "SELECT h.horizon::text, c.last_transaction_id::text, c.last_position, \
+                    EXISTS (SELECT 1 FROM events e WHERE e.transaction_id >= h.horizon) \
+               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h, \
+                    projection_checkpoints c \
+              WHERE c.name = $1 \
+                FOR UPDATE OF c",
         )
         .bind(projection.name())
         .fetch_one(&mut *tx)
         .await?;
-        let checkpoint = parse_position(&row.0, row.1)?;
+        let (horizon, checkpoint_tx, checkpoint_pos, held_back) = head;
+        let checkpoint = parse_position(&checkpoint_tx, checkpoint_pos)?;
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT transaction_id::text AS transaction_id, global_position, aggregate_type, \
-                    aggregate_id, sequence, event_type, event_version, payload, metadata, timestamp \
+                    aggregate_id, sequence, event_type, event_version, \
+                    CASE WHEN aggregate_type = ANY($5) THEN payload ELSE 'null' END AS payload, \
+                    CASE WHEN aggregate_type = ANY($5) THEN metadata ELSE 'null' END AS metadata, \
+                    timestamp \
                FROM events \
               WHERE (transaction_id, global_position) > ($1::xid8, $2) \
                 AND transaction_id < $3::xid8 \
-              ORDER BY transaction_id, global_position \
+              ORDER BY events.transaction_id, events.global_position \
               LIMIT $4",
         )
-        .bind(&row.0)
-        .bind(row.1)
+        .bind(&checkpoint_tx)
+        .bind(checkpoint_pos)
         .bind(&horizon)
         .bind(self.inner.settings.batch_size)
+        .bind(projection.aggregate_types())
         .fetch_all(&mut *tx)
         .await?;
 
@@ -282,15 +336,9 @@ impl Projections {
             .into_iter()
             .map(EventRow::into_event)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // A short batch may stop short of committed events that wait behind an older transaction:
-        // say so, and the loop looks again soon instead of sleeping a whole poll interval.
-        let held_back = (events.len() as i64) < self.inner.settings.batch_size
-            && sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE transaction_id >= $1::xid8)",
-            )
-            .bind(&horizon)
-            .fetch_one(&mut *tx)
-            .await?;
+        // A batch may stop short of committed events that wait behind an older transaction: say
+        // so, and the loop looks again soon instead of sleeping a whole poll interval.
+        let held_back = held_back && (events.len() as i64) < self.inner.settings.batch_size;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.commit().await?;
             projector.checkpoint.send_replace(checkpoint);

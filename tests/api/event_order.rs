@@ -8,7 +8,7 @@ use arosaje::commands::plant::{Plant, PlantCommand, PlantPatch};
 use arosaje::commands::values::PlantName;
 use arosaje::commands::Actor;
 use arosaje::events::plant::Care;
-use arosaje::events::store::{CommandError, EventStore};
+use arosaje::events::store::{CommandError, EventStore, Wakeups};
 use arosaje::events::user::Role;
 use arosaje::events::{Metadata, Position};
 use arosaje::projections::{Projection, Projections, ProjectorSettings};
@@ -16,7 +16,6 @@ use arosaje::BackgroundTasks;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::helpers::{eventually, pool};
@@ -62,7 +61,7 @@ impl Projection for Counting {
 struct Fixture {
     pool: PgPool,
     store: EventStore,
-    wake: Arc<Notify>,
+    wake: Arc<Wakeups>,
 }
 
 impl Fixture {
@@ -75,7 +74,7 @@ impl Fixture {
         .execute(&pool)
         .await
         .expect("test table");
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wakeups::default());
         Fixture {
             store: EventStore::new(pool.clone(), retries, wake.clone()),
             pool,
@@ -108,7 +107,7 @@ impl Fixture {
     async fn last_position(&self) -> Position {
         let (tx, pos): (String, i64) = sqlx::query_as(
             "SELECT transaction_id::text, global_position FROM events \
-             ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+             ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
         )
         .fetch_one(&self.pool)
         .await
@@ -375,4 +374,35 @@ async fn two_commands_on_one_aggregate_never_both_win_the_same_version(
         (1..=(1 + won as i64)).collect::<Vec<_>>(),
         "one event per winner, no gaps"
     );
+}
+
+#[sqlx::test]
+async fn transaction_ids_are_ordered_as_numbers_not_as_text(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let fixture = Fixture::new(options, connect, 0).await;
+    // Long-finished transactions 10 and 9 (explicit ids; the column only defaults to the writer's).
+    for tx in ["10", "9"] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                                 payload, metadata, transaction_id) \
+             VALUES ('Plant', $1, 1, 'PlantDeleted', '1', '\"PlantDeleted\"', '{}', $2::xid8)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(tx)
+        .execute(&fixture.pool)
+        .await
+        .expect("insert");
+    }
+    let projections = fixture.projections(Duration::ZERO, 100).await;
+    projections.catch_up("counting").await.expect("catch up");
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT e.transaction_id::text FROM test_seen s JOIN events e USING (global_position) \
+         ORDER BY s.applied_order",
+    )
+    .fetch_all(&fixture.pool)
+    .await
+    .expect("order");
+    assert_eq!(order, ["9", "10"]);
 }
