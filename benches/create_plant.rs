@@ -191,7 +191,10 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut admin)
         .await?;
     let db_url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db_name}"),
+        Some((base, _)) => format!(
+            "{base}/{db_name}{}",
+            std::env::var("BENCH_URL_SUFFIX").unwrap_or_default()
+        ),
         None => anyhow::bail!("BENCH_DATABASE_URL needs a database name"),
     };
 

@@ -82,6 +82,12 @@ pub struct Config {
     /// Attempts of a command that meets a concurrent change before it answers 409.
     #[arg(long, env = "COMMAND_RETRIES", default_value_t = 5)]
     pub command_retries: u32,
+    /// Concurrent single-event appends share one INSERT and one commit (0 turns it off).
+    #[arg(long, env = "GROUP_COMMIT_WRITERS", default_value_t = 4)]
+    pub group_commit_writers: usize,
+    /// Largest number of appends written by one group commit.
+    #[arg(long, env = "GROUP_COMMIT_MAX", default_value_t = 256)]
+    pub group_commit_max: usize,
     /// Projectors poll the log this often even without notifications.
     #[arg(long, env = "PROJECTION_POLL_MS", default_value_t = 1000)]
     pub projection_poll_ms: u64,

@@ -108,8 +108,12 @@ impl App {
             .init()
             .await
             .context("initialising projections")?;
+        let mut store = EventStore::new(pool.clone(), config.command_retries, wakeups.clone());
+        if config.group_commit_writers > 0 {
+            store = store.with_group_commit(config.group_commit_writers, config.group_commit_max);
+        }
         let inner = AppInner {
-            store: EventStore::new(pool.clone(), config.command_retries, wakeups.clone()),
+            store,
             wakeups,
             sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
             jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),

@@ -2,6 +2,7 @@
 //! encryption of personal data inside events.
 
 pub mod crypto;
+pub mod group_commit;
 pub mod metadata;
 pub mod plant;
 pub mod store;

@@ -19,6 +19,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
+use super::group_commit::{GroupAppender, NewEvent};
 use super::{Metadata, Position};
 
 /// The outcome of a command that succeeded.
@@ -121,6 +122,7 @@ pub struct EventStore {
     pool: PgPool,
     retries: u32,
     wakeups: Arc<Wakeups>,
+    group: Option<GroupAppender>,
 }
 
 impl EventStore {
@@ -130,7 +132,14 @@ impl EventStore {
             pool,
             retries,
             wakeups,
+            group: None,
         }
+    }
+
+    /// Appends single-event commands through a group appender (see [`GroupAppender`]).
+    pub fn with_group_commit(mut self, writers: usize, max_group: usize) -> Self {
+        self.group = Some(GroupAppender::start(self.pool.clone(), writers, max_group));
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -222,8 +231,16 @@ impl EventStore {
                     position: None,
                 });
             }
-            let mut conn = self.pool.acquire().await.map_err(internal)?;
-            match append::<A>(&mut conn, aggregate_id, sequence, &events, metadata).await {
+            let appended = match (&self.group, events.as_slice()) {
+                (Some(group), [event]) => {
+                    append_grouped::<A>(group, aggregate_id, sequence, event, metadata).await
+                }
+                _ => {
+                    let mut conn = self.pool.acquire().await.map_err(internal)?;
+                    append::<A>(&mut conn, aggregate_id, sequence, &events, metadata).await
+                }
+            };
+            match appended {
                 Ok(committed) => {
                     self.appended(A::TYPE);
                     return Ok(committed);
@@ -275,6 +292,39 @@ async fn decide<A: Aggregate>(
         .await
         .map_err(CommandError::Domain)?;
     Ok(sink.collect().await)
+}
+
+/// Appends one event through the group appender.
+async fn append_grouped<A: Aggregate>(
+    group: &GroupAppender,
+    aggregate_id: &str,
+    current_sequence: usize,
+    event: &A::Event,
+    metadata: &Metadata,
+) -> Result<Committed, CommandError<A::Error>> {
+    let version = current_sequence as i64 + 1;
+    let verdict = group
+        .append(NewEvent {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_string(),
+            sequence: version,
+            event_type: event.event_type(),
+            event_version: event.event_version(),
+            payload: serde_json::to_value(event).map_err(internal)?,
+            metadata: serde_json::to_value(metadata.to_map()).map_err(internal)?,
+        })
+        .await
+        .map_err(|message| CommandError::Internal(anyhow::anyhow!(message)))?;
+    match verdict {
+        Some(position) => {
+            metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(1);
+            Ok(Committed {
+                version,
+                position: Some(position),
+            })
+        }
+        None => Err(CommandError::Conflict),
+    }
 }
 
 /// Appends `events` after `current_sequence` in one statement (atomic for the command), returning

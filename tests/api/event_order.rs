@@ -66,6 +66,16 @@ struct Fixture {
 
 impl Fixture {
     async fn new(options: PgPoolOptions, connect: PgConnectOptions, retries: u32) -> Fixture {
+        Self::with_store(options, connect, retries, false).await
+    }
+
+    /// `group`: single-event appends go through the group-commit appender.
+    async fn with_store(
+        options: PgPoolOptions,
+        connect: PgConnectOptions,
+        retries: u32,
+        group: bool,
+    ) -> Fixture {
         let pool = pool(options, connect).await;
         sqlx::query(
             "CREATE TABLE test_seen (global_position bigint PRIMARY KEY, n integer NOT NULL, \
@@ -75,11 +85,11 @@ impl Fixture {
         .await
         .expect("test table");
         let wake = Arc::new(Wakeups::default());
-        Fixture {
-            store: EventStore::new(pool.clone(), retries, wake.clone()),
-            pool,
-            wake,
+        let mut store = EventStore::new(pool.clone(), retries, wake.clone());
+        if group {
+            store = store.with_group_commit(4, 64);
         }
+        Fixture { store, pool, wake }
     }
 
     async fn projections(&self, delay: Duration, batch_size: i64) -> Projections {
@@ -138,9 +148,20 @@ async fn concurrent_writers_never_make_a_projector_skip_or_repeat_an_event(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    concurrent_writers(Fixture::with_store(options, connect, 0, false).await).await;
+}
+
+#[sqlx::test]
+async fn concurrent_group_committed_writers_never_make_a_projector_skip_or_repeat_an_event(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    concurrent_writers(Fixture::with_store(options, connect, 0, true).await).await;
+}
+
+async fn concurrent_writers(fixture: Fixture) {
     const WRITERS: usize = 8;
     const COMMANDS: usize = 500;
-    let fixture = Fixture::new(options, connect, 0).await;
     let projections = fixture.projections(Duration::ZERO, 100).await;
     let _running = BackgroundTasks::from(projections.spawn());
 
@@ -309,8 +330,19 @@ async fn two_commands_on_one_aggregate_never_both_win_the_same_version(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    racing_commands(Fixture::with_store(options, connect, 0, false).await).await;
+}
+
+#[sqlx::test]
+async fn group_committed_commands_on_one_aggregate_never_both_win_the_same_version(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    racing_commands(Fixture::with_store(options, connect, 0, true).await).await;
+}
+
+async fn racing_commands(fixture: Fixture) {
     const RACERS: usize = 16;
-    let fixture = Fixture::new(options, connect, 0).await;
     let owner = Uuid::new_v4();
     let id = Uuid::now_v7().to_string();
     fixture

@@ -1,0 +1,181 @@
+//! Group commit: concurrent single-event appends share one `INSERT` and one commit.
+//!
+//! Each command still gets its own optimistic-concurrency verdict: the statement is
+//! `INSERT … ON CONFLICT DO NOTHING RETURNING`, and a command whose row is not returned lost the
+//! race for its sequence number (a `Conflict`, retried by the caller like any other). Only
+//! single-event appends are grouped, so a command is never half written; commands with several
+//! events append on their own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::Position;
+
+/// The verdict on one append: its position, or `None` when the sequence was already taken.
+pub type Verdict = Result<Option<Position>, String>;
+
+/// One event to append at `sequence` of its aggregate's stream.
+pub struct NewEvent {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+struct Queued {
+    event: NewEvent,
+    reply: oneshot::Sender<Verdict>,
+}
+
+/// Hands appends to a few writer tasks; each writes whatever has queued up as one statement.
+#[derive(Clone)]
+pub struct GroupAppender {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl GroupAppender {
+    /// `writers` statements may be in flight at once, each carrying at most `max_group` events.
+    /// The writers stop when the last `GroupAppender` clone is dropped.
+    pub fn start(pool: PgPool, writers: usize, max_group: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(max_group * writers * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(write_groups(
+                pool.clone(),
+                receiver.clone(),
+                max_group.max(1),
+            ));
+        }
+        Self { queue }
+    }
+
+    pub async fn append(&self, event: NewEvent) -> Verdict {
+        let (reply, verdict) = oneshot::channel();
+        self.queue
+            .send(Queued { event, reply })
+            .await
+            .map_err(|_| "the group appender has stopped".to_string())?;
+        verdict
+            .await
+            .map_err(|_| "the group appender dropped an append".to_string())?
+    }
+}
+
+async fn write_groups(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    max_group: usize,
+) {
+    loop {
+        let mut group = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(request) => group.push(request),
+                None => return,
+            }
+            while group.len() < max_group {
+                match receiver.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
+        write_group(&pool, group).await;
+    }
+}
+
+type Key = (&'static str, String, i64);
+
+async fn write_group(pool: &PgPool, group: Vec<Queued>) {
+    // Two appends of the same version in one group: the first one competes, the others lost.
+    let mut seen: HashSet<Key> = HashSet::new();
+    let mut writing = Vec::with_capacity(group.len());
+    for request in group {
+        let event = &request.event;
+        let key = (
+            event.aggregate_type,
+            event.aggregate_id.clone(),
+            event.sequence,
+        );
+        if seen.insert(key) {
+            writing.push(request);
+        } else {
+            let _ = request.reply.send(Ok(None));
+        }
+    }
+    metrics::histogram!("event_append_group_size").record(writing.len() as f64);
+
+    let mut types = Vec::with_capacity(writing.len());
+    let mut ids = Vec::with_capacity(writing.len());
+    let mut sequences = Vec::with_capacity(writing.len());
+    let mut event_types = Vec::with_capacity(writing.len());
+    let mut versions = Vec::with_capacity(writing.len());
+    let mut payloads = Vec::with_capacity(writing.len());
+    let mut metadata = Vec::with_capacity(writing.len());
+    for Queued { event, .. } in &writing {
+        types.push(event.aggregate_type);
+        ids.push(event.aggregate_id.as_str());
+        sequences.push(event.sequence);
+        event_types.push(event.event_type.as_str());
+        versions.push(event.event_version.as_str());
+        payloads.push(&event.payload);
+        metadata.push(&event.metadata);
+    }
+    let inserted: Result<Vec<(String, String, i64, String, i64)>, sqlx::Error> = sqlx::query_as(
+        "INSERT INTO events \
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                              $6::jsonb[], $7::jsonb[]) \
+         ON CONFLICT DO NOTHING \
+         RETURNING aggregate_type, aggregate_id, sequence, transaction_id::text, global_position",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&event_types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .fetch_all(pool)
+    .await;
+
+    match inserted {
+        Ok(rows) => {
+            let mut positions: HashMap<(String, String, i64), Position> = HashMap::new();
+            for (aggregate_type, aggregate_id, sequence, tx, position) in rows {
+                if let Ok(transaction_id) = tx.parse() {
+                    positions.insert(
+                        (aggregate_type, aggregate_id, sequence),
+                        Position {
+                            transaction_id,
+                            global_position: position,
+                        },
+                    );
+                }
+            }
+            for request in writing {
+                let event = request.event;
+                let key = (
+                    event.aggregate_type.to_string(),
+                    event.aggregate_id,
+                    event.sequence,
+                );
+                let _ = request.reply.send(Ok(positions.get(&key).copied()));
+            }
+        }
+        Err(err) => {
+            let message = format!("appending a group of events: {err}");
+            for request in writing {
+                let _ = request.reply.send(Err(message.clone()));
+            }
+        }
+    }
+}
