@@ -94,6 +94,9 @@ async fn write_groups(
 
 type Key = (&'static str, String, i64);
 
+/// A returned row: aggregate type, aggregate id, sequence, transaction id, global position.
+type InsertedRow = (String, String, i64, String, i64);
+
 async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     // Two appends of the same version in one group: the first one competes, the others lost.
     let mut seen: HashSet<Key> = HashSet::new();
@@ -129,7 +132,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         payloads.push(&event.payload);
         metadata.push(&event.metadata);
     }
-    let inserted: Result<Vec<(String, String, i64, String, i64)>, sqlx::Error> = sqlx::query_as(
+    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = sqlx::query_as(
         "INSERT INTO events \
              (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
