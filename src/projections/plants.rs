@@ -1,6 +1,7 @@
 //! Read model `plants`.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -25,6 +26,9 @@ impl Projection for PlantsProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        // Runs of creations are written with one statement; anything else flushes the run first,
+        // so events still take effect in log order.
+        let mut created = NewPlants::default();
         for event in events {
             let plant_id: Uuid = event.aggregate_id.parse()?;
             match event.decode::<PlantEvent>()? {
@@ -35,27 +39,19 @@ impl Projection for PlantsProjection {
                     description,
                     care,
                 } => {
-                    sqlx::query(
-                        "INSERT INTO plants (id, owner_id, name, species, description, \
-                                             watering_interval_days, light, care_notes, \
-                                             created_at, updated_at, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(plant_id)
-                    .bind(owner_id)
-                    .bind(name)
-                    .bind(species)
-                    .bind(description)
-                    .bind(care.watering_interval_days)
-                    .bind(care.light)
-                    .bind(care.notes)
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
+                    created.ids.push(plant_id);
+                    created.owners.push(owner_id);
+                    created.names.push(name);
+                    created.species.push(species);
+                    created.descriptions.push(description);
+                    created.watering.push(care.watering_interval_days);
+                    created.light.push(care.light);
+                    created.notes.push(care.notes);
+                    created.times.push(event.timestamp);
+                    created.versions.push(event.sequence);
                 }
                 PlantEvent::PlantUpdated { changes } => {
+                    created.flush(conn).await?;
                     let care = changes.care.as_ref();
                     sqlx::query(
                         "UPDATE plants SET \
@@ -84,6 +80,7 @@ impl Projection for PlantsProjection {
                     .await?;
                 }
                 PlantEvent::PlantDeleted => {
+                    created.flush(conn).await?;
                     sqlx::query("DELETE FROM plants WHERE id = $1")
                         .bind(plant_id)
                         .execute(&mut *conn)
@@ -91,6 +88,52 @@ impl Projection for PlantsProjection {
                 }
             }
         }
+        created.flush(conn).await
+    }
+}
+
+/// Plants created by consecutive events, inserted together.
+#[derive(Default)]
+struct NewPlants {
+    ids: Vec<Uuid>,
+    owners: Vec<Uuid>,
+    names: Vec<String>,
+    species: Vec<Option<String>>,
+    descriptions: Vec<Option<String>>,
+    watering: Vec<Option<i32>>,
+    light: Vec<Option<String>>,
+    notes: Vec<Option<String>>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+impl NewPlants {
+    async fn flush(&mut self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(self);
+        sqlx::query(
+            "INSERT INTO plants (id, owner_id, name, species, description, watering_interval_days, \
+                                 light, care_notes, created_at, updated_at, version) \
+             SELECT id, owner_id, name, species, description, watering, light, notes, at, at, version \
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                           $6::int4[], $7::text[], $8::text[], $9::timestamptz[], $10::int8[]) \
+                    AS p(id, owner_id, name, species, description, watering, light, notes, at, version) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&batch.ids)
+        .bind(&batch.owners)
+        .bind(&batch.names)
+        .bind(&batch.species)
+        .bind(&batch.descriptions)
+        .bind(&batch.watering)
+        .bind(&batch.light)
+        .bind(&batch.notes)
+        .bind(&batch.times)
+        .bind(&batch.versions)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 }

@@ -438,3 +438,107 @@ async fn transaction_ids_are_ordered_as_numbers_not_as_text(
     .expect("order");
     assert_eq!(order, ["9", "10"]);
 }
+
+/// Fails its first `failures` batches, then records events like `Counting`.
+struct Flaky {
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Projection for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Plant"]
+    }
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[arosaje::events::StoredEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            sqlx::query("INSERT INTO test_flaky (global_position) VALUES ($1)")
+                .bind(event.position.global_position)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            anyhow::bail!("simulated failure, {left} left");
+        }
+        Ok(())
+    }
+}
+
+#[sqlx::test]
+async fn a_failing_projector_retries_without_holding_up_the_others(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let fixture = Fixture::new(options, connect, 0).await;
+    sqlx::query("CREATE TABLE test_flaky (global_position bigint PRIMARY KEY)")
+        .execute(&fixture.pool)
+        .await
+        .expect("table");
+    let projections = Projections::new(
+        fixture.pool.clone(),
+        ProjectorSettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(100),
+        },
+        vec![
+            Arc::new(Flaky {
+                failures: std::sync::atomic::AtomicUsize::new(3),
+            }),
+            Arc::new(Counting {
+                delay: Duration::ZERO,
+            }),
+        ],
+        fixture.wake.clone(),
+    );
+    projections.init().await.expect("init");
+    let _running = BackgroundTasks::from(projections.spawn());
+    for _ in 0..50 {
+        fixture
+            .store
+            .execute_new::<Plant>(
+                &Uuid::now_v7().to_string(),
+                create(Uuid::new_v4()),
+                &(),
+                &meta(),
+            )
+            .await
+            .expect("append");
+    }
+    let last = fixture.last_position().await;
+    eventually(
+        "the healthy projector to finish",
+        Duration::from_secs(10),
+        || {
+            let projections = projections.clone();
+            async move { projections.checkpoint("counting") == Some(last) }
+        },
+    )
+    .await;
+    assert_eq!(fixture.seen().await, (50, 1));
+    eventually(
+        "the failing projector to recover",
+        Duration::from_secs(30),
+        || {
+            let projections = projections.clone();
+            async move { projections.checkpoint("flaky") == Some(last) }
+        },
+    )
+    .await;
+    let flaky: i64 = sqlx::query_scalar("SELECT count(*) FROM test_flaky")
+        .fetch_one(&fixture.pool)
+        .await
+        .expect("count");
+    assert_eq!(flaky, 50, "failed batches rolled back, then applied once");
+}
