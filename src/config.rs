@@ -70,8 +70,8 @@ pub struct Config {
     /// Changing it makes existing accounts unreachable by e-mail: set it once.
     #[arg(long, env = "EMAIL_PEPPER", default_value = DEV_EMAIL_PEPPER, hide_default_value = true)]
     pub email_pepper: Secret,
-    /// Lifetime of an access token, in seconds.
-    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
+    /// Lifetime of an access token, in seconds (refresh tokens renew it).
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
     /// Lifetime of a session in Redis, in seconds (refreshed at each login).
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 24 * 3600)]
@@ -100,6 +100,34 @@ pub struct Config {
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Rate-limit window, in seconds.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
+    pub rate_limit_window_secs: u64,
+    /// Requests per window, per client IP and endpoint, on the API.
+    #[arg(long, env = "RATE_LIMIT_API", default_value_t = 600)]
+    pub rate_limit_api: u32,
+    /// Requests per window, per client IP, on login, registration and token refresh.
+    #[arg(long, env = "RATE_LIMIT_AUTH", default_value_t = 20)]
+    pub rate_limit_auth: u32,
+    /// Attempts per window against one e-mail address (login, registration), from any IP.
+    #[arg(long, env = "RATE_LIMIT_AUTH_PER_EMAIL", default_value_t = 10)]
+    pub rate_limit_auth_per_email: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated IPs); others' is ignored.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Origins allowed to call the API from a browser (comma-separated; empty: none).
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub cors_allowed_origins: Vec<String>,
     /// Run the projectors in this process (turn off for API-only instances).
     #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projectors: bool,

@@ -43,6 +43,7 @@ pub struct AppInner {
     pub keys: Arc<KeyStore>,
     pub email_index: EmailIndex,
     pub sessions: Sessions,
+    pub rate_limiter: infra::rate_limit::RateLimiter,
     pub jwt: JwtKeys,
     pub metrics: PrometheusHandle,
 }
@@ -115,6 +116,7 @@ impl App {
         let inner = AppInner {
             store,
             wakeups,
+            rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
             sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
             jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),
             keys,

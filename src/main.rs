@@ -25,10 +25,31 @@ enum Command {
     Serve(Config),
     /// Apply pending database migrations and exit.
     Migrate(StoreConfig),
+    /// Administration from the command line.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Inspect the projections.
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an ADMIN account (the first admin of a new deployment).
+    Create {
+        #[arg(long)]
+        email: String,
+        /// The password (or ADMIN_PASSWORD, to keep it out of the shell history).
+        #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+        #[command(flatten)]
+        config: Config,
     },
 }
 
@@ -53,6 +74,21 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect_database(&store).await?;
             MIGRATOR.run(&pool).await.context("running migrations")?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password,
+                    display_name,
+                    config,
+                },
+        } => {
+            let app = App::build(config).await?;
+            let id =
+                arosaje::api::admin::create_admin(&app, &email, &password, &display_name).await?;
+            println!("admin {id} created for {}", email.trim().to_lowercase());
             Ok(())
         }
         Command::Projections { command } => match command {

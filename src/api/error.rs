@@ -32,6 +32,8 @@ pub enum ApiError {
     Validation(FieldErrors),
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    #[error("too many requests; retry in {} s", retry_after.as_secs_f64().ceil())]
+    RateLimited { retry_after: std::time::Duration },
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     #[error(transparent)]
@@ -82,6 +84,7 @@ impl ApiError {
             }
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -107,6 +110,12 @@ impl IntoResponse for ApiError {
             error["fields"] = json!(fields.0);
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let ApiError::RateLimited { retry_after } = &self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -20,7 +20,54 @@ use crate::events::user::ProfileChanges;
 use crate::App;
 
 pub fn router() -> Router<App> {
-    Router::new().route("/", get(get_me).patch(update_me))
+    Router::new()
+        .route("/", get(get_me).patch(update_me))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{sid}", axum::routing::delete(revoke_session))
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView {
+    id: Uuid,
+    created_at: DateTime<Utc>,
+    last_seen_at: Option<DateTime<Utc>>,
+    user_agent: Option<String>,
+    /// The session of the token making this request.
+    current: bool,
+}
+
+async fn list_sessions(
+    State(app): State<App>,
+    auth: AuthUser,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let items: Vec<SessionView> = app
+        .sessions
+        .list(auth.user_id)
+        .await?
+        .into_iter()
+        .map(|(id, info)| SessionView {
+            id,
+            created_at: info.created_at,
+            last_seen_at: info.last_seen_at,
+            user_agent: info.user_agent,
+            current: id == auth.session_id,
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "items": items, "next_cursor": null }),
+    ))
+}
+
+async fn revoke_session(
+    State(app): State<App>,
+    auth: AuthUser,
+    super::extract::ApiPath(session_id): super::extract::ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    if app.sessions.revoke(auth.user_id, session_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("session"))
+    }
 }
 
 /// A user as the read model knows them.

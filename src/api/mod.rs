@@ -1,8 +1,11 @@
 //! The HTTP edge: one router per resource, the error mapping, and the auth extractor.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod guard;
+pub mod limits;
 pub mod me;
 pub mod ops;
 pub mod pagination;
@@ -12,12 +15,14 @@ pub mod token;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -32,6 +37,7 @@ pub fn router(app: App) -> Router {
         .nest("/api/auth", auth::router())
         .nest("/api/me", me::router())
         .nest("/api/plants", plants::router())
+        .nest("/api/admin", admin::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
@@ -40,8 +46,26 @@ pub fn router(app: App) -> Router {
                 Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this path"}})),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), limits::rate_limit))
         .layer(axum::extract::DefaultBodyLimit::max(app.config.max_json_body_bytes))
         .layer(axum::middleware::from_fn(record_metrics))
+        .layer(cors(&app.config.cors_allowed_origins))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(app.config.request_timeout_secs),
@@ -50,6 +74,39 @@ pub fn router(app: App) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(app)
+}
+
+/// Browsers may call the API only from the configured origins.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(origin = o, "ignoring an unparseable CORS origin");
+                None
+            }
+        })
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderName::from_static("retry-after"),
+        ])
+        .max_age(Duration::from_secs(3600))
 }
 
 /// Request latency by route and status.

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use super::guard::{Can, Capability, ManagePlants, ReadAllPlants};
 use super::me::with_position;
 use super::pagination::{self, Page};
 use super::token::AuthUser;
@@ -21,7 +22,6 @@ use crate::commands::values::{optional_text, watering_interval, FieldErrors, Pla
 use crate::events::double_option;
 use crate::events::plant::Care;
 use crate::events::store::Committed;
-use crate::events::user::Role;
 use crate::App;
 
 pub fn router() -> Router<App> {
@@ -91,9 +91,9 @@ impl From<PlantRow> for PlantView {
 const COLUMNS: &str = "id, owner_id, name, species, description, watering_interval_days, light, \
                        care_notes, created_at, updated_at, version";
 
-/// Roles that may read every plant.
+/// Whether the caller reads every plant, not only their own.
 fn reads_all(auth: &AuthUser) -> bool {
-    matches!(auth.role, Role::Botanist | Role::Admin)
+    ReadAllPlants::allows(auth.role)
 }
 
 async fn load_plant(pool: &PgPool, id: Uuid) -> Result<Option<PlantView>, sqlx::Error> {
@@ -182,11 +182,10 @@ async fn respond(
 
 async fn create_plant(
     State(app): State<App>,
-    auth: AuthUser,
+    auth: Can<ManagePlants>,
     RequestMeta(meta): RequestMeta,
     ApiJson(body): ApiJson<PlantBody>,
 ) -> Result<Response, ApiError> {
-    auth.require(&[Role::User, Role::Admin])?;
     let mut errors = FieldErrors::new();
     if body.name.is_none() {
         errors.add("name", "is required");
@@ -282,7 +281,7 @@ async fn get_plant(
 
 async fn update_plant(
     State(app): State<App>,
-    auth: AuthUser,
+    auth: Can<ManagePlants>,
     RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<PlantBody>,
@@ -305,7 +304,7 @@ async fn update_plant(
 
 async fn delete_plant(
     State(app): State<App>,
-    auth: AuthUser,
+    auth: Can<ManagePlants>,
     RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {

@@ -98,18 +98,6 @@ impl AuthUser {
         }
     }
 
-    /// 403 unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
-        if roles.contains(&self.role) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "role {} may not do this",
-                self.role.as_str()
-            )))
-        }
-    }
-
     /// Event metadata naming this caller.
     pub fn metadata(&self, request: Metadata) -> Metadata {
         Metadata {

@@ -20,6 +20,12 @@ pub enum UserCommand {
     UpdateProfile {
         changes: ProfileChanges,
     },
+    /// Only admins (checked at the edge) change roles; a no-op change emits nothing.
+    ChangeRole {
+        role: Role,
+    },
+    Disable,
+    Enable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +42,8 @@ pub enum UserError {
 pub struct User {
     registered: bool,
     role: Option<Role>,
+    #[serde(default)]
+    disabled: bool,
 }
 
 impl Aggregate for User {
@@ -81,6 +89,32 @@ impl Aggregate for User {
                 sink.write(UserEvent::UserProfileUpdated { changes }, self)
                     .await;
             }
+            UserCommand::ChangeRole { role } => {
+                let previous = self
+                    .role
+                    .filter(|_| self.registered)
+                    .ok_or(UserError::NotFound)?;
+                if previous != role {
+                    sink.write(UserEvent::UserRoleChanged { role, previous }, self)
+                        .await;
+                }
+            }
+            UserCommand::Disable => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if !self.disabled {
+                    sink.write(UserEvent::UserDisabled, self).await;
+                }
+            }
+            UserCommand::Enable => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if self.disabled {
+                    sink.write(UserEvent::UserEnabled, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -92,6 +126,9 @@ impl Aggregate for User {
                 self.role = Some(role);
             }
             UserEvent::UserProfileUpdated { .. } => {}
+            UserEvent::UserRoleChanged { role, .. } => self.role = Some(role),
+            UserEvent::UserDisabled => self.disabled = true,
+            UserEvent::UserEnabled => self.disabled = false,
         }
     }
 }
@@ -175,6 +212,53 @@ mod tests {
                 changes: changes.clone(),
             })
             .then_expect_events(vec![UserEvent::UserProfileUpdated { changes }]);
+    }
+
+    #[test]
+    fn changing_a_role_records_the_previous_one_and_a_no_op_emits_nothing() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::ChangeRole {
+                role: Role::Botanist,
+            })
+            .then_expect_events(vec![UserEvent::UserRoleChanged {
+                role: Role::Botanist,
+                previous: Role::User,
+            }]);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::ChangeRole { role: Role::User })
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::ChangeRole { role: Role::Admin })
+            .then_expect_error(UserError::NotFound);
+    }
+
+    #[test]
+    fn disabling_and_enabling_are_idempotent() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::Disable)
+            .then_expect_events(vec![UserEvent::UserDisabled]);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::UserDisabled])
+            .when(UserCommand::Disable)
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::UserDisabled])
+            .when(UserCommand::Enable)
+            .then_expect_events(vec![UserEvent::UserEnabled]);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::Enable)
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Disable)
+            .then_expect_error(UserError::NotFound);
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub enum UserEvent {
     },
     /// Version 1.
     UserProfileUpdated { changes: ProfileChanges },
+    /// Version 1. An admin (or the CLI) changed the user's role.
+    UserRoleChanged { role: Role, previous: Role },
+    /// Version 1. The account may no longer log in; its sessions are revoked.
+    UserDisabled,
+    /// Version 1.
+    UserEnabled,
 }
 
 impl DomainEvent for UserEvent {
@@ -80,6 +86,9 @@ impl DomainEvent for UserEvent {
         match self {
             UserEvent::UserRegistered { .. } => "UserRegistered",
             UserEvent::UserProfileUpdated { .. } => "UserProfileUpdated",
+            UserEvent::UserRoleChanged { .. } => "UserRoleChanged",
+            UserEvent::UserDisabled => "UserDisabled",
+            UserEvent::UserEnabled => "UserEnabled",
         }
         .to_string()
     }

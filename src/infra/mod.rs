@@ -1,3 +1,4 @@
 //! Adapters to infrastructure other than the event store.
 
+pub mod rate_limit;
 pub mod sessions;

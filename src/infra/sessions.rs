@@ -13,8 +13,40 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_seen_at: Option<DateTime<Utc>>,
     pub user_agent: Option<String>,
+    /// SHA-256 (hex) of the session's current refresh token; earlier ones are refused.
+    #[serde(default)]
+    pub refresh_hash: Option<String>,
 }
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was the current token: it is replaced by the new one.
+    Rotated,
+    /// It was an old token of a live session: a sign of theft, so the session is revoked.
+    ReusedAndRevoked,
+    /// No such session (revoked, expired, or never existed).
+    Unknown,
+}
+
+/// Compare-and-swap of the refresh hash, atomic in Redis.
+const ROTATE: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local session = cjson.decode(value)
+if session['refresh_hash'] ~= ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return -1
+end
+session['refresh_hash'] = ARGV[3]
+session['last_seen_at'] = ARGV[4]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(session))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
 
 #[derive(Clone)]
 pub struct Sessions {
@@ -59,6 +91,43 @@ impl Sessions {
         let mut conn = self.redis.clone();
         let removed: i64 = conn.hdel(key(user_id), session_id.to_string()).await?;
         Ok(removed > 0)
+    }
+
+    /// Every open session of a user.
+    pub async fn list(&self, user_id: Uuid) -> redis::RedisResult<Vec<(Uuid, SessionInfo)>> {
+        let mut conn = self.redis.clone();
+        let all: std::collections::HashMap<String, String> = conn.hgetall(key(user_id)).await?;
+        let mut sessions: Vec<(Uuid, SessionInfo)> = all
+            .into_iter()
+            .filter_map(|(id, value)| Some((id.parse().ok()?, serde_json::from_str(&value).ok()?)))
+            .collect();
+        sessions.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        Ok(sessions)
+    }
+
+    /// Replaces the session's refresh hash if `presented` is the current one.
+    pub async fn rotate_refresh(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        presented: &str,
+        next: &str,
+    ) -> redis::RedisResult<Rotation> {
+        let mut conn = self.redis.clone();
+        let outcome: i64 = redis::Script::new(ROTATE)
+            .key(key(user_id))
+            .arg(session_id.to_string())
+            .arg(presented)
+            .arg(next)
+            .arg(Utc::now().to_rfc3339())
+            .arg(self.ttl.as_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match outcome {
+            1 => Rotation::Rotated,
+            -1 => Rotation::ReusedAndRevoked,
+            _ => Rotation::Unknown,
+        })
     }
 
     /// Whether Redis answers.

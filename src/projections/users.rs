@@ -78,6 +78,15 @@ impl Projection for UsersProjection {
                     .execute(&mut *conn)
                     .await?;
                 }
+                UserEvent::UserRoleChanged { role, .. } => {
+                    set_user(conn, user_id, event, "role", role.as_str()).await?;
+                }
+                UserEvent::UserDisabled => {
+                    set_user(conn, user_id, event, "status", "disabled").await?;
+                }
+                UserEvent::UserEnabled => {
+                    set_user(conn, user_id, event, "status", "active").await?;
+                }
                 UserEvent::UserProfileUpdated { changes } => {
                     let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {
                         field
@@ -119,4 +128,24 @@ impl Projection for UsersProjection {
         }
         Ok(())
     }
+}
+
+/// Sets one text column of a user row (`column` is one of ours, never input).
+async fn set_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    event: &StoredEvent,
+    column: &'static str,
+    value: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "UPDATE users SET {column} = $2, updated_at = $3, version = $4 WHERE id = $1 AND version < $4"
+    ))
+    .bind(user_id)
+    .bind(value)
+    .bind(event.timestamp)
+    .bind(event.sequence)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -3,6 +3,7 @@ use std::time::Duration;
 use arosaje::config::Config;
 use arosaje::{api, App, BackgroundTasks};
 use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -24,6 +25,7 @@ pub struct TestApp {
 pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
+    pub headers: axum::http::HeaderMap,
 }
 
 impl std::fmt::Debug for Reply {
@@ -72,8 +74,11 @@ impl TestApp {
         let pool = pool(options, connect).await;
         let app = App::with_pool(config, pool.clone()).await.expect("app");
         let projectors = run_projectors.then(|| app.start_projectors());
+        // Each test app is its own client address, so rate limits of parallel tests stay apart.
+        let client =
+            std::net::SocketAddr::from(([10, rand_octet(), rand_octet(), rand_octet()], 40000));
         TestApp {
-            router: api::router(app.clone()),
+            router: api::router(app.clone()).layer(MockConnectInfo(client)),
             app,
             pool,
             _projectors: projectors,
@@ -88,6 +93,7 @@ impl TestApp {
             .await
             .expect("infallible");
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response
             .into_body()
             .collect()
@@ -100,7 +106,11 @@ impl TestApp {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn call(
@@ -178,30 +188,44 @@ impl TestApp {
         )
     }
 
-    /// A token for an existing user acting with another role (roles are granted by admins in a
-    /// later issue; this opens a real session and signs a real token).
-    pub async fn token_with_role(
-        &self,
-        user_id: Uuid,
-        role: arosaje::events::user::Role,
-    ) -> String {
-        let session_id = Uuid::new_v4();
-        self.app
-            .sessions
-            .create(
-                user_id,
-                session_id,
-                &arosaje::infra::sessions::SessionInfo {
-                    created_at: chrono::Utc::now(),
-                    user_agent: None,
-                },
-            )
+    /// An ADMIN, created the way `arosaje admin create` does; returns (id, access token).
+    pub async fn admin(&self) -> (Uuid, String) {
+        let email = unique_email("admin");
+        let id = arosaje::api::admin::create_admin(&self.app, &email, PASSWORD, "Admin")
             .await
-            .expect("session");
-        self.app
-            .jwt
-            .issue(user_id, role, session_id)
-            .expect("token")
+            .expect("admin");
+        let login = self.login(&email, PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{login:?}");
+        (
+            id,
+            login.body["access_token"]
+                .as_str()
+                .expect("token")
+                .to_string(),
+        )
+    }
+
+    /// A user given `role` by an admin, logged in afterwards; returns (id, access token).
+    pub async fn user_with_role(&self, admin_token: &str, role: &str) -> (Uuid, String) {
+        let email = unique_email(&role.to_lowercase());
+        let (id, _) = self.user(&email).await;
+        let changed = self
+            .call(
+                Method::PUT,
+                &format!("/api/admin/users/{id}/role"),
+                Some(admin_token),
+                Some(json!({ "role": role })),
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+        let login = self.login(&email, PASSWORD).await;
+        (
+            id,
+            login.body["access_token"]
+                .as_str()
+                .expect("token")
+                .to_string(),
+        )
     }
 
     pub async fn create_plant(&self, token: &str, name: &str) -> Reply {
@@ -232,4 +256,8 @@ where
 
 pub fn unique_email(prefix: &str) -> String {
     format!("{prefix}-{}@example.com", Uuid::new_v4().simple())
+}
+
+fn rand_octet() -> u8 {
+    (Uuid::new_v4().as_u128() % 250) as u8 + 1
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 
-use arosaje::events::user::Role;
 use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -177,9 +176,9 @@ async fn botanists_read_all_plants_but_do_not_create_them(
 ) {
     let t = TestApp::spawn(options, connect).await;
     let (_, alice) = t.user(&unique_email("alice")).await;
-    let (botanist_id, _) = t.user(&unique_email("botanist")).await;
-    let botanist = t.token_with_role(botanist_id, Role::Botanist).await;
-    let auditor = t.token_with_role(botanist_id, Role::Auditor).await;
+    let (_, admin) = t.admin().await;
+    let (_, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
     let plant = t.create_plant(&alice, "Calathea").await;
 
     let all = t.get("/api/plants?q=calath", &botanist).await;
@@ -188,7 +187,8 @@ async fn botanists_read_all_plants_but_do_not_create_them(
     assert_eq!(t.get(&url, &botanist).await.status, StatusCode::OK);
     assert_eq!(
         t.patch(&url, &botanist, json!({"name": "x"})).await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::FORBIDDEN,
+        "botanists read plants but do not change them"
     );
 
     for token in [&botanist, &auditor] {

@@ -1,0 +1,198 @@
+//! `/api/admin`: user administration (ADMIN only). Every change is a command whose events name
+//! the admin in their metadata.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
+use super::guard::{Administer, Can};
+use super::me::{load_user, with_position, UserView};
+use super::pagination::{self, Page};
+use crate::commands::user::{User, UserCommand};
+use crate::commands::values::FieldErrors;
+use crate::events::user::Role;
+use crate::App;
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/users", get(list_users))
+        .route("/users/{id}/role", put(change_role))
+        .route("/users/{id}/disable", post(disable))
+        .route("/users/{id}/enable", post(enable))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    role: Option<String>,
+    q: Option<String>,
+}
+
+async fn list_users(
+    State(app): State<App>,
+    _admin: Can<Administer>,
+    ApiQuery(params): ApiQuery<UserListParams>,
+) -> Result<Json<Page<UserView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, cursor) = pagination::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
+    let role = match params.role.as_deref().filter(|r| !r.is_empty()) {
+        None => None,
+        Some(raw) => errors.check(
+            "role",
+            Role::parse(raw)
+                .map(Role::as_str)
+                .ok_or_else(|| "must be USER, BOTANIST, ADMIN or AUDITOR".to_string()),
+        ),
+    };
+    let q = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if q.is_some_and(|q| q.chars().count() > 254) {
+        errors.add("q", "must be at most 254 characters");
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let rows: Vec<UserView> = sqlx::query_as(
+        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, \
+                phone, city, bio, created_at, updated_at, version \
+           FROM users \
+          WHERE ($1::text IS NULL OR role = $1) \
+            AND ($2::uuid IS NULL OR id < $2) \
+            AND ($3::text IS NULL OR email ILIKE $3 OR display_name ILIKE $3) \
+          ORDER BY id DESC LIMIT $4",
+    )
+    .bind(role)
+    .bind(cursor)
+    .bind(q.map(pagination::like_pattern))
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RoleBody {
+    role: Option<String>,
+}
+
+/// Runs an admin command on a user, revokes their sessions when asked, answers with the user.
+async fn administer(
+    app: &App,
+    admin: &Can<Administer>,
+    meta: crate::events::Metadata,
+    user_id: Uuid,
+    command: UserCommand,
+    revoke_sessions: bool,
+) -> Result<Response, ApiError> {
+    if user_id == admin.user_id {
+        return Err(ApiError::conflict(
+            "own_account",
+            "admins cannot change their own role or status",
+        ));
+    }
+    let committed = app
+        .store
+        .execute::<User>(&user_id.to_string(), command, &(), &admin.metadata(meta))
+        .await?;
+    // Revoked once the read model says so, so that a login racing with this change cannot
+    // open a session afterwards (login checks the status again after opening one).
+    let settled = super::settle(app, "User", &committed).await;
+    if revoke_sessions && committed.position.is_some() {
+        app.sessions.revoke_all(user_id).await?;
+    }
+    if !settled {
+        return Ok(super::accepted(user_id, &committed));
+    }
+    let view = load_user(&app.pool, user_id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let position = committed.position.map(|p| p.global_position);
+    Ok(Json(with_position(&view, position)).into_response())
+}
+
+/// A new role takes effect at the next login: the user's sessions are revoked.
+async fn change_role(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<RoleBody>,
+) -> Result<Response, ApiError> {
+    let role = body
+        .role
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or_else(|| ApiError::invalid("role", "must be USER, BOTANIST, ADMIN or AUDITOR"))?;
+    administer(
+        &app,
+        &admin,
+        meta,
+        user_id,
+        UserCommand::ChangeRole { role },
+        true,
+    )
+    .await
+}
+
+async fn disable(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    administer(&app, &admin, meta, user_id, UserCommand::Disable, true).await
+}
+
+async fn enable(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    administer(&app, &admin, meta, user_id, UserCommand::Enable, false).await
+}
+
+/// Registers an account and makes it ADMIN, both recorded as system actions; then brings the
+/// users read model up to date so the account can log in at once.
+pub async fn create_admin(
+    app: &App,
+    email: &str,
+    password: &str,
+    display_name: &str,
+) -> anyhow::Result<Uuid> {
+    use crate::api::auth::{register_user, Registration};
+    use crate::commands::values::{DisplayName, Email, Password};
+    use crate::events::Metadata;
+
+    let registration = Registration {
+        email: Email::parse(email).map_err(|e| anyhow::anyhow!("--email {e}"))?,
+        password: Password::parse(password).map_err(|e| anyhow::anyhow!("--password {e}"))?,
+        display_name: DisplayName::parse(display_name)
+            .map_err(|e| anyhow::anyhow!("--display-name {e}"))?,
+        botanist: false,
+    };
+    let metadata = Metadata::system("arosaje admin create");
+    let (id, _) = register_user(app, registration, metadata.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    app.store
+        .execute::<User>(
+            &id.to_string(),
+            UserCommand::ChangeRole { role: Role::Admin },
+            &(),
+            &metadata,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    app.projections.catch_up("users").await?;
+    Ok(id)
+}

@@ -1,0 +1,144 @@
+//! Rate limiting per client IP and endpoint (`rate:{ip}:{endpoint}`), stricter on the
+//! authentication endpoints, and per target e-mail against credential stuffing. Answers 429 with
+//! `Retry-After`; every limited response carries `RateLimit-Limit/Remaining/Reset`.
+//!
+//! When Redis is unreachable, limits are not enforced (fail open, logged and counted): an outage
+//! of the limiter must not take the whole API down. Sessions, which need Redis, answer 503 then.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use crate::infra::rate_limit::{Decision, Quota};
+use crate::App;
+
+/// Endpoints with the stricter authentication quota.
+const AUTH_ENDPOINTS: &[&str] = &["/api/auth/login", "/api/auth/register", "/api/auth/refresh"];
+
+/// Endpoints never limited (probes and scrapers).
+const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
+
+fn window(app: &App) -> Duration {
+    Duration::from_secs(app.config.rate_limit_window_secs.max(1))
+}
+
+pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    if EXEMPT.contains(&endpoint.as_str()) {
+        return next.run(request).await;
+    }
+    let limit = if AUTH_ENDPOINTS.contains(&endpoint.as_str()) {
+        app.config.rate_limit_auth
+    } else {
+        app.config.rate_limit_api
+    };
+    let quota = Quota {
+        limit,
+        window: window(&app),
+    };
+    let ip = client_ip(&request, &app.config.trusted_proxies);
+    let key = format!("rate:{ip}:{endpoint}");
+    match app.rate_limiter.check(&key, quota).await {
+        Ok(decision) if !decision.allowed => {
+            metrics::counter!("rate_limit_rejections_total", "endpoint" => endpoint).increment(1);
+            let mut response = ApiError::RateLimited {
+                retry_after: decision.retry_after,
+            }
+            .into_response();
+            add_headers(response.headers_mut(), &decision);
+            response
+        }
+        Ok(decision) => {
+            let mut response = next.run(request).await;
+            add_headers(response.headers_mut(), &decision);
+            response
+        }
+        Err(err) => {
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %err, "rate limiter unavailable; request let through");
+            next.run(request).await
+        }
+    }
+}
+
+/// The per-address limit of login and registration, whatever IP the attempts come from.
+pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result<(), ApiError> {
+    let hash: String = email_hash
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let quota = Quota {
+        limit: app.config.rate_limit_auth_per_email,
+        window: window(app),
+    };
+    match app
+        .rate_limiter
+        .check(&format!("rate:email:{hash}:{endpoint}"), quota)
+        .await
+    {
+        Ok(decision) if !decision.allowed => {
+            metrics::counter!("rate_limit_rejections_total", "endpoint" => "per_email")
+                .increment(1);
+            Err(ApiError::RateLimited {
+                retry_after: decision.retry_after,
+            })
+        }
+        Ok(_) => Ok(()),
+        Err(err) => {
+            tracing::warn!(error = %err, "rate limiter unavailable; attempt let through");
+            Ok(())
+        }
+    }
+}
+
+fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+    let secs = |d: Duration| HeaderValue::from(d.as_secs_f64().ceil() as u64);
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", secs(decision.reset_after));
+}
+
+/// The client's address: the socket's peer, unless that peer is a trusted proxy, in which case
+/// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(request: &Request, trusted_proxies: &[String]) -> String {
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        // What tests (and embedders) supply instead of a socket.
+        .or_else(|| {
+            extensions
+                .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                .map(|mock| mock.0.ip())
+        });
+    let trusted = |ip: &IpAddr| {
+        trusted_proxies
+            .iter()
+            .any(|p| p.trim().parse::<IpAddr>().ok() == Some(*ip))
+    };
+    match peer {
+        Some(peer) if trusted(&peer) => request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+            .rev()
+            .find(|ip| !trusted(ip))
+            .unwrap_or(peer)
+            .to_string(),
+        Some(peer) => peer.to_string(),
+        None => "unknown".to_string(),
+    }
+}
