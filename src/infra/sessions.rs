@@ -101,7 +101,7 @@ impl Sessions {
             .into_iter()
             .filter_map(|(id, value)| Some((id.parse().ok()?, serde_json::from_str(&value).ok()?)))
             .collect();
-        sessions.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.1.created_at));
         Ok(sessions)
     }
 
