@@ -100,6 +100,10 @@ pub struct Config {
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Longest wait for any Redis call; past it the request gets 503 (sessions) or passes
+    /// unlimited (rate limits).
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
     /// Rate-limit window, in seconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,

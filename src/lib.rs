@@ -90,9 +90,12 @@ impl App {
 
     /// Wires the application on an existing (migrated) pool.
     pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
-        let redis = infra::sessions::connect(&config.redis_url)
-            .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
+        let redis = infra::redis::Redis::connect(
+            &config.redis_url,
+            Duration::from_millis(config.redis_timeout_ms),
+        )
+        .await
+        .context("cannot connect to Redis (REDIS_URL)")?;
         let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
         let email_index = EmailIndex::new(config.email_pepper.expose());

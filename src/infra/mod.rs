@@ -1,4 +1,5 @@
 //! Adapters to infrastructure other than the event store.
 
 pub mod rate_limit;
+pub mod redis;
 pub mod sessions;

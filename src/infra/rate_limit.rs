@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::redis::Redis;
 
 /// `limit` requests per `window`, spread evenly, with a burst of up to `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +45,11 @@ return {1, 0, math.floor((window - (new_tat - now)) / interval), new_tat - now}
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis }
     }
 
@@ -57,14 +57,18 @@ impl RateLimiter {
     pub async fn check(&self, key: &str, quota: Quota) -> redis::RedisResult<Decision> {
         let window_ms = quota.window.as_millis().max(1) as u64;
         let interval_ms = (window_ms / u64::from(quota.limit.max(1))).max(1);
-        let mut conn = self.redis.clone();
-        let (allowed, retry_ms, remaining, reset_ms): (i64, i64, i64, i64) =
-            redis::Script::new(GCRA)
-                .key(key)
-                .arg(interval_ms)
-                .arg(window_ms)
-                .invoke_async(&mut conn)
-                .await?;
+        let key = key.to_string();
+        let (allowed, retry_ms, remaining, reset_ms): (i64, i64, i64, i64) = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(GCRA)
+                    .key(key)
+                    .arg(interval_ms)
+                    .arg(window_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: quota.limit,

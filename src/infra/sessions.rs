@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+
+use super::redis::Redis;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -50,7 +51,7 @@ return 1
 
 #[derive(Clone)]
 pub struct Sessions {
-    redis: ConnectionManager,
+    redis: Redis,
     ttl: Duration,
 }
 
@@ -59,7 +60,7 @@ fn key(user_id: Uuid) -> String {
 }
 
 impl Sessions {
-    pub fn new(redis: ConnectionManager, ttl: Duration) -> Self {
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
         Self { redis, ttl }
     }
 
@@ -70,33 +71,44 @@ impl Sessions {
         info: &SessionInfo,
     ) -> redis::RedisResult<()> {
         let value = serde_json::to_string(info).unwrap_or_default();
-        let mut conn = self.redis.clone();
-        redis::pipe()
-            .atomic()
-            .hset(key(user_id), session_id.to_string(), value)
-            .ignore()
-            .expire(key(user_id), self.ttl.as_secs() as i64)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let ttl = self.ttl.as_secs() as i64;
+        self.redis
+            .call(|mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .hset(key(user_id), session_id.to_string(), value)
+                    .ignore()
+                    .expire(key(user_id), ttl)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
             .await
     }
 
     pub async fn is_active(&self, user_id: Uuid, session_id: Uuid) -> redis::RedisResult<bool> {
-        let mut conn = self.redis.clone();
-        conn.hexists(key(user_id), session_id.to_string()).await
+        self.redis
+            .call(
+                |mut conn| async move { conn.hexists(key(user_id), session_id.to_string()).await },
+            )
+            .await
     }
 
     /// Revokes one session; true when it existed.
     pub async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> redis::RedisResult<bool> {
-        let mut conn = self.redis.clone();
-        let removed: i64 = conn.hdel(key(user_id), session_id.to_string()).await?;
+        let removed: i64 = self
+            .redis
+            .call(|mut conn| async move { conn.hdel(key(user_id), session_id.to_string()).await })
+            .await?;
         Ok(removed > 0)
     }
 
     /// Every open session of a user.
     pub async fn list(&self, user_id: Uuid) -> redis::RedisResult<Vec<(Uuid, SessionInfo)>> {
-        let mut conn = self.redis.clone();
-        let all: std::collections::HashMap<String, String> = conn.hgetall(key(user_id)).await?;
+        let all: std::collections::HashMap<String, String> = self
+            .redis
+            .call(|mut conn| async move { conn.hgetall(key(user_id)).await })
+            .await?;
         let mut sessions: Vec<(Uuid, SessionInfo)> = all
             .into_iter()
             .filter_map(|(id, value)| Some((id.parse().ok()?, serde_json::from_str(&value).ok()?)))
@@ -113,15 +125,20 @@ impl Sessions {
         presented: &str,
         next: &str,
     ) -> redis::RedisResult<Rotation> {
-        let mut conn = self.redis.clone();
-        let outcome: i64 = redis::Script::new(ROTATE)
-            .key(key(user_id))
-            .arg(session_id.to_string())
-            .arg(presented)
-            .arg(next)
-            .arg(Utc::now().to_rfc3339())
-            .arg(self.ttl.as_secs())
-            .invoke_async(&mut conn)
+        let ttl = self.ttl.as_secs();
+        let outcome: i64 = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(ROTATE)
+                    .key(key(user_id))
+                    .arg(session_id.to_string())
+                    .arg(presented)
+                    .arg(next)
+                    .arg(Utc::now().to_rfc3339())
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+            })
             .await?;
         Ok(match outcome {
             1 => Rotation::Rotated,
@@ -132,23 +149,15 @@ impl Sessions {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        let mut conn = self.redis.clone();
-        redis::cmd("PING").query_async::<()>(&mut conn).await
+        self.redis
+            .call(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+            .await
     }
 
     /// Revokes every session of a user.
     pub async fn revoke_all(&self, user_id: Uuid) -> redis::RedisResult<()> {
-        let mut conn = self.redis.clone();
-        conn.del(key(user_id)).await
+        self.redis
+            .call(|mut conn| async move { conn.del(key(user_id)).await })
+            .await
     }
-}
-
-/// Opens a Redis connection that reconnects by itself and never waits long for an answer.
-pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2))
-        .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, config).await
 }

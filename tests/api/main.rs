@@ -1,7 +1,9 @@
 //! Integration tests: a fresh migrated PostgreSQL database per test (`#[sqlx::test]`), the real
 //! Redis, HTTP through the real router.
 
+mod access;
 mod auth;
 mod event_order;
 mod helpers;
+mod limits;
 mod plants;

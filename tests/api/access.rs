@@ -1,0 +1,375 @@
+//! Who may do what: the role x route matrix, admin flows, sessions and refresh tokens.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{unique_email, TestApp, PASSWORD};
+
+const ANON: usize = 0;
+
+#[sqlx::test]
+async fn every_route_answers_each_role_as_the_matrix_says(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, owner) = t.user(&unique_email("owner")).await;
+    let (_, other) = t.user(&unique_email("other")).await;
+    let (_, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let (target, _) = t.user(&unique_email("target")).await;
+    let plant = t.create_plant(&owner, "Matrix fern").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Columns: anonymous, USER (owner), USER (someone else), BOTANIST, ADMIN, AUDITOR.
+    let callers: [Option<&str>; 6] = [
+        None,
+        Some(&owner),
+        Some(&other),
+        Some(&botanist),
+        Some(&admin),
+        Some(&auditor),
+    ];
+    let table: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
+        (
+            Method::GET,
+            "/api/me".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::PATCH,
+            "/api/me".into(),
+            Some(json!({"city": "Lyon"})),
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/me/sessions".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/plants".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/plants".into(),
+            Some(json!({"name": "New"})),
+            [401, 201, 201, 403, 201, 403],
+        ),
+        (
+            Method::GET,
+            format!("/api/plants/{plant}"),
+            None,
+            [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/plants/{plant}"),
+            Some(json!({"description": "x"})),
+            [401, 200, 404, 403, 200, 403],
+        ),
+        (
+            Method::DELETE,
+            "/api/plants/{fresh}".into(),
+            None,
+            [401, 204, 404, 403, 204, 403],
+        ),
+        (
+            Method::GET,
+            "/api/admin/users".into(),
+            None,
+            [401, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::PUT,
+            format!("/api/admin/users/{target}/role"),
+            Some(json!({"role": "USER"})),
+            [401, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::POST,
+            format!("/api/admin/users/{target}/disable"),
+            None,
+            [401, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::POST,
+            format!("/api/admin/users/{target}/enable"),
+            None,
+            [401, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::POST,
+            "/api/auth/logout".into(),
+            None,
+            [401, 204, 204, 204, 204, 204],
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in &table {
+        for (column, caller) in callers.iter().enumerate() {
+            let path = if path.contains("{fresh}") {
+                let fresh = t.create_plant(&owner, "Doomed").await;
+                path.replace("{fresh}", fresh.body["id"].as_str().unwrap())
+            } else {
+                path.clone()
+            };
+            let reply = t.call(method.clone(), &path, *caller, body.clone()).await;
+            if reply.status.as_u16() != expected[column] {
+                failures.push(format!(
+                    "{method} {path} as caller #{column}: expected {}, got {reply:?}",
+                    expected[column]
+                ));
+            }
+            if column == ANON {
+                assert_eq!(reply.code(), "missing_token");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[sqlx::test]
+async fn admins_list_change_roles_and_disable_users(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (admin_id, admin) = t.admin().await;
+    let email = unique_email("carol");
+    let (carol, carol_token) = t.user(&email).await;
+
+    let listed = t
+        .get(&format!("/api/admin/users?q={}", &email[..12]), &admin)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        1,
+        "{listed:?}"
+    );
+    let admins = t.get("/api/admin/users?role=ADMIN", &admin).await;
+    assert_eq!(admins.body["items"][0]["id"], admin_id.to_string());
+    assert_eq!(
+        t.get("/api/admin/users?role=KING", &admin).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // A new role takes effect at the next login: open sessions are revoked.
+    let promoted = t
+        .call(
+            Method::PUT,
+            &format!("/api/admin/users/{carol}/role"),
+            Some(&admin),
+            Some(json!({"role": "BOTANIST"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{promoted:?}");
+    assert_eq!(promoted.body["role"], "BOTANIST");
+    assert_eq!(
+        t.get("/api/me", &carol_token).await.code(),
+        "session_revoked"
+    );
+    let login = t.login(&email, PASSWORD).await;
+    let carol_token = login.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        t.get("/api/me", &carol_token).await.body["role"],
+        "BOTANIST"
+    );
+
+    // The event names the admin who acted.
+    let metadata: Value = sqlx::query_scalar(
+        "SELECT metadata FROM events WHERE aggregate_id = $1 AND event_type = 'UserRoleChanged'",
+    )
+    .bind(carol.to_string())
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(metadata["actor_id"], admin_id.to_string());
+    assert_eq!(metadata["actor_role"], "ADMIN");
+    assert!(metadata["request_id"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+
+    // Disabled: tokens die at once, logging in is refused; enabled: back in.
+    let disabled = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{carol}/disable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(disabled.body["status"], "disabled");
+    assert_eq!(
+        t.get("/api/me", &carol_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let refused = t.login(&email, PASSWORD).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::FORBIDDEN, "account_disabled")
+    );
+    let enabled = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{carol}/enable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(enabled.body["status"], "active");
+    assert_eq!(t.login(&email, PASSWORD).await.status, StatusCode::OK);
+
+    let own = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{admin_id}/disable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (own.status, own.code()),
+        (StatusCode::CONFLICT, "own_account")
+    );
+    let unknown = t
+        .call(
+            Method::POST,
+            "/api/admin/users/00000000-0000-0000-0000-000000000009/disable",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let bad_role = t
+        .call(
+            Method::PUT,
+            &format!("/api/admin/users/{carol}/role"),
+            Some(&admin),
+            Some(json!({"role": "KING"})),
+        )
+        .await;
+    assert_eq!(bad_role.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[sqlx::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_session(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("dora");
+    t.register(&email, "Dora").await;
+    let login = t.login(&email, PASSWORD).await;
+    let first_refresh = login.body["refresh_token"].as_str().unwrap().to_string();
+
+    let rotated = t
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": first_refresh}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{rotated:?}");
+    let second_refresh = rotated.body["refresh_token"].as_str().unwrap().to_string();
+    let access = rotated.body["access_token"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, first_refresh);
+    assert_eq!(t.get("/api/me", &access).await.status, StatusCode::OK);
+
+    // The first token again: stolen-token signal, the whole session goes.
+    let reused = t
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": first_refresh}),
+        )
+        .await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (StatusCode::UNAUTHORIZED, "refresh_token_reused")
+    );
+    assert_eq!(t.get("/api/me", &access).await.code(), "session_revoked");
+    let after = t
+        .post(
+            "/api/auth/refresh",
+            None,
+            json!({"refresh_token": second_refresh}),
+        )
+        .await;
+    assert_eq!(
+        (after.status, after.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
+    );
+
+    let garbage = t
+        .post("/api/auth/refresh", None, json!({"refresh_token": "nope"}))
+        .await;
+    assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
+    let missing = t.post("/api/auth/refresh", None, json!({})).await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[sqlx::test]
+async fn users_list_and_revoke_their_own_sessions(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("eve");
+    t.register(&email, "Eve").await;
+    let phone = t.login(&email, PASSWORD).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let laptop = t.login(&email, PASSWORD).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let sessions = t.get("/api/me/sessions", &laptop).await;
+    let items = sessions.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{sessions:?}");
+    assert_eq!(items.iter().filter(|s| s["current"] == true).count(), 1);
+    let phone_session = items.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let revoked = t
+        .delete(&format!("/api/me/sessions/{phone_session}"), &laptop)
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.get("/api/me", &phone).await.code(), "session_revoked");
+    assert_eq!(t.get("/api/me", &laptop).await.status, StatusCode::OK);
+    assert_eq!(
+        t.delete(&format!("/api/me/sessions/{phone_session}"), &laptop)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Another user's session id is simply not found.
+    let (_, mallory) = t.user(&unique_email("mallory")).await;
+    let laptop_session = t.get("/api/me/sessions", &laptop).await.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        t.delete(&format!("/api/me/sessions/{laptop_session}"), &mallory)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(t.get("/api/me", &laptop).await.status, StatusCode::OK);
+}

@@ -1,0 +1,244 @@
+//! Rate limits, CORS, security headers, and the API's behaviour when Redis goes away.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{config, eventually, unique_email, TestApp, PASSWORD};
+
+#[sqlx::test]
+async fn a_login_burst_gets_429_and_the_limit_resets_after_the_window(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut limited = config();
+    limited.rate_limit_auth = 3;
+    limited.rate_limit_window_secs = 2;
+    let t = TestApp::with_config(options, connect, limited, true).await;
+
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for i in 0..4 {
+        let reply = t
+            .login(&unique_email(&format!("nobody{i}")), "wrong password")
+            .await;
+        statuses.push(reply.status.as_u16());
+        last = Some(reply);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    let rejected = last.unwrap();
+    assert_eq!(rejected.code(), "rate_limited");
+    let retry_after: u64 = rejected.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(rejected.headers["ratelimit-limit"], "3");
+    assert_eq!(rejected.headers["ratelimit-remaining"], "0");
+
+    // After the window the client is welcome again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let again = t.login(&unique_email("later"), "wrong password").await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{again:?}");
+}
+
+#[sqlx::test]
+async fn attempts_against_one_email_are_limited_from_any_address(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut limited = config();
+    limited.rate_limit_auth_per_email = 2;
+    let t = TestApp::with_config(options, connect, limited, true).await;
+    let email = unique_email("target");
+    t.register(&email, "Target").await;
+
+    assert_eq!(
+        t.login(&email, "guess one").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        t.login(&email, "guess two").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let third = t.login(&email, PASSWORD).await;
+    assert_eq!(
+        (third.status, third.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    assert!(third.headers.contains_key("retry-after"));
+    // Someone else logging in from the same address is not held up.
+    let (_, other) = t.user(&unique_email("bystander")).await;
+    let me = t.get("/api/me", &other).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert!(
+        me.headers.contains_key("ratelimit-remaining"),
+        "limited responses say so"
+    );
+}
+
+#[sqlx::test]
+async fn cors_allows_only_configured_origins_and_responses_carry_security_headers(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut cors = config();
+    cors.cors_allowed_origins = vec!["https://app.arosaje.example".into()];
+    let t = TestApp::with_config(options, connect, cors, true).await;
+
+    let preflight = |origin: &'static str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api/plants")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = t.raw(preflight("https://app.arosaje.example")).await;
+    assert_eq!(
+        allowed.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.arosaje.example"
+    );
+    let refused = t.raw(preflight("https://evil.example")).await;
+    assert!(!refused
+        .headers
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+
+    let health = t.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(health.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(health.headers[header::CACHE_CONTROL], "no-store");
+}
+
+/// A Redis server of this test's own, so it can be stopped without disturbing other tests.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services.sh installs it)");
+        OwnRedis { port, child }
+    }
+
+    async fn ready(&self) {
+        let url = format!("redis://127.0.0.1:{}", self.port);
+        eventually("redis to answer", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut conn) => redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[sqlx::test]
+async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let mut own = config();
+    own.redis_url = format!("redis://127.0.0.1:{port}");
+    let t = TestApp::with_config(options, connect, own, true).await;
+    let email = unique_email("fran");
+    let (_, token) = t.user(&email).await;
+    let plant = t.create_plant(&token, "Resilient").await;
+    assert_eq!(plant.status, StatusCode::CREATED);
+
+    redis.stop();
+    let started = std::time::Instant::now();
+    let me = t.get("/api/me", &token).await;
+    assert_eq!(
+        (me.status, me.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "sessions_unavailable"),
+        "{me:?}"
+    );
+    assert!(me.headers.contains_key("retry-after"));
+    let login = t.login(&email, PASSWORD).await;
+    assert_eq!(login.status, StatusCode::SERVICE_UNAVAILABLE, "{login:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answers come quickly, no hang"
+    );
+    assert_eq!(
+        t.call(Method::GET, "/health", None, None).await.status,
+        StatusCode::OK
+    );
+    let ready = t.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["redis"], false);
+    assert_eq!(ready.body["postgres"], true);
+
+    // Redis comes back (empty: it keeps nothing on disk); the API recovers by itself.
+    let _redis = OwnRedis::start(port);
+    eventually(
+        "the API to reach Redis again",
+        Duration::from_secs(30),
+        || async { t.call(Method::GET, "/ready", None, None).await.status == StatusCode::OK },
+    )
+    .await;
+    let relogin = t.login(&email, PASSWORD).await;
+    assert_eq!(relogin.status, StatusCode::OK, "{relogin:?}");
+    let token = relogin.body["access_token"].as_str().unwrap();
+    let plants = t.get("/api/plants", token).await;
+    assert_eq!(
+        plants.body["items"].as_array().unwrap().len(),
+        1,
+        "no data was lost"
+    );
+}
