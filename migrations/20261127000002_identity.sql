@@ -28,6 +28,8 @@ CREATE TABLE users
     role               text        NOT NULL,
     status             text        NOT NULL DEFAULT 'active',
     botanist_requested boolean     NOT NULL DEFAULT false,
+    -- none | pending | approved | rejected: an admin verifies botanist accounts.
+    botanist_status    text        NOT NULL DEFAULT 'none',
     email_verified     boolean     NOT NULL DEFAULT false,
     phone              text,
     city               text,
@@ -37,3 +39,4 @@ CREATE TABLE users
     version            bigint      NOT NULL
 );
 CREATE INDEX users_role ON users (role);
+CREATE INDEX users_botanist_pending ON users (id) WHERE botanist_status = 'pending';

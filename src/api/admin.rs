@@ -24,6 +24,10 @@ pub fn router() -> Router<App> {
         .route("/users/{id}/role", put(change_role))
         .route("/users/{id}/disable", post(disable))
         .route("/users/{id}/enable", post(enable))
+        .route("/verifications", get(pending_verifications))
+        .route("/verifications/{id}/approve", post(approve_botanist))
+        .route("/verifications/{id}/reject", post(reject_botanist))
+        .route("/stats", get(stats))
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,7 +66,7 @@ async fn list_users(
         return Err(ApiError::Validation(errors));
     }
     let rows: Vec<UserView> = sqlx::query_as(
-        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, \
+        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, botanist_status, \
                 phone, city, bio, created_at, updated_at, version \
            FROM users \
           WHERE ($1::text IS NULL OR role = $1) \
@@ -82,6 +86,104 @@ async fn list_users(
 #[derive(Debug, Deserialize)]
 pub struct RoleBody {
     role: Option<String>,
+}
+
+/// Accounts that asked to be botanists and wait for an admin, oldest first.
+async fn pending_verifications(
+    State(app): State<App>,
+    _admin: Can<Administer>,
+    ApiQuery(params): ApiQuery<UserListParams>,
+) -> Result<Json<Page<UserView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, cursor) = pagination::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let rows: Vec<UserView> = sqlx::query_as(
+        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, \
+                botanist_status, phone, city, bio, created_at, updated_at, version \
+           FROM users \
+          WHERE botanist_status = 'pending' AND ($1::uuid IS NULL OR id > $1) \
+          ORDER BY id LIMIT $2",
+    )
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)?))
+}
+
+async fn approve_botanist(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    // The new role takes effect at the next login.
+    administer(
+        &app,
+        &admin,
+        meta,
+        user_id,
+        UserCommand::ApproveBotanist,
+        true,
+    )
+    .await
+}
+
+async fn reject_botanist(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    administer(
+        &app,
+        &admin,
+        meta,
+        user_id,
+        UserCommand::RejectBotanist,
+        false,
+    )
+    .await
+}
+
+/// The admin dashboard's counts, from the read models. Areas that do not exist yet (sittings,
+/// messages, advice) join as their read models land.
+async fn stats(
+    State(app): State<App>,
+    _admin: Can<Administer>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by_role: Vec<(String, i64)> =
+        sqlx::query_as("SELECT role, count(*) FROM users GROUP BY role ORDER BY role")
+            .fetch_all(&app.pool)
+            .await?;
+    let (disabled, pending, plants, events): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users WHERE status = 'disabled'), \
+                (SELECT count(*) FROM users WHERE botanist_status = 'pending'), \
+                (SELECT count(*) FROM plants), \
+                (SELECT COALESCE(max(global_position), 0) FROM events)",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    let mut users = serde_json::Map::new();
+    for role in ["USER", "BOTANIST", "ADMIN", "AUDITOR"] {
+        users.insert(role.into(), serde_json::json!(0));
+    }
+    for (role, count) in by_role {
+        users.insert(role, serde_json::json!(count));
+    }
+    Ok(Json(serde_json::json!({
+        "users": users,
+        "disabled_users": disabled,
+        "pending_botanist_verifications": pending,
+        "plants": plants,
+        "events": events,
+    })))
 }
 
 /// Runs an admin command on a user, revokes their sessions when asked, answers with the user.

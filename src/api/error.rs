@@ -163,6 +163,9 @@ impl DomainError for UserError {
                 code: "nothing_to_change",
                 message: "the request changes nothing".into(),
             },
+            UserError::NoPendingVerification => {
+                ApiError::conflict("no_pending_verification", self.to_string())
+            }
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct UserView {
     pub status: String,
     pub email_verified: bool,
     pub botanist_requested: bool,
+    /// `none`, `pending`, `approved` or `rejected`.
+    pub botanist_status: String,
     pub phone: Option<String>,
     pub city: Option<String>,
     pub bio: Option<String>,
@@ -90,7 +92,7 @@ pub struct UserView {
 
 pub async fn load_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, \
+        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, botanist_status, \
                 phone, city, bio, created_at, updated_at, version \
            FROM users WHERE id = $1",
     )

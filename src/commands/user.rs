@@ -26,6 +26,8 @@ pub enum UserCommand {
     },
     Disable,
     Enable,
+    ApproveBotanist,
+    RejectBotanist,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +38,8 @@ pub enum UserError {
     NotFound,
     #[error("nothing to change")]
     NothingToChange,
+    #[error("this account has no pending botanist verification")]
+    NoPendingVerification,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -44,6 +48,8 @@ pub struct User {
     role: Option<Role>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    botanist_pending: bool,
 }
 
 impl Aggregate for User {
@@ -107,6 +113,26 @@ impl Aggregate for User {
                     sink.write(UserEvent::UserDisabled, self).await;
                 }
             }
+            UserCommand::ApproveBotanist => {
+                if !self.botanist_pending {
+                    return Err(UserError::NoPendingVerification);
+                }
+                let previous = self.role.unwrap_or(Role::User);
+                sink.write(UserEvent::BotanistApproved, self).await;
+                if previous != Role::Botanist {
+                    let event = UserEvent::UserRoleChanged {
+                        role: Role::Botanist,
+                        previous,
+                    };
+                    sink.write(event, self).await;
+                }
+            }
+            UserCommand::RejectBotanist => {
+                if !self.botanist_pending {
+                    return Err(UserError::NoPendingVerification);
+                }
+                sink.write(UserEvent::BotanistRejected, self).await;
+            }
             UserCommand::Enable => {
                 if !self.registered {
                     return Err(UserError::NotFound);
@@ -121,9 +147,17 @@ impl Aggregate for User {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            UserEvent::UserRegistered { role, .. } => {
+            UserEvent::UserRegistered {
+                role,
+                botanist_requested,
+                ..
+            } => {
                 self.registered = true;
                 self.role = Some(role);
+                self.botanist_pending = botanist_requested;
+            }
+            UserEvent::BotanistApproved | UserEvent::BotanistRejected => {
+                self.botanist_pending = false;
             }
             UserEvent::UserProfileUpdated { .. } => {}
             UserEvent::UserRoleChanged { role, .. } => self.role = Some(role),
@@ -234,6 +268,40 @@ mod tests {
             .given_no_previous_events()
             .when(UserCommand::ChangeRole { role: Role::Admin })
             .then_expect_error(UserError::NotFound);
+    }
+
+    #[test]
+    fn a_pending_botanist_is_approved_once_or_rejected() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::ApproveBotanist)
+            .then_expect_events(vec![
+                UserEvent::BotanistApproved,
+                UserEvent::UserRoleChanged {
+                    role: Role::Botanist,
+                    previous: Role::User,
+                },
+            ]);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::BotanistApproved])
+            .when(UserCommand::ApproveBotanist)
+            .then_expect_error(UserError::NoPendingVerification);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::RejectBotanist)
+            .then_expect_events(vec![UserEvent::BotanistRejected]);
+        let not_asked = UserEvent::UserRegistered {
+            email: c.seal("x@example.com"),
+            display_name: c.seal("X"),
+            password_hash: "h".into(),
+            role: Role::User,
+            botanist_requested: false,
+        };
+        UserTest::with(())
+            .given(vec![not_asked])
+            .when(UserCommand::RejectBotanist)
+            .then_expect_error(UserError::NoPendingVerification);
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub enum UserEvent {
     UserDisabled,
     /// Version 1.
     UserEnabled,
+    /// Version 1. An admin verified a botanist account (a `UserRoleChanged` to BOTANIST follows).
+    BotanistApproved,
+    /// Version 1. An admin declined a botanist account; it stays a USER.
+    BotanistRejected,
 }
 
 impl DomainEvent for UserEvent {
@@ -89,6 +93,8 @@ impl DomainEvent for UserEvent {
             UserEvent::UserRoleChanged { .. } => "UserRoleChanged",
             UserEvent::UserDisabled => "UserDisabled",
             UserEvent::UserEnabled => "UserEnabled",
+            UserEvent::BotanistApproved => "BotanistApproved",
+            UserEvent::BotanistRejected => "BotanistRejected",
         }
         .to_string()
     }

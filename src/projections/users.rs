@@ -62,8 +62,10 @@ impl Projection for UsersProjection {
                         .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
                     sqlx::query(
                         "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
-                                            botanist_requested, created_at, updated_at, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
+                                            botanist_requested, botanist_status, created_at, \
+                                            updated_at, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                                 CASE WHEN $7 THEN 'pending' ELSE 'none' END, $8, $8, $9) \
                          ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(user_id)
@@ -86,6 +88,12 @@ impl Projection for UsersProjection {
                 }
                 UserEvent::UserEnabled => {
                     set_user(conn, user_id, event, "status", "active").await?;
+                }
+                UserEvent::BotanistApproved => {
+                    set_user(conn, user_id, event, "botanist_status", "approved").await?;
+                }
+                UserEvent::BotanistRejected => {
+                    set_user(conn, user_id, event, "botanist_status", "rejected").await?;
                 }
                 UserEvent::UserProfileUpdated { changes } => {
                     let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {

@@ -373,3 +373,97 @@ async fn users_list_and_revoke_their_own_sessions(
     );
     assert_eq!(t.get("/api/me", &laptop).await.status, StatusCode::OK);
 }
+
+#[sqlx::test]
+async fn botanist_accounts_wait_for_an_admin_to_approve_or_reject_them(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let apply = |email: String| {
+        let t = &t;
+        async move {
+            let reply = t
+                .post(
+                    "/api/auth/register",
+                    None,
+                    json!({"email": email, "password": PASSWORD, "display_name": "Dr Leaf", "botanist": true}),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+            assert_eq!(reply.body["role"], "USER", "a botanist starts as a USER");
+            assert_eq!(reply.body["botanist_status"], "pending");
+            reply.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let leaf_email = unique_email("leaf");
+    let leaf = apply(leaf_email.clone()).await;
+    let fake = apply(unique_email("fake")).await;
+
+    let pending = t.get("/api/admin/verifications", &admin).await;
+    let ids: Vec<&str> = pending.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [leaf.as_str(), fake.as_str()]);
+
+    let approved = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/verifications/{leaf}/approve"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{approved:?}");
+    assert_eq!(approved.body["role"], "BOTANIST");
+    assert_eq!(approved.body["botanist_status"], "approved");
+    let again = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/verifications/{leaf}/approve"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "no_pending_verification")
+    );
+
+    let rejected = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/verifications/{fake}/reject"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(rejected.body["role"], "USER");
+    assert_eq!(rejected.body["botanist_status"], "rejected");
+    assert_eq!(
+        t.get("/api/admin/verifications", &admin).await.body["items"],
+        json!([])
+    );
+
+    let login = t.login(&leaf_email, PASSWORD).await;
+    assert_eq!(login.body["user"]["role"], "BOTANIST");
+    let stats = t.get("/api/admin/stats", &admin).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    assert_eq!(stats.body["users"]["BOTANIST"], 1);
+    assert_eq!(stats.body["users"]["ADMIN"], 1);
+    assert_eq!(stats.body["users"]["USER"], 1);
+    assert_eq!(stats.body["pending_botanist_verifications"], 0);
+    let user_token = t.user(&unique_email("nosy")).await.1;
+    assert_eq!(
+        t.get("/api/admin/stats", &user_token).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        t.get("/api/admin/verifications", &user_token).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
