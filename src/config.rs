@@ -104,6 +104,20 @@ pub struct Config {
     /// unlimited (rate limits).
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
+    /// SMTP server for outgoing mail, e.g. `smtp://127.0.0.1:2525` or
+    /// `smtps://user:pass@mail.example:465`. Unset: mails are logged, not sent.
+    #[arg(long, env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// Sender of outgoing mail.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "A'rosa-je <no-reply@arosaje.local>"
+    )]
+    pub mail_from: String,
+    /// Base URL of the front end, for links in mails.
+    #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
+    pub public_url: String,
     /// Rate-limit window, in seconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,
@@ -170,6 +184,10 @@ impl Config {
         }
         if self.email_pepper.expose() == DEV_EMAIL_PEPPER {
             warnings.push("EMAIL_PEPPER is the development default: set it in production");
+        }
+        if self.smtp_url.as_deref().unwrap_or("").is_empty() {
+            warnings
+                .push("SMTP_URL is unset: mails (verification, password reset) are only logged");
         }
         warnings
     }

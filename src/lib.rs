@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::events::crypto::{EmailIndex, KeyStore};
 use crate::events::store::{EventStore, Wakeups};
 use crate::infra::sessions::Sessions;
+use crate::infra::tokens::ActionTokens;
 use crate::projections::{Projection, Projections, ProjectorSettings};
 
 /// The migrations under `migrations/`, embedded in the binary.
@@ -45,6 +46,7 @@ pub struct AppInner {
     pub sessions: Sessions,
     pub rate_limiter: infra::rate_limit::RateLimiter,
     pub jwt: JwtKeys,
+    pub tokens: Arc<ActionTokens>,
     pub metrics: PrometheusHandle,
 }
 
@@ -99,13 +101,26 @@ impl App {
         let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
         let email_index = EmailIndex::new(config.email_pepper.expose());
+        let tokens = Arc::new(ActionTokens::new(config.jwt_secret.expose()));
+        let mailer = infra::mail::from_config(config.smtp_url.as_deref(), &config.mail_from)
+            .context("SMTP_URL or MAIL_FROM")?;
+        let outbox = projections::mailer::MailerProjection {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            mailer,
+            tokens: tokens.clone(),
+            public_url: config.public_url.clone(),
+            max_age: chrono::Duration::hours(24),
+        };
+        let mut models = read_models(keys.clone(), email_index.clone());
+        models.push(Arc::new(outbox));
         let projections = Projections::new(
             pool.clone(),
             ProjectorSettings {
                 batch_size: config.projection_batch_size,
                 poll_interval: config.projection_poll(),
             },
-            read_models(keys.clone(), email_index.clone()),
+            models,
             wakeups.clone(),
         );
         projections
@@ -122,6 +137,7 @@ impl App {
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
             sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
             jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),
+            tokens,
             keys,
             email_index,
             projections,

@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Projections { command } => match command {
             ProjectionsCommand::List => {
-                for name in ["users", "plants"] {
+                for name in ["users", "plants", "mailer"] {
                     println!("{name}");
                 }
                 Ok(())

@@ -24,6 +24,7 @@ use crate::events::store::CommandError;
 use crate::events::store::Committed;
 use crate::events::user::Role;
 use crate::infra::sessions::{Rotation, SessionInfo};
+use crate::infra::tokens::Purpose;
 use crate::App;
 
 pub fn router() -> Router<App> {
@@ -31,6 +32,9 @@ pub fn router() -> Router<App> {
         .route("/register", post(register))
         .route("/login", post(login))
         .route("/refresh", post(refresh))
+        .route("/verify-email", post(verify_email))
+        .route("/password-reset", post(request_password_reset))
+        .route("/password-reset/confirm", post(confirm_password_reset))
         .route("/logout", post(logout))
 }
 
@@ -407,5 +411,157 @@ async fn refresh(
 
 async fn logout(State(app): State<App>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.sessions.revoke(auth.user_id, auth.session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    token: Option<String>,
+}
+
+fn invalid_action_token() -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_token",
+        message: "this link is invalid or has expired".into(),
+    }
+}
+
+/// The link mailed at registration.
+async fn verify_email(
+    State(app): State<App>,
+    RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<StatusCode, ApiError> {
+    let token = body
+        .token
+        .ok_or_else(|| ApiError::invalid("token", "is required"))?;
+    let (user_id, _) = app
+        .tokens
+        .verify(Purpose::VerifyEmail, &token)
+        .ok_or_else(invalid_action_token)?;
+    let metadata = crate::events::Metadata {
+        actor_id: Some(user_id),
+        actor_role: "USER".into(),
+        ..meta
+    };
+    let committed = app
+        .store
+        .execute::<User>(
+            &user_id.to_string(),
+            UserCommand::VerifyEmail,
+            &(),
+            &metadata,
+        )
+        .await
+        .map_err(|err| match err {
+            CommandError::Domain(crate::commands::user::UserError::NotFound) => {
+                invalid_action_token()
+            }
+            other => other.into(),
+        })?;
+    super::settle(&app, "User", &committed).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetRequestBody {
+    email: Option<String>,
+}
+
+/// Always 202, whether or not the address has an account: nothing is revealed.
+async fn request_password_reset(
+    State(app): State<App>,
+    RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<ResetRequestBody>,
+) -> Result<Response, ApiError> {
+    let mut errors = FieldErrors::new();
+    let email = required(&mut errors, "email", &body.email)
+        .and_then(|v| errors.check("email", Email::parse(v)));
+    let Some(email) = email else {
+        return Err(ApiError::Validation(errors));
+    };
+    let email_hash = app.email_index.hash(&email);
+    super::limits::limit_email(&app, "password-reset", &email_hash).await?;
+    let account: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE email_hash = $1 AND status = 'active'")
+            .bind(&email_hash)
+            .fetch_optional(&app.pool)
+            .await?;
+    if let Some(user_id) = account {
+        // In the background, so the answer takes the same time either way.
+        let app = app.clone();
+        let metadata = crate::events::Metadata {
+            actor_id: None,
+            actor_role: "ANONYMOUS".into(),
+            ..meta
+        };
+        tokio::spawn(async move {
+            let outcome = app
+                .store
+                .execute::<User>(
+                    &user_id.to_string(),
+                    UserCommand::RequestPasswordReset,
+                    &(),
+                    &metadata,
+                )
+                .await;
+            if let Err(err) = outcome {
+                tracing::warn!(%user_id, error = %err, "password reset request not recorded");
+            }
+        });
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "accepted", "message": "if this address has an account, a reset link is on its way"})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResetConfirmBody {
+    token: Option<String>,
+    new_password: Option<String>,
+}
+
+/// Sets a new password from a reset link; every session of the account is revoked.
+async fn confirm_password_reset(
+    State(app): State<App>,
+    RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<ResetConfirmBody>,
+) -> Result<StatusCode, ApiError> {
+    let mut errors = FieldErrors::new();
+    let token = required(&mut errors, "token", &body.token).map(str::to_string);
+    let password = required(&mut errors, "new_password", &body.new_password)
+        .and_then(|v| errors.check("new_password", Password::parse(v)));
+    let (Some(token), Some(password)) = (token, password) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let (user_id, generation) = app
+        .tokens
+        .verify(Purpose::ResetPassword, &token)
+        .ok_or_else(invalid_action_token)?;
+    let password_hash = hash_password(password).await?;
+    let metadata = crate::events::Metadata {
+        actor_id: Some(user_id),
+        actor_role: "USER".into(),
+        ..meta
+    };
+    let command = UserCommand::ResetPassword {
+        generation,
+        password_hash,
+    };
+    let committed = app
+        .store
+        .execute::<User>(&user_id.to_string(), command, &(), &metadata)
+        .await
+        .map_err(|err| match err {
+            CommandError::Domain(crate::commands::user::UserError::NotFound) => {
+                invalid_action_token()
+            }
+            other => other.into(),
+        })?;
+    // Once the new hash is readable, every session goes (including a thief's).
+    super::settle(&app, "User", &committed).await;
+    app.sessions.revoke_all(user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -166,6 +166,14 @@ impl DomainError for UserError {
             UserError::NoPendingVerification => {
                 ApiError::conflict("no_pending_verification", self.to_string())
             }
+            UserError::StaleResetToken => ApiError::BadRequest {
+                code: "invalid_token",
+                message: self.to_string(),
+            },
+            UserError::Disabled => ApiError::Forbidden {
+                code: "account_disabled",
+                message: self.to_string(),
+            },
         }
     }
 }

@@ -28,6 +28,13 @@ pub enum UserCommand {
     Enable,
     ApproveBotanist,
     RejectBotanist,
+    VerifyEmail,
+    RequestPasswordReset,
+    /// `generation` comes from the reset token: it must be the current one (single use).
+    ResetPassword {
+        generation: u32,
+        password_hash: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +47,10 @@ pub enum UserError {
     NothingToChange,
     #[error("this account has no pending botanist verification")]
     NoPendingVerification,
+    #[error("this reset link was already used or superseded")]
+    StaleResetToken,
+    #[error("this account is disabled")]
+    Disabled,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -50,6 +61,10 @@ pub struct User {
     disabled: bool,
     #[serde(default)]
     botanist_pending: bool,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default)]
+    password_generation: u32,
 }
 
 impl Aggregate for User {
@@ -133,6 +148,45 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::BotanistRejected, self).await;
             }
+            UserCommand::VerifyEmail => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if !self.email_verified {
+                    sink.write(UserEvent::EmailVerified, self).await;
+                }
+            }
+            UserCommand::RequestPasswordReset => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if self.disabled {
+                    return Err(UserError::Disabled);
+                }
+                let event = UserEvent::PasswordResetRequested {
+                    generation: self.password_generation,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::ResetPassword {
+                generation,
+                password_hash,
+            } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if self.disabled {
+                    return Err(UserError::Disabled);
+                }
+                if generation != self.password_generation {
+                    return Err(UserError::StaleResetToken);
+                }
+                let event = UserEvent::PasswordChanged {
+                    password_hash,
+                    generation: generation + 1,
+                };
+                sink.write(event, self).await;
+            }
             UserCommand::Enable => {
                 if !self.registered {
                     return Err(UserError::NotFound);
@@ -159,6 +213,9 @@ impl Aggregate for User {
             UserEvent::BotanistApproved | UserEvent::BotanistRejected => {
                 self.botanist_pending = false;
             }
+            UserEvent::EmailVerified => self.email_verified = true,
+            UserEvent::PasswordResetRequested { .. } => {}
+            UserEvent::PasswordChanged { generation, .. } => self.password_generation = generation,
             UserEvent::UserProfileUpdated { .. } => {}
             UserEvent::UserRoleChanged { role, .. } => self.role = Some(role),
             UserEvent::UserDisabled => self.disabled = true,
@@ -302,6 +359,55 @@ mod tests {
             .given(vec![not_asked])
             .when(UserCommand::RejectBotanist)
             .then_expect_error(UserError::NoPendingVerification);
+    }
+
+    #[test]
+    fn a_reset_token_works_once() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::RequestPasswordReset)
+            .then_expect_events(vec![UserEvent::PasswordResetRequested { generation: 0 }]);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::ResetPassword {
+                generation: 0,
+                password_hash: "new".into(),
+            })
+            .then_expect_events(vec![UserEvent::PasswordChanged {
+                password_hash: "new".into(),
+                generation: 1,
+            }]);
+        UserTest::with(())
+            .given(vec![
+                registered(&c),
+                UserEvent::PasswordChanged {
+                    password_hash: "new".into(),
+                    generation: 1,
+                },
+            ])
+            .when(UserCommand::ResetPassword {
+                generation: 0,
+                password_hash: "again".into(),
+            })
+            .then_expect_error(UserError::StaleResetToken);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::UserDisabled])
+            .when(UserCommand::RequestPasswordReset)
+            .then_expect_error(UserError::Disabled);
+    }
+
+    #[test]
+    fn verifying_an_email_twice_records_it_once() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::VerifyEmail)
+            .then_expect_events(vec![UserEvent::EmailVerified]);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::EmailVerified])
+            .when(UserCommand::VerifyEmail)
+            .then_expect_events(vec![]);
     }
 
     #[test]

@@ -83,6 +83,15 @@ pub enum UserEvent {
     BotanistApproved,
     /// Version 1. An admin declined a botanist account; it stays a USER.
     BotanistRejected,
+    /// Version 1. The user followed the link sent at registration.
+    EmailVerified,
+    /// Version 1. A reset link is to be mailed, valid for this password generation only.
+    PasswordResetRequested { generation: u32 },
+    /// Version 1. A new password (argon2id PHC string); `generation` counts password changes.
+    PasswordChanged {
+        password_hash: String,
+        generation: u32,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -95,6 +104,9 @@ impl DomainEvent for UserEvent {
             UserEvent::UserEnabled => "UserEnabled",
             UserEvent::BotanistApproved => "BotanistApproved",
             UserEvent::BotanistRejected => "BotanistRejected",
+            UserEvent::EmailVerified => "EmailVerified",
+            UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
+            UserEvent::PasswordChanged { .. } => "PasswordChanged",
         }
         .to_string()
     }

@@ -1,5 +1,7 @@
 //! Adapters to infrastructure other than the event store.
 
+pub mod mail;
 pub mod rate_limit;
 pub mod redis;
 pub mod sessions;
+pub mod tokens;

@@ -1,5 +1,6 @@
 //! Read models, built by projectors that follow the event log in its global order.
 
+pub mod mailer;
 pub mod plants;
 pub mod runner;
 pub mod users;
@@ -23,4 +24,9 @@ pub trait Projection: Send + Sync + 'static {
     /// Aggregate types this projection reads. Other events pass by (the checkpoint moves on).
     fn aggregate_types(&self) -> &'static [&'static str];
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()>;
+    /// Whether commands wait for this projection before answering (read-your-writes). Side
+    /// effects such as mail are not read back, so commands do not wait for them.
+    fn read_your_writes(&self) -> bool {
+        true
+    }
 }

@@ -169,7 +169,9 @@ impl Projections {
             .load(std::sync::atomic::Ordering::Relaxed);
         for projector in &self.inner.projectors {
             let projection = &projector.projection;
-            if !projection.aggregate_types().contains(&aggregate_type) {
+            if !projection.read_your_writes()
+                || !projection.aggregate_types().contains(&aggregate_type)
+            {
                 continue;
             }
             let reached = if local {

@@ -95,6 +95,27 @@ impl Projection for UsersProjection {
                 UserEvent::BotanistRejected => {
                     set_user(conn, user_id, event, "botanist_status", "rejected").await?;
                 }
+                UserEvent::EmailVerified => {
+                    sqlx::query(
+                        "UPDATE users SET email_verified = true, updated_at = $2, version = $3 \
+                          WHERE id = $1 AND version < $3",
+                    )
+                    .bind(user_id)
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                UserEvent::PasswordChanged { password_hash, .. } => {
+                    set_user(conn, user_id, event, "password_hash", &password_hash).await?;
+                }
+                UserEvent::PasswordResetRequested { .. } => {
+                    sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
+                        .bind(user_id)
+                        .bind(event.sequence)
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 UserEvent::UserProfileUpdated { changes } => {
                     let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {
                         field

@@ -6,4 +6,6 @@ mod auth;
 mod event_order;
 mod helpers;
 mod limits;
+mod mail;
 mod plants;
+mod smtp;

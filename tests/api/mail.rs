@@ -1,0 +1,163 @@
+//! E-mail verification and password reset, with mails read from a real SMTP server on loopback.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{config, unique_email, TestApp, PASSWORD};
+use crate::smtp::SmtpServer;
+
+async fn app_with_smtp(options: PgPoolOptions, connect: PgConnectOptions) -> (TestApp, SmtpServer) {
+    let smtp = SmtpServer::start().await;
+    let mut mailing = config();
+    mailing.smtp_url = Some(smtp.url.clone());
+    mailing.public_url = "https://app.arosaje.example".into();
+    (
+        TestApp::with_config(options, connect, mailing, true).await,
+        smtp,
+    )
+}
+
+#[sqlx::test]
+async fn registration_mails_a_link_that_verifies_the_address(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, smtp) = app_with_smtp(options, connect).await;
+    let email = unique_email("gina");
+    let (_, token) = t.user(&email).await;
+    assert_eq!(t.get("/api/me", &token).await.body["email_verified"], false);
+
+    let mail = smtp.wait_for(&email, 1).await;
+    assert_eq!(mail.subject(), "Confirm your e-mail address");
+    assert!(
+        mail.body()
+            .contains("https://app.arosaje.example/verify-email?token="),
+        "{}",
+        mail.body()
+    );
+    let verified = t
+        .post(
+            "/api/auth/verify-email",
+            None,
+            json!({"token": mail.token()}),
+        )
+        .await;
+    assert_eq!(verified.status, StatusCode::NO_CONTENT, "{verified:?}");
+    assert_eq!(t.get("/api/me", &token).await.body["email_verified"], true);
+    // Following the link twice is harmless.
+    let again = t
+        .post(
+            "/api/auth/verify-email",
+            None,
+            json!({"token": mail.token()}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+
+    for bad in ["garbage", "a.b.c"] {
+        let reply = t
+            .post("/api/auth/verify-email", None, json!({"token": bad}))
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, "invalid_token")
+        );
+    }
+    // An access token is not a verification token.
+    let reply = t
+        .post("/api/auth/verify-email", None, json!({"token": token}))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    // Replaying the log through the mailer sends nothing twice.
+    sqlx::query("UPDATE projection_checkpoints SET last_transaction_id = '0', last_position = 0 WHERE name = 'mailer'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    t.app.projections.catch_up("mailer").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(smtp.mails_to(&email).len(), 1, "no duplicate mail");
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sent_mails WHERE kind = 'verify_email'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[sqlx::test]
+async fn a_password_reset_link_works_once_and_ends_every_session(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, smtp) = app_with_smtp(options, connect).await;
+    let email = unique_email("hugo");
+    let (_, old_token) = t.user(&email).await;
+    smtp.wait_for(&email, 1).await; // the verification mail
+
+    let stranger = unique_email("nobody");
+    for address in [&email, &stranger] {
+        let reply = t
+            .post("/api/auth/password-reset", None, json!({"email": address}))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "the same answer for both"
+        );
+    }
+    let mail = smtp.wait_for(&email, 2).await;
+    assert_eq!(mail.subject(), "Reset your password");
+    let reset = mail.token();
+
+    let weak = t
+        .post(
+            "/api/auth/password-reset/confirm",
+            None,
+            json!({"token": reset, "new_password": "short"}),
+        )
+        .await;
+    assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let new_password = "a brand new passphrase";
+    let done = t
+        .post(
+            "/api/auth/password-reset/confirm",
+            None,
+            json!({"token": reset, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{done:?}");
+    assert_eq!(t.get("/api/me", &old_token).await.code(), "session_revoked");
+    assert_eq!(
+        t.login(&email, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(t.login(&email, new_password).await.status, StatusCode::OK);
+
+    let reused = t
+        .post(
+            "/api/auth/password-reset/confirm",
+            None,
+            json!({"token": reset, "new_password": "yet another passphrase"}),
+        )
+        .await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (StatusCode::BAD_REQUEST, "invalid_token")
+    );
+    assert!(
+        smtp.mails_to(&stranger).is_empty(),
+        "nothing is sent to an unknown address"
+    );
+    let malformed = t
+        .post(
+            "/api/auth/password-reset",
+            None,
+            json!({"email": "not an address"}),
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
