@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arosaje::config::Config;
-use arosaje::{api, App, MIGRATOR};
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
+
+mod common;
+use common::ms;
 
 struct Run {
     ok: usize,
@@ -29,20 +28,8 @@ impl Run {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
+        common::percentile(&self.latencies, p)
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn plant_body(i: usize) -> Value {
@@ -168,8 +155,6 @@ async fn plain_inserts(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -182,71 +167,20 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let max_clients = client_counts.iter().copied().max().unwrap_or(32);
 
-    // A fresh database for this run.
-    let db_name = format!("arosaje_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .context("BENCH_DATABASE_URL")?;
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut admin)
-        .await?;
-    let db_url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!(
-            "{base}/{db_name}{}",
-            std::env::var("BENCH_URL_SUFFIX").unwrap_or_default()
-        ),
-        None => anyhow::bail!("BENCH_DATABASE_URL needs a database name"),
-    };
-
+    let db = common::BenchDb::create().await?;
     let result = async {
-        let mut config = Config::for_tests(&db_url);
-        // One client address drives the whole load: limits out of the way.
-        config.rate_limit_api = 100_000_000;
-        config.rate_limit_auth = 1_000_000;
+        let mut config = common::config(&db);
         config.read_your_writes_timeout_ms = std::env::var("BENCH_RYW_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000);
-        let pool = PgPoolOptions::new()
-            .max_connections(config.store.database_max_connections)
-            .connect(&db_url)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        let app = App::with_pool(config, pool.clone()).await?;
-        let _projectors = app.start_projectors();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, api::router(app)).await;
-        });
+        let (_app, pool, base, _background) = common::serve(config).await?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
 
         // One account per client.
         let mut tokens = Vec::new();
         for i in 0..max_clients {
-            let email = format!("bench{i}@example.com");
-            let password = "correct horse battery";
-            let r = http
-                .post(format!("{base}/api/auth/register"))
-                .json(&json!({"email": email, "password": password, "display_name": format!("Bench {i}")}))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "register: {}", r.status());
-            // With a zero read-your-writes wait the account may need a moment to be readable.
-            let mut login = Value::Null;
-            for _ in 0..200 {
-                login = http
-                    .post(format!("{base}/api/auth/login"))
-                    .json(&json!({"email": email, "password": password}))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                if login["access_token"].is_string() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let login = common::account(&http, &base, &format!("bench{i}@example.com")).await?;
             tokens.push(login["access_token"].as_str().context("token")?.to_string());
         }
         // Warm-up.
@@ -304,8 +238,6 @@ async fn main() -> anyhow::Result<()> {
     }
     .await;
 
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    db.drop_database().await?;
     result
 }
