@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use super::guard::{Administer, Can};
-use super::me::{load_user, with_position, UserView};
+use super::me::{load_user, with_position, UserView, USER_COLUMNS};
 use super::pagination::{self, Page};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::FieldErrors;
@@ -65,15 +65,13 @@ async fn list_users(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let rows: Vec<UserView> = sqlx::query_as(
-        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, botanist_status, \
-                phone, city, bio, created_at, updated_at, version \
-           FROM users \
+    let rows: Vec<UserView> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users \
           WHERE ($1::text IS NULL OR role = $1) \
             AND ($2::uuid IS NULL OR id < $2) \
             AND ($3::text IS NULL OR email ILIKE $3 OR display_name ILIKE $3) \
-          ORDER BY id DESC LIMIT $4",
-    )
+          ORDER BY id DESC LIMIT $4"
+    ))
     .bind(role)
     .bind(cursor)
     .bind(q.map(pagination::like_pattern))
@@ -103,13 +101,11 @@ async fn pending_verifications(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let rows: Vec<UserView> = sqlx::query_as(
-        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, \
-                botanist_status, phone, city, bio, created_at, updated_at, version \
-           FROM users \
+    let rows: Vec<UserView> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users \
           WHERE botanist_status = 'pending' AND ($1::uuid IS NULL OR id > $1) \
-          ORDER BY id LIMIT $2",
-    )
+          ORDER BY id LIMIT $2"
+    ))
     .bind(cursor)
     .bind(limit + 1)
     .fetch_all(&app.pool)

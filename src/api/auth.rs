@@ -419,6 +419,14 @@ pub struct TokenBody {
     token: Option<String>,
 }
 
+/// A token naming an account that does not exist is as invalid as a forged one.
+fn token_command_error(err: CommandError<crate::commands::user::UserError>) -> ApiError {
+    match err {
+        CommandError::Domain(crate::commands::user::UserError::NotFound) => invalid_action_token(),
+        other => other.into(),
+    }
+}
+
 fn invalid_action_token() -> ApiError {
     ApiError::BadRequest {
         code: "invalid_token",
@@ -453,12 +461,7 @@ async fn verify_email(
             &metadata,
         )
         .await
-        .map_err(|err| match err {
-            CommandError::Domain(crate::commands::user::UserError::NotFound) => {
-                invalid_action_token()
-            }
-            other => other.into(),
-        })?;
+        .map_err(token_command_error)?;
     super::settle(&app, "User", &committed).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -554,12 +557,7 @@ async fn confirm_password_reset(
         .store
         .execute::<User>(&user_id.to_string(), command, &(), &metadata)
         .await
-        .map_err(|err| match err {
-            CommandError::Domain(crate::commands::user::UserError::NotFound) => {
-                invalid_action_token()
-            }
-            other => other.into(),
-        })?;
+        .map_err(token_command_error)?;
     // Once the new hash is readable, every session goes (including a thief's).
     super::settle(&app, "User", &committed).await;
     app.sessions.revoke_all(user_id).await?;

@@ -90,15 +90,15 @@ pub struct UserView {
     pub version: i64,
 }
 
+/// The columns of a [`UserView`].
+pub const USER_COLUMNS: &str = "id, email, display_name, role, status, email_verified, \
+     botanist_requested, botanist_status, phone, city, bio, created_at, updated_at, version";
+
 pub async fn load_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, email, display_name, role, status, email_verified, botanist_requested, botanist_status, \
-                phone, city, bio, created_at, updated_at, version \
-           FROM users WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Body with the aggregate's version and the log position that produced it.
