@@ -44,7 +44,7 @@ pub struct StoreConfig {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/arosaje"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/arosaje"
     )]
     pub database_url: String,
     /// Maximum connections in the PostgreSQL pool.
