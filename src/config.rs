@@ -115,6 +115,9 @@ pub struct Config {
         default_value = "A'rosa-je <no-reply@arosaje.local>"
     )]
     pub mail_from: String,
+    /// Whether sittings require a verified e-mail address (false: local demos skip it).
+    #[arg(long, env = "REQUIRE_EMAIL_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_email_verification: bool,
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,

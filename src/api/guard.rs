@@ -71,3 +71,32 @@ impl<C: Capability> FromRequestParts<App> for Can<C> {
         }
     }
 }
+
+/// An authenticated caller whose e-mail address is verified: what requesting or applying for a
+/// sitting will require (403 `email_not_verified`). `REQUIRE_EMAIL_VERIFICATION=false` lets local
+/// demos skip it.
+pub struct Verified(pub AuthUser);
+
+impl FromRequestParts<App> for Verified {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, app).await?;
+        if !app.config.require_email_verification {
+            return Ok(Verified(user));
+        }
+        let verified: Option<bool> =
+            sqlx::query_scalar("SELECT email_verified FROM users WHERE id = $1")
+                .bind(user.user_id)
+                .fetch_optional(&app.pool)
+                .await?;
+        if verified == Some(true) {
+            Ok(Verified(user))
+        } else {
+            Err(ApiError::Forbidden {
+                code: "email_not_verified",
+                message: "confirm your e-mail address first (see the link we sent)".into(),
+            })
+        }
+    }
+}

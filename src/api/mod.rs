@@ -23,7 +23,6 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::events::store::Committed;
@@ -66,9 +65,9 @@ pub fn router(app: App) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(app.config.request_timeout_secs),
+            time_limit,
         ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -107,6 +106,23 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("retry-after"),
         ])
         .max_age(Duration::from_secs(3600))
+}
+
+/// Requests that take longer than the configured limit get a JSON 408 (their work is dropped;
+/// a command already committed stays committed and is visible to the next read).
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(json!({"error": {"code": "request_timeout", "message": "the request took too long"}})),
+        )
+            .into_response(),
+    }
 }
 
 /// Request latency by route and status.

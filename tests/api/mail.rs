@@ -161,3 +161,61 @@ async fn a_password_reset_link_works_once_and_ends_every_session(
         .await;
     assert_eq!(malformed.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[sqlx::test]
+async fn the_verified_guard_waits_for_the_email_link_unless_configured_off(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use arosaje::api::guard::Verified;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    // Sittings will take `Verified`; until they exist, a probe route exercises the guard.
+    let probe = |app: arosaje::App| {
+        axum::Router::new()
+            .route(
+                "/probe",
+                get(|_: Verified| async { StatusCode::NO_CONTENT }),
+            )
+            .with_state(app)
+    };
+    let call = |router: axum::Router, token: String| async move {
+        let request = axum::http::Request::get("/probe")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap().status()
+    };
+
+    let (t, smtp) = app_with_smtp(options.clone(), connect.clone()).await;
+    let email = unique_email("ivy");
+    let (_, token) = t.user(&email).await;
+    assert_eq!(
+        call(probe(t.app.clone()), token.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    let body = t.get("/api/me", &token).await;
+    assert_eq!(body.body["email_verified"], false);
+
+    let mail = smtp.wait_for(&email, 1).await;
+    t.post(
+        "/api/auth/verify-email",
+        None,
+        json!({"token": mail.token()}),
+    )
+    .await;
+    assert_eq!(
+        call(probe(t.app.clone()), token.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+
+    let mut relaxed = config();
+    relaxed.require_email_verification = false;
+    let demo = TestApp::with_config(options, connect, relaxed, true).await;
+    let (_, unverified) = demo.user(&unique_email("demo")).await;
+    assert_eq!(
+        call(probe(demo.app.clone()), unverified).await,
+        StatusCode::NO_CONTENT
+    );
+}

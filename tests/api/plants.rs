@@ -343,3 +343,21 @@ async fn a_command_whose_read_model_lags_answers_202_with_its_position(
             .unwrap();
     assert_eq!(stored, 1, "the command itself is durable");
 }
+
+#[sqlx::test]
+async fn a_request_over_the_time_limit_gets_a_json_408(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options.clone(), connect.clone()).await;
+    let (_, token) = t.user(&unique_email("slow")).await;
+    // No projectors and a read-your-writes wait longer than the request limit.
+    let mut slow = config();
+    slow.request_timeout_secs = 1;
+    slow.read_your_writes_timeout_ms = 5_000;
+    let stalled = TestApp::with_config(options, connect, slow, false).await;
+    drop(t);
+    let reply = stalled.create_plant(&token, "Patience").await;
+    assert_eq!(reply.status, StatusCode::REQUEST_TIMEOUT, "{reply:?}");
+    assert_eq!(reply.code(), "request_timeout");
+}
