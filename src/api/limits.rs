@@ -142,3 +142,37 @@ pub fn client_ip(request: &Request, trusted_proxies: &[String]) -> String {
         None => "unknown".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn request(peer: &str, forwarded: Option<&str>) -> Request {
+        let mut builder = axum::http::Request::get("/");
+        if let Some(value) = forwarded {
+            builder = builder.header("x-forwarded-for", value);
+        }
+        let mut request = builder.body(Body::empty()).unwrap();
+        let addr: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(addr));
+        request
+    }
+
+    #[test]
+    fn the_client_is_the_socket_peer_unless_a_trusted_proxy_says_otherwise() {
+        let proxies = vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()];
+        // A client cannot pick its own address by sending the header directly.
+        assert_eq!(
+            client_ip(&request("203.0.113.9", Some("1.2.3.4")), &proxies),
+            "203.0.113.9"
+        );
+        // Behind trusted proxies: the right-most address that is not one of them.
+        let chained = request("10.0.0.1", Some("1.2.3.4, 198.51.100.7, 10.0.0.2"));
+        assert_eq!(client_ip(&chained, &proxies), "198.51.100.7");
+        // A trusted proxy that sends no header is the client.
+        assert_eq!(client_ip(&request("10.0.0.1", None), &proxies), "10.0.0.1");
+        let no_socket = axum::http::Request::get("/").body(Body::empty()).unwrap();
+        assert_eq!(client_ip(&no_socket, &proxies), "unknown");
+    }
+}
