@@ -58,6 +58,12 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let size = app.pool.size();
+    let idle = app.pool.num_idle() as u32;
+    metrics::gauge!("db_pool_connections").set(f64::from(size));
+    metrics::gauge!("db_pool_connections_in_use").set(f64::from(size.saturating_sub(idle)));
+    metrics::gauge!("db_pool_connections_max")
+        .set(f64::from(app.pool.options().get_max_connections()));
     (
         [(
             axum::http::header::CONTENT_TYPE,

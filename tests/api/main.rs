@@ -7,5 +7,6 @@ mod event_order;
 mod helpers;
 mod limits;
 mod mail;
+mod ops;
 mod plants;
 mod smtp;
