@@ -167,6 +167,9 @@ impl App {
     }
 }
 
+/// Names of every projector `serve` runs (read models, then the mail outbox).
+pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "mailer"];
+
 /// Every read model of the service, in rebuild order (users before what refers to them).
 pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn Projection>> {
     vec![

@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Projections { command } => match command {
             ProjectionsCommand::List => {
-                for name in ["users", "plants", "mailer"] {
+                for name in arosaje::PROJECTION_NAMES {
                     println!("{name}");
                 }
                 Ok(())

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
@@ -145,14 +145,6 @@ impl KeyStore {
         self.cache.read().ok()?.get(&user_id).cloned()
     }
 }
-
-/// Convenience for projections: open a field, or `None` when the key is gone.
-pub fn open_or_none(cipher: Option<&Cipher>, sealed: &Sealed) -> Option<String> {
-    cipher.and_then(|c| c.open(sealed).ok())
-}
-
-/// Shared handle.
-pub type Keys = Arc<KeyStore>;
 
 #[cfg(test)]
 mod tests {

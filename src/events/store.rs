@@ -142,10 +142,6 @@ impl EventStore {
         self
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Loads the aggregate, runs the command, appends its events; on a conflict, reloads and
     /// tries again, up to the retry budget, then answers `Conflict`.
     pub async fn execute<A>(

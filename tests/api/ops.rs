@@ -17,6 +17,19 @@ async fn health_ready_and_metrics_describe_the_service(
         StatusCode::CREATED
     );
 
+    let running: Vec<&str> = t
+        .app
+        .projections
+        .names()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        running,
+        arosaje::PROJECTION_NAMES,
+        "`projections list` tells the truth"
+    );
+
     let health = t.call(Method::GET, "/health", None, None).await;
     assert_eq!(
         (health.status, &health.body["status"]),
