@@ -1,5 +1,7 @@
 //! Settings, read once from the environment. Every value has a documented default that works on a
-//! developer machine where PostgreSQL and Redis listen locally.
+//! developer machine where PostgreSQL and Redis listen locally, except the secrets: those have no
+//! default outside the explicit development mode (`--dev` / `AROSAJE_DEV=1`), and
+//! [`Config::validate`] refuses to start with a missing, short or publicly known one.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,9 +35,63 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Development-only defaults for the secrets; `serve` warns when they are in use.
-pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-change-me";
-pub const DEV_EMAIL_PEPPER: &str = "dev-only-email-pepper-change-me";
+/// A connection string whose password `Debug` never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionUrl(String);
+
+impl ConnectionUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnectionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:password@host/... -> scheme://user:***@host/...
+        let url = &self.0;
+        let redacted = match (url.find("://"), url.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &url[scheme_end + 3..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+                    }
+                    None => url.clone(),
+                }
+            }
+            _ => url.clone(),
+        };
+        write!(f, "{redacted:?}")
+    }
+}
+
+impl std::str::FromStr for ConnectionUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// The secrets of development mode. Public (they are in this file), so `validate` refuses them
+/// anywhere else, as it refuses the other publicly known values below.
+pub const DEV_JWT_SECRET: &str = "dev-only-jwt-secret-public-never-use-in-production";
+pub const DEV_EMAIL_PEPPER: &str = "dev-only-email-pepper-public-never-use-in-production";
+const KNOWN_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    DEV_EMAIL_PEPPER,
+    // Earlier defaults of this code base and of its docker-compose.yml.
+    "dev-only-jwt-secret-change-me",
+    "dev-only-email-pepper-change-me",
+    "change-me-local-compose-jwt-secret",
+    "change-me-local-compose-email-pepper",
+];
+/// Shortest accepted `JWT_SECRET` (HS256 keys should be at least as long as the hash).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Shortest accepted `EMAIL_PEPPER`.
+pub const MIN_EMAIL_PEPPER_BYTES: usize = 16;
 
 /// Database and Redis endpoints, shared by every sub-command.
 #[derive(Debug, Clone, Args)]
@@ -46,7 +102,7 @@ pub struct StoreConfig {
         env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/arosaje"
     )]
-    pub database_url: String,
+    pub database_url: ConnectionUrl,
     /// Maximum connections in the PostgreSQL pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
     pub database_max_connections: u32,
@@ -57,19 +113,27 @@ pub struct StoreConfig {
 pub struct Config {
     #[command(flatten)]
     pub store: StoreConfig,
-    /// Redis connection string (sessions; later rate limits, fan-out, cache).
+    /// Redis connection string (sessions, rate limits; later fan-out, cache).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    pub redis_url: ConnectionUrl,
     /// Address the HTTP server listens on.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
     pub bind_addr: SocketAddr,
-    /// HMAC key for access tokens (HS256). Set it in production.
-    #[arg(long, env = "JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
-    pub jwt_secret: Secret,
-    /// Key of the keyed hash that indexes e-mail addresses without storing them in clear.
-    /// Changing it makes existing accounts unreachable by e-mail: set it once.
-    #[arg(long, env = "EMAIL_PEPPER", default_value = DEV_EMAIL_PEPPER, hide_default_value = true)]
-    pub email_pepper: Secret,
+    /// Development mode: built-in (public) secrets when none are set, and unsent mails printed
+    /// whole to the log. Never for an instance that others can reach.
+    #[arg(long, env = "AROSAJE_DEV", default_value_t = false, action = clap::ArgAction::Set,
+          default_missing_value = "true", num_args = 0..=1,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev: bool,
+    /// Master key of the signed tokens (at least 32 bytes): the access-token key and the key of
+    /// mailed action tokens are derived from it, each for its own purpose. Required.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Key of the keyed hash that indexes e-mail addresses without storing them in clear
+    /// (at least 16 bytes). Changing it makes existing accounts unreachable by e-mail: set it
+    /// once. Required.
+    #[arg(long, env = "EMAIL_PEPPER", hide_env_values = true)]
+    pub email_pepper: Option<Secret>,
     /// Lifetime of an access token, in seconds (refresh tokens renew it).
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
@@ -94,6 +158,9 @@ pub struct Config {
     /// Events a projector applies in one transaction at most.
     #[arg(long, env = "PROJECTION_BATCH_SIZE", default_value_t = 500)]
     pub projection_batch_size: i64,
+    /// Failed attempts at one event before a projector parks it and goes on.
+    #[arg(long, env = "PROJECTION_MAX_ATTEMPTS", default_value_t = 5)]
+    pub projection_max_attempts: u32,
     /// Largest accepted JSON request body, in bytes.
     #[arg(long, env = "MAX_JSON_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_json_body_bytes: usize,
@@ -107,7 +174,7 @@ pub struct Config {
     /// SMTP server for outgoing mail, e.g. `smtp://127.0.0.1:2525` or
     /// `smtps://user:pass@mail.example:465`. Unset: mails are logged, not sent.
     #[arg(long, env = "SMTP_URL")]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<ConnectionUrl>,
     /// Sender of outgoing mail.
     #[arg(
         long,
@@ -155,7 +222,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for everything, as if no variable were set; tests and benches start from here.
+    /// Defaults for everything, as if no variable were set, with fresh random secrets; tests and
+    /// benches start from here.
     pub fn for_tests(database_url: &str) -> Self {
         use clap::Parser;
         #[derive(Parser)]
@@ -164,11 +232,103 @@ impl Config {
             config: Config,
         }
         let mut config = Wrapper::parse_from(["arosaje"]).config;
-        config.store.database_url = database_url.to_string();
+        config.store.database_url = ConnectionUrl::new(database_url);
         if let Ok(url) = std::env::var("REDIS_URL") {
-            config.redis_url = url;
+            config.redis_url = ConnectionUrl::new(url);
         }
+        config.jwt_secret = Some(Secret::new(random_secret()));
+        config.email_pepper = Some(Secret::new(random_secret()));
         config
+    }
+
+    /// Checks every setting, and in development mode fills in the missing secrets. An error names
+    /// each problem; `serve` and the CLI refuse to start on one.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.dev {
+            self.jwt_secret
+                .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
+            self.email_pepper
+                .get_or_insert_with(|| Secret::new(DEV_EMAIL_PEPPER));
+        }
+        let secrets = [
+            ("JWT_SECRET", &self.jwt_secret, MIN_JWT_SECRET_BYTES),
+            ("EMAIL_PEPPER", &self.email_pepper, MIN_EMAIL_PEPPER_BYTES),
+        ];
+        for (name, value, min) in secrets {
+            match value.as_ref().map(Secret::expose) {
+                None | Some("") => problems.push(format!(
+                    "{name} is not set (scripts/run.sh generates one; or start with --dev / \
+                     AROSAJE_DEV=1 for a local trial)"
+                )),
+                Some(v) if KNOWN_SECRETS.contains(&v) && !self.dev => problems.push(format!(
+                    "{name} is a publicly known development value: generate your own"
+                )),
+                Some(v) if v.len() < min => {
+                    problems.push(format!("{name} must be at least {min} bytes long"))
+                }
+                Some(_) => {}
+            }
+        }
+        let positive = [
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                i64::from(self.store.database_max_connections),
+            ),
+            ("GROUP_COMMIT_MAX", self.group_commit_max as i64),
+            ("PROJECTION_BATCH_SIZE", self.projection_batch_size),
+            (
+                "PROJECTION_MAX_ATTEMPTS",
+                i64::from(self.projection_max_attempts),
+            ),
+            ("PROJECTION_POLL_MS", self.projection_poll_ms as i64),
+            ("MAX_JSON_BODY_BYTES", self.max_json_body_bytes as i64),
+            ("REQUEST_TIMEOUT_SECS", self.request_timeout_secs as i64),
+            ("REDIS_TIMEOUT_MS", self.redis_timeout_ms as i64),
+            ("ACCESS_TOKEN_TTL_SECS", self.access_token_ttl_secs as i64),
+            ("SESSION_TTL_SECS", self.session_ttl_secs as i64),
+            ("RATE_LIMIT_WINDOW_SECS", self.rate_limit_window_secs as i64),
+            ("RATE_LIMIT_API", i64::from(self.rate_limit_api)),
+            ("RATE_LIMIT_AUTH", i64::from(self.rate_limit_auth)),
+            (
+                "RATE_LIMIT_AUTH_PER_EMAIL",
+                i64::from(self.rate_limit_auth_per_email),
+            ),
+        ];
+        for (name, value) in positive {
+            if value < 1 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.projection_batch_size > 100_000 {
+            problems.push("PROJECTION_BATCH_SIZE must be at most 100000".into());
+        }
+        if self.group_commit_max > 10_000 {
+            problems.push("GROUP_COMMIT_MAX must be at most 10000".into());
+        }
+        if self.group_commit_writers > 64 {
+            problems.push("GROUP_COMMIT_WRITERS must be at most 64".into());
+        }
+        for proxy in self.trusted_proxies.iter().map(|p| p.trim()) {
+            if !proxy.is_empty() && proxy.parse::<std::net::IpAddr>().is_err() {
+                problems.push(format!("TRUSTED_PROXIES: {proxy:?} is not an IP address"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// The token master key; [`Config::validate`] has made sure it is set.
+    pub fn jwt_secret(&self) -> &str {
+        self.jwt_secret.as_ref().map(Secret::expose).unwrap_or("")
+    }
+
+    /// The e-mail index key; [`Config::validate`] has made sure it is set.
+    pub fn email_pepper(&self) -> &str {
+        self.email_pepper.as_ref().map(Secret::expose).unwrap_or("")
     }
 
     pub fn read_your_writes_timeout(&self) -> Duration {
@@ -182,16 +342,118 @@ impl Config {
     /// Warnings an operator should see at start-up.
     pub fn warnings(&self) -> Vec<&'static str> {
         let mut warnings = Vec::new();
-        if self.jwt_secret.expose() == DEV_JWT_SECRET {
-            warnings.push("JWT_SECRET is the development default: set it in production");
+        if self.dev {
+            warnings.push(
+                "DEVELOPMENT MODE (--dev / AROSAJE_DEV): public built-in secrets unless set, and \
+                 unsent mails printed whole to the log. Anyone can forge tokens for this \
+                 instance: never let others reach it",
+            );
         }
-        if self.email_pepper.expose() == DEV_EMAIL_PEPPER {
-            warnings.push("EMAIL_PEPPER is the development default: set it in production");
-        }
-        if self.smtp_url.as_deref().unwrap_or("").is_empty() {
-            warnings
-                .push("SMTP_URL is unset: mails (verification, password reset) are only logged");
+        if self.smtp_url.as_ref().is_none_or(|u| u.as_str().is_empty()) {
+            warnings.push("SMTP_URL is unset: mails (verification, password reset) are not sent");
         }
         warnings
+    }
+}
+
+/// What is wrong with a configuration, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// 48 random bytes, base64: what `scripts/run.sh` generates too.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 48];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_required_long_and_not_public_unless_in_development_mode() {
+        let mut config = Config::for_tests("postgres://x");
+        assert_eq!(config.validate(), Ok(()));
+
+        config.jwt_secret = None;
+        config.email_pepper = Some(Secret::new(DEV_EMAIL_PEPPER));
+        let err = config.clone().validate().unwrap_err();
+        assert!(
+            err.0.iter().any(|p| p.starts_with("JWT_SECRET is not set")),
+            "{err}"
+        );
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.contains("EMAIL_PEPPER is a publicly known")),
+            "{err}"
+        );
+
+        config.jwt_secret = Some(Secret::new("short"));
+        config.email_pepper = Some(Secret::new("change-me-local-compose-email-pepper"));
+        let err = config.clone().validate().unwrap_err();
+        assert!(err
+            .0
+            .iter()
+            .any(|p| p.contains("JWT_SECRET must be at least 32 bytes")));
+        assert!(err
+            .0
+            .iter()
+            .any(|p| p.contains("EMAIL_PEPPER is a publicly known")));
+
+        // Development mode fills in what is missing, and says so.
+        let mut dev = Config::for_tests("postgres://x");
+        dev.jwt_secret = None;
+        dev.email_pepper = None;
+        dev.dev = true;
+        assert_eq!(dev.validate(), Ok(()));
+        assert_eq!(dev.jwt_secret(), DEV_JWT_SECRET);
+        assert!(dev
+            .warnings()
+            .iter()
+            .any(|w| w.starts_with("DEVELOPMENT MODE")));
+    }
+
+    #[test]
+    fn zero_sizes_and_bad_proxies_are_refused_before_they_panic_or_spin() {
+        let mut config = Config::for_tests("postgres://x");
+        config.group_commit_max = 0;
+        config.projection_batch_size = 0;
+        config.projection_max_attempts = 0;
+        config.trusted_proxies = vec!["10.0.0.1".into(), "not-an-ip".into()];
+        let err = config.validate().unwrap_err();
+        for expected in [
+            "GROUP_COMMIT_MAX must be at least 1",
+            "PROJECTION_BATCH_SIZE must be at least 1",
+            "PROJECTION_MAX_ATTEMPTS must be at least 1",
+            "TRUSTED_PROXIES: \"not-an-ip\" is not an IP address",
+        ] {
+            assert!(err.0.iter().any(|p| p == expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_credentials() {
+        let mut config = Config::for_tests("postgres://app:hunter2@db:5432/arosaje");
+        config.smtp_url = Some(ConnectionUrl::new("smtps://mailer:s3cret@mail.example:465"));
+        config.redis_url = ConnectionUrl::new("rediss://:r3dis@cache:6380");
+        let printed = format!("{config:?}");
+        for secret in [
+            "hunter2",
+            "s3cret",
+            "r3dis",
+            config.jwt_secret(),
+            config.email_pepper(),
+        ] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("postgres://app:***@db:5432/arosaje"),
+            "{printed}"
+        );
     }
 }

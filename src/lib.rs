@@ -7,6 +7,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod identity;
 pub mod infra;
 pub mod projections;
 
@@ -62,7 +63,7 @@ pub async fn connect_database(config: &config::StoreConfig) -> anyhow::Result<Pg
     PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&config.database_url)
+        .connect(config.database_url.as_str())
         .await
         .with_context(|| "cannot connect to PostgreSQL (DATABASE_URL)")
 }
@@ -84,28 +85,33 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 impl App {
     /// Connects to PostgreSQL and Redis, migrates, and wires everything.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    pub async fn build(mut config: Config) -> anyhow::Result<App> {
+        config.validate()?;
         let pool = connect_database(&config.store).await?;
         MIGRATOR.run(&pool).await.context("running migrations")?;
         App::with_pool(config, pool).await
     }
 
-    /// Wires the application on an existing (migrated) pool.
-    pub async fn with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
+    /// Wires the application on an existing (migrated) pool. Refuses an invalid configuration.
+    pub async fn with_pool(mut config: Config, pool: PgPool) -> anyhow::Result<App> {
+        config.validate()?;
         let redis = infra::redis::Redis::connect(
-            &config.redis_url,
+            config.redis_url.as_str(),
             Duration::from_millis(config.redis_timeout_ms),
         )
         .await
         .context("cannot connect to Redis (REDIS_URL)")?;
         let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
-        let email_index = EmailIndex::new(config.email_pepper.expose());
-        let tokens = Arc::new(ActionTokens::new(config.jwt_secret.expose()));
-        let mailer = infra::mail::from_config(config.smtp_url.as_deref(), &config.mail_from)
-            .context("SMTP_URL or MAIL_FROM")?;
+        let email_index = EmailIndex::new(config.email_pepper());
+        let tokens = Arc::new(ActionTokens::new(config.jwt_secret()));
+        let mailer = infra::mail::from_config(
+            config.smtp_url.as_ref().map(config::ConnectionUrl::as_str),
+            &config.mail_from,
+            config.dev,
+        )
+        .context("SMTP_URL or MAIL_FROM")?;
         let outbox = projections::mailer::MailerProjection {
-            pool: pool.clone(),
             keys: keys.clone(),
             mailer,
             tokens: tokens.clone(),
@@ -119,6 +125,7 @@ impl App {
             ProjectorSettings {
                 batch_size: config.projection_batch_size,
                 poll_interval: config.projection_poll(),
+                max_attempts: config.projection_max_attempts,
             },
             models,
             wakeups.clone(),
@@ -136,7 +143,7 @@ impl App {
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
             sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
-            jwt: JwtKeys::new(config.jwt_secret.expose(), config.access_token_ttl_secs),
+            jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
             tokens,
             keys,
             email_index,
@@ -151,7 +158,7 @@ impl App {
     /// Starts the background work of this process: the notifier that tells other instances of
     /// appends and, with `run_projectors`, the projectors. They stop when the guard is dropped.
     pub fn start(&self, run_projectors: bool) -> BackgroundTasks {
-        let mut tasks = vec![tokio::spawn(events::store::run_notifier(
+        let mut tasks = vec![tokio::spawn(events::wakeups::run_notifier(
             self.pool.clone(),
             self.wakeups.clone(),
         ))];

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let app = App::build(config).await?;
             let id =
-                arosaje::api::admin::create_admin(&app, &email, &password, &display_name).await?;
+                arosaje::identity::create_admin(&app, &email, &password, &display_name).await?;
             println!("admin {id} created for {}", email.trim().to_lowercase());
             Ok(())
         }
@@ -106,10 +106,14 @@ async fn main() -> anyhow::Result<()> {
                         .await?;
                 let mut rows: Vec<_> = all_checkpoints(&pool).await?.into_iter().collect();
                 rows.sort_by(|a, b| a.0.cmp(&b.0));
-                println!("{:<16} {:>14} {:>10}", "projection", "position", "behind");
-                for (name, position) in rows {
-                    let behind = (head - position.global_position).max(0);
-                    println!("{name:<16} {:>14} {behind:>10}", position.global_position);
+                println!(
+                    "{:<16} {:>14} {:>10} {:>8}",
+                    "projection", "position", "behind", "parked"
+                );
+                for (name, state) in rows {
+                    let position = state.position.global_position;
+                    let behind = (head - position).max(0);
+                    println!("{name:<16} {position:>14} {behind:>10} {:>8}", state.parked);
                 }
                 Ok(())
             }

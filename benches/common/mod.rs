@@ -63,7 +63,7 @@ pub fn config(db: &BenchDb) -> Config {
 pub async fn serve(config: Config) -> anyhow::Result<(App, PgPool, String, BackgroundTasks)> {
     let pool = PgPoolOptions::new()
         .max_connections(config.store.database_max_connections)
-        .connect(&config.store.database_url)
+        .connect(config.store.database_url.as_str())
         .await?;
     MIGRATOR.run(&pool).await?;
     let app = App::with_pool(config, pool.clone()).await?;

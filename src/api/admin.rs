@@ -16,6 +16,7 @@ use super::pagination::{self, Page};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::FieldErrors;
 use crate::events::user::Role;
+use crate::infra::sessions::SessionChange;
 use crate::App;
 
 pub fn router() -> Router<App> {
@@ -119,14 +120,13 @@ async fn approve_botanist(
     RequestMeta(meta): RequestMeta,
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    // The new role takes effect at the next login.
     administer(
         &app,
         &admin,
         meta,
         user_id,
         UserCommand::ApproveBotanist,
-        true,
+        SessionChange::SetRole(Role::Botanist),
     )
     .await
 }
@@ -143,7 +143,7 @@ async fn reject_botanist(
         meta,
         user_id,
         UserCommand::RejectBotanist,
-        false,
+        SessionChange::Stamp,
     )
     .await
 }
@@ -182,14 +182,15 @@ async fn stats(
     })))
 }
 
-/// Runs an admin command on a user, revokes their sessions when asked, answers with the user.
+/// Runs an admin command on a user, applies it to their sessions at once (`change`), answers
+/// with the user.
 async fn administer(
     app: &App,
     admin: &Can<Administer>,
     meta: crate::events::Metadata,
     user_id: Uuid,
     command: UserCommand,
-    revoke_sessions: bool,
+    change: SessionChange,
 ) -> Result<Response, ApiError> {
     if user_id == admin.user_id {
         return Err(ApiError::conflict(
@@ -201,12 +202,10 @@ async fn administer(
         .store
         .execute::<User>(&user_id.to_string(), command, &(), &admin.metadata(meta))
         .await?;
-    // Revoked once the read model says so, so that a login racing with this change cannot
-    // open a session afterwards (login checks the status again after opening one).
+    // Sessions change at once, whatever the read models' lag; logins racing with the change
+    // see its stamp and look again (identity::login).
+    crate::identity::apply_account_change(app, user_id, change, &committed).await?;
     let settled = super::settle(app, "User", &committed).await;
-    if revoke_sessions && committed.position.is_some() {
-        app.sessions.revoke_all(user_id).await?;
-    }
     if !settled {
         return Ok(super::accepted(user_id, &committed));
     }
@@ -217,7 +216,7 @@ async fn administer(
     Ok(Json(with_position(&view, position)).into_response())
 }
 
-/// A new role takes effect at the next login: the user's sessions are revoked.
+/// A new role takes effect at the user's next request: their sessions act with it at once.
 async fn change_role(
     State(app): State<App>,
     admin: Can<Administer>,
@@ -236,7 +235,7 @@ async fn change_role(
         meta,
         user_id,
         UserCommand::ChangeRole { role },
-        true,
+        SessionChange::SetRole(role),
     )
     .await
 }
@@ -247,7 +246,15 @@ async fn disable(
     RequestMeta(meta): RequestMeta,
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    administer(&app, &admin, meta, user_id, UserCommand::Disable, true).await
+    administer(
+        &app,
+        &admin,
+        meta,
+        user_id,
+        UserCommand::Disable,
+        SessionChange::RevokeAll,
+    )
+    .await
 }
 
 async fn enable(
@@ -256,41 +263,13 @@ async fn enable(
     RequestMeta(meta): RequestMeta,
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    administer(&app, &admin, meta, user_id, UserCommand::Enable, false).await
-}
-
-/// Registers an account and makes it ADMIN, both recorded as system actions; then brings the
-/// users read model up to date so the account can log in at once.
-pub async fn create_admin(
-    app: &App,
-    email: &str,
-    password: &str,
-    display_name: &str,
-) -> anyhow::Result<Uuid> {
-    use crate::api::auth::{register_user, Registration};
-    use crate::commands::values::{DisplayName, Email, Password};
-    use crate::events::Metadata;
-
-    let registration = Registration {
-        email: Email::parse(email).map_err(|e| anyhow::anyhow!("--email {e}"))?,
-        password: Password::parse(password).map_err(|e| anyhow::anyhow!("--password {e}"))?,
-        display_name: DisplayName::parse(display_name)
-            .map_err(|e| anyhow::anyhow!("--display-name {e}"))?,
-        botanist: false,
-    };
-    let metadata = Metadata::system("arosaje admin create");
-    let (id, _) = register_user(app, registration, metadata.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    app.store
-        .execute::<User>(
-            &id.to_string(),
-            UserCommand::ChangeRole { role: Role::Admin },
-            &(),
-            &metadata,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    app.projections.catch_up("users").await?;
-    Ok(id)
+    administer(
+        &app,
+        &admin,
+        meta,
+        user_id,
+        UserCommand::Enable,
+        SessionChange::Stamp,
+    )
+    .await
 }

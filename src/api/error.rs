@@ -11,6 +11,7 @@ use crate::commands::plant::PlantError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
 use crate::events::store::CommandError;
+use crate::identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -183,6 +184,35 @@ impl DomainError for PlantError {
         match self {
             PlantError::AlreadyExists => ApiError::conflict("already_exists", self.to_string()),
             PlantError::NotFound => ApiError::NotFound("plant"),
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(err: IdentityError) -> Self {
+        let message = err.to_string();
+        match err {
+            IdentityError::EmailTaken => ApiError::conflict("email_taken", message),
+            IdentityError::InvalidCredentials => {
+                ApiError::unauthorized("invalid_credentials", message)
+            }
+            IdentityError::AccountDisabled => ApiError::Forbidden {
+                code: "account_disabled",
+                message,
+            },
+            IdentityError::InvalidRefreshToken => {
+                ApiError::unauthorized("invalid_refresh_token", message)
+            }
+            IdentityError::RefreshTokenReused => {
+                ApiError::unauthorized("refresh_token_reused", message)
+            }
+            IdentityError::Settling => ApiError::Unavailable {
+                code: "account_settling",
+                message,
+            },
+            IdentityError::SessionsUnavailable(err) => err.into(),
+            IdentityError::User(err) => err.into(),
+            IdentityError::Internal(err) => ApiError::Internal(err),
         }
     }
 }

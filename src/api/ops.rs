@@ -16,7 +16,8 @@ pub fn router() -> Router<App> {
         .route("/metrics", get(metrics))
 }
 
-/// Ready when PostgreSQL and Redis answer; reports how far each projection lags behind the log.
+/// Ready when PostgreSQL and Redis answer; reports how far each projection lags behind the log and
+/// how many events it parked.
 async fn ready(State(app): State<App>) -> impl IntoResponse {
     let database =
         sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(global_position), 0) FROM events")
@@ -29,11 +30,12 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
         .as_ref()
         .map(|all| {
             all.iter()
-                .map(|(name, pos)| {
-                    let behind = head.map(|h| (h - pos.global_position).max(0)).unwrap_or(0);
+                .map(|(name, state)| {
+                    let position = state.position.global_position;
+                    let behind = head.map(|h| (h - position).max(0)).unwrap_or(0);
                     (
                         name.clone(),
-                        json!({"position": pos.global_position, "behind": behind}),
+                        json!({"position": position, "behind": behind, "parked": state.parked}),
                     )
                 })
                 .collect()

@@ -1,5 +1,6 @@
-//! Access tokens (JWT, HS256) and the `AuthUser` extractor that checks them, including that the
-//! session they name is still open in Redis.
+//! Access tokens (JWT, HS256) and the `AuthUser` extractor that checks them: the session they
+//! name must still be open in Redis, and the caller acts with the role stored in that session,
+//! never the one in the token (a forged or stale role claim changes nothing).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -34,13 +35,15 @@ pub struct JwtKeys {
 }
 
 impl JwtKeys {
-    pub fn new(secret: &str, ttl_secs: u64) -> Self {
+    /// `master`: the token master key (`JWT_SECRET`); access tokens use a key derived from it.
+    pub fn new(master: &str, ttl_secs: u64) -> Self {
+        let key = crate::infra::tokens::derive_key(master, "arosaje/access-tokens/v1");
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
             validation,
             ttl_secs,
         }
@@ -126,15 +129,16 @@ impl FromRequestParts<App> for AuthUser {
             ApiError::unauthorized("missing_token", "send `Authorization: Bearer <token>`")
         })?;
         let claims = app.jwt.verify(token)?;
-        if !app.sessions.is_active(claims.sub, claims.sid).await? {
+        let session = app.sessions.get(claims.sub, claims.sid).await?;
+        let Some(role) = session.and_then(|s| s.role) else {
             return Err(ApiError::unauthorized(
                 "session_revoked",
                 "this session has ended; log in again",
             ));
-        }
+        };
         Ok(AuthUser {
             user_id: claims.sub,
-            role: claims.role,
+            role,
             session_id: claims.sid,
         })
     }

@@ -96,6 +96,9 @@ impl Plant {
     }
 }
 
+/// No event of this aggregate has changed shape yet.
+impl crate::events::upcast::Versioned for Plant {}
+
 impl Aggregate for Plant {
     const TYPE: &'static str = "Plant";
     type Command = PlantCommand;

@@ -67,6 +67,9 @@ pub struct User {
     password_generation: u32,
 }
 
+/// No event of this aggregate has changed shape yet.
+impl crate::events::upcast::Versioned for User {}
+
 impl Aggregate for User {
     const TYPE: &'static str = "User";
     type Command = UserCommand;

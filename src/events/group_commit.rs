@@ -94,8 +94,8 @@ async fn write_groups(
 
 type Key = (&'static str, String, i64);
 
-/// A returned row: aggregate type, aggregate id, sequence, transaction id, global position.
-type InsertedRow = (String, String, i64, String, i64);
+/// A returned row: aggregate type, aggregate id, sequence, global position.
+type InsertedRow = (String, String, i64, i64);
 
 async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     // Two appends of the same version in one group: the first one competes, the others lost.
@@ -138,7 +138,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
                               $6::jsonb[], $7::jsonb[]) \
          ON CONFLICT DO NOTHING \
-         RETURNING aggregate_type, aggregate_id, sequence, transaction_id::text, global_position",
+         RETURNING aggregate_type, aggregate_id, sequence, global_position",
     )
     .bind(&types)
     .bind(&ids)
@@ -153,16 +153,11 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     match inserted {
         Ok(rows) => {
             let mut positions: HashMap<(String, String, i64), Position> = HashMap::new();
-            for (aggregate_type, aggregate_id, sequence, tx, position) in rows {
-                if let Ok(transaction_id) = tx.parse() {
-                    positions.insert(
-                        (aggregate_type, aggregate_id, sequence),
-                        Position {
-                            transaction_id,
-                            global_position: position,
-                        },
-                    );
-                }
+            for (aggregate_type, aggregate_id, sequence, position) in rows {
+                positions.insert(
+                    (aggregate_type, aggregate_id, sequence),
+                    Position::new(position),
+                );
             }
             for request in writing {
                 let event = request.event;

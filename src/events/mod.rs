@@ -1,12 +1,15 @@
 //! Event types per aggregate, event metadata, the event store (append + global order) and the
 //! encryption of personal data inside events.
 
+pub mod append;
 pub mod crypto;
 pub mod group_commit;
 pub mod metadata;
 pub mod plant;
 pub mod store;
+pub mod upcast;
 pub mod user;
+pub mod wakeups;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,19 +17,20 @@ use serde_json::Value;
 
 pub use metadata::Metadata;
 
-/// A point in the global order of the log: the writing transaction's id, then the row's identity.
-/// Projectors read and checkpoint in this order; comparing pairs never skips an event.
+/// A point in the global order of the log. Positions are handed out in commit order (one lock
+/// per append, see the `commit_order` migration), so a reader that has seen a position has seen
+/// every committed event before it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Position {
-    pub transaction_id: u64,
     pub global_position: i64,
 }
 
 impl Position {
-    pub const START: Position = Position {
-        transaction_id: 0,
-        global_position: 0,
-    };
+    pub const START: Position = Position { global_position: 0 };
+
+    pub fn new(global_position: i64) -> Self {
+        Position { global_position }
+    }
 }
 
 /// An event as read back from the store by projectors, audit queries and exports.
@@ -44,9 +48,10 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// Decodes the payload into an aggregate's event enum.
-    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_value(self.payload.clone())
+    /// Decodes the payload into aggregate `A`'s event enum, through `A`'s upcasters (the path
+    /// aggregates load through too).
+    pub fn decode<A: upcast::Versioned>(&self) -> Result<A::Event, serde_json::Error> {
+        upcast::decode::<A>(&self.event_type, &self.event_version, &self.payload)
     }
 }
 

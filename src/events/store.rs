@@ -1,9 +1,9 @@
-//! Running commands against the event store.
+//! The command bus: load an aggregate, let it decide, append its events, retry on conflicts.
 //!
 //! Aggregates are loaded through postgres-es (`PostgresEventRepository` behind cqrs-es's
-//! `PersistedEventStore`, which also runs upcasters). Appends are our own single statement,
-//! because we need what cqrs-es's `commit` does not give back: each event's place in the global
-//! order (`transaction_id`, `global_position`), so the HTTP answer can wait for the projections.
+//! `PersistedEventStore`, with the aggregate's upcasters, the same ones projectors decode with).
+//! Appends are our own ([`super::append`]), because we need what cqrs-es's `commit` does not give
+//! back: each event's place in the global order, so the HTTP answer can wait for the projections.
 //! Optimistic concurrency is postgres-es's: the primary key (aggregate_type, aggregate_id,
 //! sequence) refuses a second writer of the same version; we retry a bounded number of times.
 
@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
+use cqrs_es::{Aggregate, AggregateError, EventStore as _};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Notify;
 
-use super::group_commit::{GroupAppender, NewEvent};
+use super::append::{append, append_grouped};
+use super::group_commit::GroupAppender;
+use super::upcast::Versioned;
+pub use super::wakeups::Wakeups;
 use super::{Metadata, Position};
 
 /// The outcome of a command that succeeded.
@@ -55,65 +56,6 @@ impl<E: std::error::Error> From<sqlx::Error> for CommandError<E> {
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
-}
-
-/// Who is told that events were appended: projectors of this process at once (`local`), and other
-/// instances through one coalesced `NOTIFY arosaje_events` (`outbound`, sent by
-/// [`run_notifier`]). A trigger that notified inside every append transaction would serialise all
-/// appends, fsync included, on PostgreSQL's notification queue lock.
-#[derive(Default)]
-pub struct Wakeups {
-    /// Each local projector's wake-up, with the aggregate types it reads.
-    local: std::sync::RwLock<Vec<(&'static [&'static str], Arc<Notify>)>>,
-    outbound: Notify,
-}
-
-impl Wakeups {
-    /// The wake-up of a projector that reads `aggregate_types`.
-    pub fn subscribe(&self, aggregate_types: &'static [&'static str]) -> Arc<Notify> {
-        let notify = Arc::new(Notify::new());
-        if let Ok(mut local) = self.local.write() {
-            local.push((aggregate_types, notify.clone()));
-        }
-        notify
-    }
-
-    /// Events of `aggregate_type` were committed here: wake the projectors that read them, and
-    /// have other instances told.
-    pub fn appended(&self, aggregate_type: &str) {
-        if let Ok(local) = self.local.read() {
-            for (types, notify) in local.iter() {
-                if types.contains(&aggregate_type) {
-                    notify.notify_waiters();
-                }
-            }
-        }
-        self.outbound.notify_one();
-    }
-
-    /// Wakes every local projector (a notification from another instance, a reconnect).
-    pub fn wake_all(&self) {
-        if let Ok(local) = self.local.read() {
-            for (_, notify) in local.iter() {
-                notify.notify_waiters();
-            }
-        }
-    }
-}
-
-/// Sends `NOTIFY arosaje_events` after local appends; appends that happen while one is in flight
-/// share the next one.
-pub async fn run_notifier(pool: PgPool, wakeups: Arc<Wakeups>) {
-    loop {
-        wakeups.outbound.notified().await;
-        if let Err(err) = sqlx::query("SELECT pg_notify('arosaje_events', '')")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %err, "cannot notify other instances; they will poll");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// Appends events and runs commands. Cheap to share.
@@ -152,7 +94,7 @@ impl EventStore {
         metadata: &Metadata,
     ) -> Result<Committed, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Versioned,
         A::Command: Clone,
     {
         self.run::<A>(aggregate_id, command, services, metadata, false)
@@ -169,7 +111,7 @@ impl EventStore {
         metadata: &Metadata,
     ) -> Result<Committed, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Versioned,
         A::Command: Clone,
     {
         self.run::<A>(aggregate_id, command, services, metadata, true)
@@ -209,7 +151,7 @@ impl EventStore {
         mut assume_new: bool,
     ) -> Result<Committed, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Versioned,
         A::Command: Clone,
     {
         let mut attempt = 0;
@@ -255,12 +197,13 @@ impl EventStore {
         }
     }
 
-    async fn load<A: Aggregate>(
+    async fn load<A: Versioned>(
         &self,
         aggregate_id: &str,
     ) -> Result<(A, usize), CommandError<A::Error>> {
         let store: PersistedEventStore<PostgresEventRepository, A> =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()));
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()))
+                .with_upcasters(super::upcast::upcasters::<A>());
         let context = store
             .load_aggregate(aggregate_id)
             .await
@@ -272,7 +215,7 @@ impl EventStore {
     }
 }
 
-fn internal<E: std::error::Error>(err: impl Into<anyhow::Error>) -> CommandError<E> {
+pub(super) fn internal<E: std::error::Error>(err: impl Into<anyhow::Error>) -> CommandError<E> {
     CommandError::Internal(err.into())
 }
 
@@ -288,91 +231,4 @@ async fn decide<A: Aggregate>(
         .await
         .map_err(CommandError::Domain)?;
     Ok(sink.collect().await)
-}
-
-/// Appends one event through the group appender.
-async fn append_grouped<A: Aggregate>(
-    group: &GroupAppender,
-    aggregate_id: &str,
-    current_sequence: usize,
-    event: &A::Event,
-    metadata: &Metadata,
-) -> Result<Committed, CommandError<A::Error>> {
-    let version = current_sequence as i64 + 1;
-    let verdict = group
-        .append(NewEvent {
-            aggregate_type: A::TYPE,
-            aggregate_id: aggregate_id.to_string(),
-            sequence: version,
-            event_type: event.event_type(),
-            event_version: event.event_version(),
-            payload: serde_json::to_value(event).map_err(internal)?,
-            metadata: serde_json::to_value(metadata.to_map()).map_err(internal)?,
-        })
-        .await
-        .map_err(|message| CommandError::Internal(anyhow::anyhow!(message)))?;
-    match verdict {
-        Some(position) => {
-            metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(1);
-            Ok(Committed {
-                version,
-                position: Some(position),
-            })
-        }
-        None => Err(CommandError::Conflict),
-    }
-}
-
-/// Appends `events` after `current_sequence` in one statement (atomic for the command), returning
-/// the new version and the position of the last event. A duplicate sequence is a `Conflict`.
-async fn append<A: Aggregate>(
-    conn: &mut PgConnection,
-    aggregate_id: &str,
-    current_sequence: usize,
-    events: &[A::Event],
-    metadata: &Metadata,
-) -> Result<Committed, CommandError<A::Error>> {
-    let metadata = serde_json::to_value(metadata.to_map()).map_err(internal)?;
-    let n = events.len();
-    let mut sequences = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut payloads: Vec<Value> = Vec::with_capacity(n);
-    for (i, event) in events.iter().enumerate() {
-        sequences.push((current_sequence + i + 1) as i64);
-        types.push(event.event_type());
-        versions.push(event.event_version());
-        payloads.push(serde_json::to_value(event).map_err(internal)?);
-    }
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO events \
-             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT $1, $2, seq, etype, ever, payload, $7 \
-           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
-                AS e(seq, etype, ever, payload) \
-         RETURNING transaction_id::text, global_position",
-    )
-    .bind(A::TYPE)
-    .bind(aggregate_id)
-    .bind(&sequences)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .fetch_all(&mut *conn)
-    .await?;
-    metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
-    let position = rows
-        .iter()
-        .filter_map(|(tx, pos)| {
-            Some(Position {
-                transaction_id: tx.parse().ok()?,
-                global_position: *pos,
-            })
-        })
-        .max();
-    Ok(Committed {
-        version: (current_sequence + n) as i64,
-        position,
-    })
 }

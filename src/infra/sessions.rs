@@ -1,14 +1,24 @@
-//! Sessions in Redis: hash `session:{user_id}`, one field per session id, 24 h TTL (DESIGN.md §4).
-//! A token names its session; a token whose session is gone is refused.
+//! Sessions in Redis: hash `session:{user_id}`, one field per session id (DESIGN.md §4).
+//!
+//! A session carries the role its requests act with (authorization reads it here, never from the
+//! token) and its own expiry: a login or refresh of one session never extends another. The hash
+//! lives as long as its longest-lived session.
+//!
+//! Account changes (disable, role change, password change) are applied to the sessions in Redis
+//! the moment they are committed, together with a per-user stamp `session_stamp:{user_id}`: the
+//! stream version and log position of the latest such change. A login that read the account from
+//! a read model older than the stamp waits for the read model and checks again, so a stale read
+//! model can never open a session that the change should have prevented (see `identity::login`).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-
-use super::redis::Redis;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::redis::Redis;
+use crate::events::user::Role;
 
 /// What we remember about a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,32 +30,111 @@ pub struct SessionInfo {
     /// SHA-256 (hex) of the session's current refresh token; earlier ones are refused.
     #[serde(default)]
     pub refresh_hash: Option<String>,
+    /// The role this session acts with, kept current by account changes.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// When the session ends unless refreshed.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl SessionInfo {
+    /// A session that can still act: it has a role and has not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.role.is_some() && self.expires_at.is_some_and(|at| at > now)
+    }
 }
 
 /// What presenting a refresh token did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// It was the current token: it is replaced by the new one.
-    Rotated,
+    /// It was the current token: it is replaced by the new one. The session as it now is.
+    Rotated(SessionInfo),
     /// It was an old token of a live session: a sign of theft, so the session is revoked.
     ReusedAndRevoked,
     /// No such session (revoked, expired, or never existed).
     Unknown,
 }
 
-/// Compare-and-swap of the refresh hash, atomic in Redis.
+/// What an account change does to the user's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Every session ends (disabled account, new password).
+    RevokeAll,
+    /// Every session now acts with this role.
+    SetRole(Role),
+    /// Sessions stay as they are; only logins that race with the change look again.
+    Stamp,
+}
+
+/// The latest account change applied to the sessions: the user stream's version after it, and
+/// its position in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub version: i64,
+    pub position: i64,
+}
+
+/// Adds a session and stretches the hash's lifetime to cover it (never shortens it).
+const CREATE: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = tonumber(ARGV[3])
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"#;
+
+/// Compare-and-swap of the refresh hash, atomic in Redis. Returns the updated session.
 const ROTATE: &str = r#"
 local value = redis.call('HGET', KEYS[1], ARGV[1])
-if not value then return 0 end
+if not value then return {0, ''} end
 local session = cjson.decode(value)
 if session['refresh_hash'] ~= ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
-  return -1
+  return {-1, ''}
 end
 session['refresh_hash'] = ARGV[3]
 session['last_seen_at'] = ARGV[4]
+session['expires_at'] = ARGV[5]
+local encoded = cjson.encode(session)
+redis.call('HSET', KEYS[1], ARGV[1], encoded)
+local ttl = tonumber(ARGV[6])
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return {1, encoded}
+"#;
+
+/// Applies an account change to every session of a user, and raises the user's stamp. A change
+/// older than the stamp already applied (two admins racing) leaves the roles alone; a revocation
+/// always applies.
+const CHANGE: &str = r#"
+local stamp = redis.call('GET', KEYS[2])
+local newer = true
+if stamp then
+  local current = cjson.decode(stamp)
+  if tonumber(current['version']) >= tonumber(ARGV[2]) then newer = false end
+end
+if newer then
+  redis.call('SET', KEYS[2], cjson.encode({version = tonumber(ARGV[2]), position = tonumber(ARGV[3])}), 'EX', ARGV[4])
+end
+if ARGV[1] == 'revoke_all' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[1] == 'set_role' and newer then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local session = cjson.decode(all[i + 1])
+    session['role'] = ARGV[5]
+    redis.call('HSET', KEYS[1], all[i], cjson.encode(session))
+  end
+end
+return 1
+"#;
+
+/// Sets one session's role if it still exists (a login reconciling with a newer account state).
+const SET_ROLE: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local session = cjson.decode(value)
+session['role'] = ARGV[2]
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(session))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 "#;
 
@@ -59,9 +148,27 @@ fn key(user_id: Uuid) -> String {
     format!("session:{user_id}")
 }
 
+fn stamp_key(user_id: Uuid) -> String {
+    format!("session_stamp:{user_id}")
+}
+
+fn encode(info: &SessionInfo) -> String {
+    serde_json::to_string(info).unwrap_or_default()
+}
+
 impl Sessions {
+    /// `ttl`: how long a session lasts after its login or last refresh.
     pub fn new(redis: Redis, ttl: Duration) -> Self {
         Self { redis, ttl }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When a session created or refreshed now ends.
+    pub fn expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::days(1))
     }
 
     pub async fn create(
@@ -70,28 +177,41 @@ impl Sessions {
         session_id: Uuid,
         info: &SessionInfo,
     ) -> redis::RedisResult<()> {
-        let value = serde_json::to_string(info).unwrap_or_default();
-        let ttl = self.ttl.as_secs() as i64;
+        let value = encode(info);
+        let ttl = self.ttl.as_secs().max(1);
         self.redis
             .call(|mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hset(key(user_id), session_id.to_string(), value)
-                    .ignore()
-                    .expire(key(user_id), ttl)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
+                redis::Script::new(CREATE)
+                    .key(key(user_id))
+                    .arg(session_id.to_string())
+                    .arg(value)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut conn)
                     .await
             })
-            .await
+            .await?;
+        Ok(())
     }
 
-    pub async fn is_active(&self, user_id: Uuid, session_id: Uuid) -> redis::RedisResult<bool> {
-        self.redis
-            .call(
-                |mut conn| async move { conn.hexists(key(user_id), session_id.to_string()).await },
-            )
-            .await
+    /// The session, if it exists and has not expired (an expired one is removed).
+    pub async fn get(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> redis::RedisResult<Option<SessionInfo>> {
+        let value: Option<String> = self
+            .redis
+            .call(|mut conn| async move { conn.hget(key(user_id), session_id.to_string()).await })
+            .await?;
+        let Some(info) = value.and_then(|v| serde_json::from_str::<SessionInfo>(&v).ok()) else {
+            return Ok(None);
+        };
+        if info.is_live(Utc::now()) {
+            Ok(Some(info))
+        } else {
+            self.revoke(user_id, session_id).await?;
+            Ok(None)
+        }
     }
 
     /// Revokes one session; true when it existed.
@@ -103,21 +223,24 @@ impl Sessions {
         Ok(removed > 0)
     }
 
-    /// Every open session of a user.
+    /// Every live session of a user, newest first.
     pub async fn list(&self, user_id: Uuid) -> redis::RedisResult<Vec<(Uuid, SessionInfo)>> {
         let all: std::collections::HashMap<String, String> = self
             .redis
             .call(|mut conn| async move { conn.hgetall(key(user_id)).await })
             .await?;
+        let now = Utc::now();
         let mut sessions: Vec<(Uuid, SessionInfo)> = all
             .into_iter()
             .filter_map(|(id, value)| Some((id.parse().ok()?, serde_json::from_str(&value).ok()?)))
+            .filter(|(_, info): &(Uuid, SessionInfo)| info.is_live(now))
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.1.created_at));
         Ok(sessions)
     }
 
-    /// Replaces the session's refresh hash if `presented` is the current one.
+    /// Replaces the session's refresh hash if `presented` is the current one, and extends that
+    /// session alone.
     pub async fn rotate_refresh(
         &self,
         user_id: Uuid,
@@ -125,8 +248,10 @@ impl Sessions {
         presented: &str,
         next: &str,
     ) -> redis::RedisResult<Rotation> {
-        let ttl = self.ttl.as_secs();
-        let outcome: i64 = self
+        let ttl = self.ttl.as_secs().max(1);
+        let now = Utc::now();
+        let expires_at = self.expiry(now);
+        let (outcome, session): (i64, String) = self
             .redis
             .call(|mut conn| async move {
                 redis::Script::new(ROTATE)
@@ -134,17 +259,85 @@ impl Sessions {
                     .arg(session_id.to_string())
                     .arg(presented)
                     .arg(next)
-                    .arg(Utc::now().to_rfc3339())
+                    .arg(now.to_rfc3339())
+                    .arg(expires_at.to_rfc3339())
                     .arg(ttl)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
         Ok(match outcome {
-            1 => Rotation::Rotated,
+            1 => match serde_json::from_str::<SessionInfo>(&session) {
+                Ok(info) if info.role.is_some() => Rotation::Rotated(info),
+                _ => Rotation::Unknown,
+            },
             -1 => Rotation::ReusedAndRevoked,
             _ => Rotation::Unknown,
         })
+    }
+
+    /// Applies a committed account change (at stream `version`, log `position`) to every session
+    /// of the user, and records it as the user's stamp.
+    pub async fn apply_change(
+        &self,
+        user_id: Uuid,
+        change: SessionChange,
+        version: i64,
+        position: i64,
+    ) -> redis::RedisResult<()> {
+        let (action, role) = match change {
+            SessionChange::RevokeAll => ("revoke_all", ""),
+            SessionChange::SetRole(role) => ("set_role", role.as_str()),
+            SessionChange::Stamp => ("stamp", ""),
+        };
+        // The stamp must outlive any read model lag worth waiting for; a session's lifetime is
+        // far more than enough.
+        let ttl = self.ttl.as_secs().max(3600);
+        self.redis
+            .call(|mut conn| async move {
+                redis::Script::new(CHANGE)
+                    .key(key(user_id))
+                    .key(stamp_key(user_id))
+                    .arg(action)
+                    .arg(version)
+                    .arg(position)
+                    .arg(ttl)
+                    .arg(role)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The latest account change applied to the user's sessions, if any is recent.
+    pub async fn stamp(&self, user_id: Uuid) -> redis::RedisResult<Option<Stamp>> {
+        let value: Option<String> = self
+            .redis
+            .call(|mut conn| async move { conn.get(stamp_key(user_id)).await })
+            .await?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Sets one session's role; false when the session is gone.
+    pub async fn set_role(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        role: Role,
+    ) -> redis::RedisResult<bool> {
+        let updated: i64 = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(SET_ROLE)
+                    .key(key(user_id))
+                    .arg(session_id.to_string())
+                    .arg(role.as_str())
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(updated == 1)
     }
 
     /// Whether Redis answers.

@@ -6,6 +6,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A key for one purpose, derived from a master secret (HMAC-SHA-256 of the purpose label, as
+/// HKDF-Expand does for a single block): keys of different purposes are independent.
+pub fn derive_key(master: &str, purpose: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(master.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(purpose.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     VerifyEmail,
@@ -44,12 +54,13 @@ pub struct ActionTokens {
 }
 
 impl ActionTokens {
-    pub fn new(secret: &str) -> Self {
-        // Derived from the JWT secret but distinct from it: an access token never verifies here.
-        let key = format!("action-tokens:{secret}");
+    /// `master`: the token master key (`JWT_SECRET`); the key used here is derived from it for
+    /// this purpose alone, so an access token never verifies here, nor the other way round.
+    pub fn new(master: &str) -> Self {
+        let key = derive_key(master, "arosaje/action-tokens/v1");
         Self {
-            encoding: EncodingKey::from_secret(key.as_bytes()),
-            decoding: DecodingKey::from_secret(key.as_bytes()),
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
         }
     }
 

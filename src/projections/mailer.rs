@@ -1,27 +1,30 @@
-//! The mail outbox: a projector that mails what events ask for (a verification link after
-//! registration, a reset link after a reset request).
+//! The mail outbox: a side-effect projector that mails what events ask for (a verification link
+//! after registration, a reset link after a reset request).
 //!
-//! A mail is recorded in `sent_mails` (keyed by the event's position) as soon as the SMTP server
-//! has accepted it, outside the batch transaction, so a batch that fails later and is retried
-//! does not send it again. A crash between the SMTP answer and that record re-sends it once,
-//! with the same Message-ID, which lets mail systems drop the duplicate. Events older than
+//! It holds no database transaction while it talks to SMTP (see [`Mode::SideEffects`]): one
+//! instance at a time runs it, under an advisory lock. A mail is recorded in `sent_mails` (keyed by
+//! the event's position) as soon as the SMTP server has accepted it, or refused it for good, so a
+//! retry or a replay does not send it again. A crash between the SMTP answer and that record
+//! re-sends it once, with the same Message-ID, which lets mail systems drop the duplicate. A server
+//! that is down or answers 4xx is retried without limit ([`Transient`]); a 5xx refusal or an
+//! address the SMTP library refuses is recorded as `failed` and not retried. Events older than
 //! `max_age` are not mailed (a projector started on an old log does not mail every account).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::Projection;
+use super::{Mode, Projection, Transient};
+use crate::commands::user::User;
 use crate::events::crypto::{CryptoError, KeyStore};
 use crate::events::user::UserEvent;
 use crate::events::StoredEvent;
-use crate::infra::mail::{Mail, Mailer};
+use crate::infra::mail::{Mail, Mailer, SendError};
 use crate::infra::tokens::{ActionTokens, Purpose};
 
 pub struct MailerProjection {
-    pub pool: PgPool,
     pub keys: Arc<KeyStore>,
     pub mailer: Arc<dyn Mailer>,
     pub tokens: Arc<ActionTokens>,
@@ -92,18 +95,18 @@ impl Projection for MailerProjection {
         &["User"]
     }
 
-    fn read_your_writes(&self) -> bool {
-        false
+    fn mode(&self) -> Mode {
+        Mode::SideEffects
     }
 
-    async fn apply(&self, _conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
         let oldest = chrono::Utc::now() - self.max_age;
         for event in events {
             if event.timestamp < oldest {
                 continue;
             }
             let user_id: Uuid = event.aggregate_id.parse()?;
-            let decoded = event.decode::<UserEvent>()?;
+            let decoded = event.decode::<User>()?;
             let Some((kind, subject, body)) = self.compose(user_id, &decoded)? else {
                 continue;
             };
@@ -111,49 +114,64 @@ impl Projection for MailerProjection {
                 "SELECT EXISTS (SELECT 1 FROM sent_mails WHERE event_position = $1)",
             )
             .bind(event.position.global_position)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await?;
             if already {
                 continue;
             }
-            let to = match self.keys.cipher(user_id).await {
-                Ok(cipher) => match &decoded {
-                    UserEvent::UserRegistered { email, .. } => cipher.open(email)?,
-                    _ => {
-                        let email: Option<String> =
-                            sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-                                .bind(user_id)
-                                .fetch_optional(&self.pool)
-                                .await?;
-                        match email {
-                            Some(email) => email,
-                            None => anyhow::bail!("user {user_id} is not in the read model yet"),
-                        }
-                    }
-                },
+            let cipher = match self.keys.cipher(user_id).await {
+                Ok(cipher) => cipher,
                 // Erased: nobody to write to.
                 Err(CryptoError::KeyMissing(_)) => continue,
                 Err(err) => return Err(err.into()),
             };
+            // The address comes from the log (registration), not from another projection.
+            let to = match &decoded {
+                UserEvent::UserRegistered { email, .. } => cipher.open(email)?,
+                _ => {
+                    let registered: serde_json::Value = sqlx::query_scalar(
+                        "SELECT payload FROM events \
+                          WHERE aggregate_type = 'User' AND aggregate_id = $1 AND sequence = 1",
+                    )
+                    .bind(&event.aggregate_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    match serde_json::from_value::<UserEvent>(registered)? {
+                        UserEvent::UserRegistered { email, .. } => cipher.open(&email)?,
+                        other => anyhow::bail!("user {user_id} begins with {other:?}"),
+                    }
+                }
+            };
             let message_id = format!("<{}.{kind}@arosaje>", event.position.global_position);
-            self.mailer
+            let outcome = self
+                .mailer
                 .send(&Mail {
                     to,
                     subject,
                     body,
                     message_id: message_id.clone(),
                 })
-                .await?;
-            metrics::counter!("mails_sent_total", "kind" => kind).increment(1);
+                .await;
+            let (status, error) = match outcome {
+                Ok(()) => ("sent", None),
+                Err(SendError::Permanent(reason)) => {
+                    tracing::warn!(%user_id, kind, error = %reason, "mail refused for good; not retried");
+                    ("failed", Some(reason))
+                }
+                Err(SendError::Transient(err)) => return Err(Transient(err).into()),
+            };
+            metrics::counter!("mails_total", "kind" => kind, "status" => status).increment(1);
             sqlx::query(
-                "INSERT INTO sent_mails (event_position, user_id, kind, message_id) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO sent_mails (event_position, user_id, kind, message_id, status, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(event.position.global_position)
             .bind(user_id)
             .bind(kind)
             .bind(message_id)
-            .execute(&self.pool)
+            .bind(status)
+            .bind(error)
+            .execute(&mut *conn)
             .await?;
         }
         Ok(())

@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Projection;
+use crate::commands::plant::Plant;
 use crate::events::plant::PlantEvent;
 use crate::events::StoredEvent;
 
@@ -31,7 +32,7 @@ impl Projection for PlantsProjection {
         let mut created = NewPlants::default();
         for event in events {
             let plant_id: Uuid = event.aggregate_id.parse()?;
-            match event.decode::<PlantEvent>()? {
+            match event.decode::<Plant>()? {
                 PlantEvent::PlantCreated {
                     owner_id,
                     name,

@@ -1,13 +1,22 @@
 //! The projector runner: a catch-up subscription on the event log.
 //!
-//! Each projector reads events after its checkpoint in `(transaction_id, global_position)` order,
-//! only from transactions older than the oldest one still running
-//! (`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`), so an event whose transaction
-//! commits late is waited for instead of skipped. The batch and the new checkpoint commit in one
-//! transaction, under a row lock on the checkpoint, so several instances can run the same
-//! projector and each event still takes effect exactly once.
+//! Positions are handed out in commit order (see the `commit_order` migration), so a projector
+//! reads `global_position > checkpoint` in index order and never skips an event, whatever other
+//! transactions in the cluster are doing.
 //!
-//! Projectors wake on `LISTEN arosaje_events`, on local appends, and poll as a fallback.
+//! Two kinds of projector (see [`Mode`]):
+//! - read models apply a batch and advance their checkpoint in one transaction, under a row lock
+//!   on the checkpoint, so several instances can run them and each event takes effect once;
+//! - side-effect projectors (mail, later fan-out) hold no transaction across network I/O: one
+//!   instance at a time runs each of them, under a session-level advisory lock held by a
+//!   dedicated connection (a session lock takes no transaction id), and they record what they did
+//!   so a retry does not do it again.
+//!
+//! An event a projector keeps failing on is retried `max_attempts` times with backoff, then parked
+//! in `parked_events` (and counted), and the projector goes on. Failures marked [`Transient`], and
+//! lost database connections, are retried without limit: they say nothing about the event.
+//!
+//! Projectors wake on local appends, on `LISTEN arosaje_events`, and poll as a fallback.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,22 +25,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
-use tokio::sync::watch;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
-use super::Projection;
+use super::{Mode, Projection};
 use crate::events::store::Wakeups;
 use crate::events::{Position, StoredEvent};
-
-const HELD_BACK_MIN_PAUSE: Duration = Duration::from_millis(1);
-const HELD_BACK_MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// How projectors run.
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
     pub batch_size: i64,
     pub poll_interval: Duration,
+    /// Failed attempts at one event before it is parked.
+    pub max_attempts: u32,
 }
 
 impl Default for ProjectorSettings {
@@ -39,14 +47,58 @@ impl Default for ProjectorSettings {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
+            max_attempts: 5,
         }
     }
+}
+
+/// An error a projection returns when the failure says nothing about the event (an SMTP server
+/// that is down, a timeout): the event is retried with backoff for as long as it takes, never
+/// parked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Transient(pub anyhow::Error);
+
+/// Whether a failure is worth retrying forever rather than counting against the event.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if cause.downcast_ref::<Transient>().is_some() {
+            return true;
+        }
+        match cause.downcast_ref::<sqlx::Error>() {
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_),
+            ) => true,
+            // Connection, resources, operator intervention, serialization/deadlock.
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|p| c.starts_with(p))),
+            _ => false,
+        }
+    })
+}
+
+/// The failure at one event that a projector is working through.
+#[derive(Debug, Clone, Copy, Default)]
+struct Trouble {
+    /// The event that failed; until the checkpoint passes it, batches apply one event at a time.
+    position: i64,
+    attempts: u32,
 }
 
 struct Projector {
     projection: Arc<dyn Projection>,
     checkpoint: watch::Sender<Position>,
     wake: Arc<tokio::sync::Notify>,
+    trouble: std::sync::Mutex<Option<Trouble>>,
+    /// Side-effect projectors: the connection (outside the pool) holding this instance's
+    /// advisory lock; dropping it closes the connection, which releases the lock.
+    lock: Mutex<Option<PgConnection>>,
 }
 
 /// All projectors of the process, their checkpoints, and the wake-up signal.
@@ -67,13 +119,17 @@ struct Inner {
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Events read (applied or passed by).
+    /// Events read (applied, passed by or parked).
     pub read: usize,
-    /// Events after the checkpoint that are committed but held back behind an older transaction
-    /// that is still running.
-    pub held_back: bool,
+    /// Events parked in this batch.
+    pub parked: usize,
     pub checkpoint: Position,
+    /// A side-effect projector whose lock another instance holds: it did nothing.
+    pub standby: bool,
 }
+
+/// Two-key advisory lock space of side-effect projectors (the append lock uses the one-key space).
+const SIDE_EFFECT_LOCK_CLASS: i32 = 0x6172_6f73; // "aros"
 
 impl Projections {
     pub fn new(
@@ -88,6 +144,8 @@ impl Projections {
                 wake: wakeups.subscribe(projection.aggregate_types()),
                 projection,
                 checkpoint: watch::channel(Position::START).0,
+                trouble: std::sync::Mutex::new(None),
+                lock: Mutex::new(None),
             })
             .collect();
         Self {
@@ -209,18 +267,27 @@ impl Projections {
         }
     }
 
-    /// Runs batches of one projection until it is caught up (for the CLI and tests).
+    /// Runs batches of one projection until it is caught up (for the CLI and tests). An event
+    /// that keeps failing is retried up to the attempt budget and then parked, as in `run`.
     pub async fn catch_up(&self, name: &str) -> anyhow::Result<Position> {
         let index = self
             .index_of(name)
             .ok_or_else(|| anyhow::anyhow!("no projection named {name}"))?;
+        let mut failures: u32 = 0;
         loop {
-            let outcome = self.run_batch(index).await?;
-            if outcome.read == 0 && !outcome.held_back {
-                return Ok(outcome.checkpoint);
-            }
-            if outcome.read == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            match self.run_batch(index).await {
+                Ok(outcome) if outcome.standby => {
+                    anyhow::bail!("another instance runs projection {name}")
+                }
+                Ok(outcome) if outcome.read == 0 => return Ok(outcome.checkpoint),
+                Ok(_) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    if failures > self.inner.settings.max_attempts.max(1) * 4 {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(backoff(failures.min(4))).await;
+                }
             }
         }
     }
@@ -243,7 +310,6 @@ impl Projections {
         let name = self.inner.projectors[index].projection.name();
         let poll = self.inner.settings.poll_interval;
         let mut failures: u32 = 0;
-        let mut held_back_pause = HELD_BACK_MIN_PAUSE;
         loop {
             // Register interest before reading, so a wake-up during the batch is not lost.
             let notified = self.inner.projectors[index].wake.notified();
@@ -253,31 +319,20 @@ impl Projections {
             match self.run_batch(index).await {
                 Ok(outcome) => {
                     failures = 0;
-                    if outcome.read as i64 >= self.inner.settings.batch_size {
+                    if !outcome.standby
+                        && outcome.read as i64 >= self.inner.settings.batch_size.max(1)
+                    {
                         continue;
                     }
-                    // Events held behind an open transaction become readable when it ends: an
-                    // append's commit wakes us; anything else (another projector's batch, a
-                    // transaction elsewhere) is caught by a short, growing pause.
-                    let pause = if outcome.held_back {
-                        let pause = held_back_pause;
-                        held_back_pause = (held_back_pause * 2).min(HELD_BACK_MAX_PAUSE);
-                        pause
-                    } else {
-                        held_back_pause = HELD_BACK_MIN_PAUSE;
-                        poll
-                    };
                     tokio::select! {
                         _ = &mut notified => {}
-                        _ = tokio::time::sleep(pause) => {}
+                        _ = tokio::time::sleep(poll) => {}
                     }
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     metrics::counter!("projection_errors_total", "projection" => name).increment(1);
-                    let backoff = Duration::from_millis(100)
-                        .saturating_mul(2u32.saturating_pow(failures.min(9)))
-                        .min(Duration::from_secs(30));
+                    let backoff = backoff(failures);
                     tracing::error!(projection = name, error = %format!("{err:#}"), ?backoff, "projection batch failed; retrying");
                     tokio::time::sleep(backoff).await;
                 }
@@ -285,14 +340,28 @@ impl Projections {
         }
     }
 
-    /// Reads and applies one batch in one transaction with the checkpoint update.
+    /// Reads and applies one batch, and advances the checkpoint past what it applied.
     pub async fn run_batch(&self, index: usize) -> anyhow::Result<BatchOutcome> {
         let projector = &self.inner.projectors[index];
+        let outcome = match projector.projection.mode() {
+            Mode::ReadModel => self.read_model_batch(projector).await,
+            Mode::SideEffects => self.side_effect_batch(projector).await,
+        };
+        if let Ok(outcome) = &outcome {
+            projector.checkpoint.send_replace(outcome.checkpoint);
+            let name = projector.projection.name();
+            metrics::gauge!("projection_position", "projection" => name)
+                .set(outcome.checkpoint.global_position as f64);
+        }
+        outcome
+    }
+
+    /// A read model's batch: events, effects and checkpoint in one transaction.
+    async fn read_model_batch(&self, projector: &Projector) -> anyhow::Result<BatchOutcome> {
         let projection = &projector.projection;
         // The batch and its checkpoint commit or vanish together, and both can be redone from the
         // durable log: waiting for this commit's WAL flush buys nothing. The log is read in index
-        // order whatever the planner's statistics say (a young table's stale statistics would
-        // otherwise pick a bitmap scan and a sort of everything after the checkpoint).
+        // order whatever the planner's statistics say.
         let mut tx = self
             .inner
             .pool
@@ -301,89 +370,249 @@ impl Projections {
                  SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off",
             )
             .await?;
-        // One round trip: the horizon (every transaction below it has finished, so its events
-        // are final), the checkpoint (locked: one batch at a time across instances), and whether
-        // committed events already wait beyond the horizon. The horizon is read before the lock
-        // gives this transaction an id; a horizon read after a lock wait is older, so only
-        // less fresh, never unsafe.
-        let head: (String, String, i64, bool) = sqlx::query_as(
-            "SELECT h.horizon::text, c.last_transaction_id::text, c.last_position, \
-                    COALESCE((SELECT max(e.transaction_id) FROM events e) >= h.horizon, false) \
-               FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon) h, \
-                    projection_checkpoints c \
-              WHERE c.name = $1 \
-                FOR UPDATE OF c",
+        // Locked: one batch of this projection at a time, across instances.
+        let checkpoint: i64 = sqlx::query_scalar(
+            "SELECT last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
         )
         .bind(projection.name())
         .fetch_one(&mut *tx)
         .await?;
-        let (horizon, checkpoint_tx, checkpoint_pos, held_back) = head;
-        let checkpoint = parse_position(&checkpoint_tx, checkpoint_pos)?;
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT transaction_id::text AS transaction_id, global_position, aggregate_type, \
-                    aggregate_id, sequence, event_type, event_version, \
-                    CASE WHEN aggregate_type = ANY($5) THEN payload ELSE 'null' END AS payload, \
-                    CASE WHEN aggregate_type = ANY($5) THEN metadata ELSE 'null' END AS metadata, \
-                    timestamp \
-               FROM events \
-              WHERE (transaction_id, global_position) > ($1::xid8, $2) \
-                AND transaction_id < $3::xid8 \
-              ORDER BY events.transaction_id, events.global_position \
-              LIMIT $4",
-        )
-        .bind(&checkpoint_tx)
-        .bind(checkpoint_pos)
-        .bind(&horizon)
-        .bind(self.inner.settings.batch_size)
-        .bind(projection.aggregate_types())
-        .fetch_all(&mut *tx)
-        .await?;
-
-        let events = rows
-            .into_iter()
-            .map(EventRow::into_event)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // A batch may stop short of committed events that wait behind an older transaction: say
-        // so, and the loop looks again soon instead of sleeping a whole poll interval.
-        let held_back = held_back && (events.len() as i64) < self.inner.settings.batch_size;
+        let events = self.read_events(&mut tx, projection, checkpoint).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.commit().await?;
-            projector.checkpoint.send_replace(checkpoint);
-            return Ok(BatchOutcome {
-                read: 0,
-                held_back,
-                checkpoint,
-            });
+            return Ok(self.outcome(0, 0, Position::new(checkpoint)));
         };
-
-        let relevant: Vec<StoredEvent> = events
-            .iter()
-            .filter(|e| {
-                projection
-                    .aggregate_types()
-                    .contains(&e.aggregate_type.as_str())
-            })
-            .cloned()
-            .collect();
-        if !relevant.is_empty() {
-            projection.apply(&mut tx, &relevant).await?;
+        let trouble = self.trouble(projector, checkpoint);
+        let (reached, parked, failure) = if trouble.is_none() {
+            let relevant = relevant(projection.as_ref(), &events);
+            match projection.apply(&mut tx, &relevant).await {
+                Ok(()) => (last, 0, None),
+                Err(err) => {
+                    // Find the event at fault: the next batches go one event at a time.
+                    drop(tx);
+                    self.set_trouble(projector, events[0].position.global_position, 0);
+                    return Err(err);
+                }
+            }
+        } else {
+            self.one_by_one(projector, &mut tx, checkpoint, &events, true)
+                .await?
+        };
+        if reached.global_position > checkpoint {
+            sqlx::query(
+                "UPDATE projection_checkpoints SET last_position = $2, updated_at = now() \
+                  WHERE name = $1",
+            )
+            .bind(projection.name())
+            .bind(reached.global_position)
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(
-            "UPDATE projection_checkpoints \
-                SET last_transaction_id = $2::xid8, last_position = $3, updated_at = now() \
-              WHERE name = $1",
-        )
-        .bind(projection.name())
-        .bind(last.transaction_id.to_string())
-        .bind(last.global_position)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        projector.checkpoint.send_replace(last);
+        self.record_lag(projection.as_ref(), &events, reached);
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(self.outcome(events.len(), parked, reached)),
+        }
+    }
 
+    /// A side-effect projector's batch: no transaction; exclusive through the advisory lock.
+    async fn side_effect_batch(&self, projector: &Projector) -> anyhow::Result<BatchOutcome> {
+        let projection = &projector.projection;
+        let mut guard = projector.lock.lock().await;
+        if guard.is_none() {
+            let options = self.inner.pool.connect_options();
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(SIDE_EFFECT_LOCK_CLASS)
+                .bind(projection.name())
+                .fetch_one(&mut conn)
+                .await?;
+            if !locked {
+                let checkpoint = load_checkpoint(&self.inner.pool, projection.name()).await?;
+                return Ok(BatchOutcome {
+                    standby: true,
+                    ..self.outcome(0, 0, checkpoint)
+                });
+            }
+            *guard = Some(conn);
+        }
+        let Some(conn) = guard.as_mut() else {
+            anyhow::bail!("side-effect lock connection missing");
+        };
+        let result = self.side_effect_events(projector, conn).await;
+        if result.as_ref().is_err_and(is_transient) {
+            // The connection (and with it the lock) may be gone: take a fresh one next time.
+            *guard = None;
+        }
+        result
+    }
+
+    async fn side_effect_events(
+        &self,
+        projector: &Projector,
+        conn: &mut PgConnection,
+    ) -> anyhow::Result<BatchOutcome> {
+        let projection = &projector.projection;
+        let checkpoint: i64 =
+            sqlx::query_scalar("SELECT last_position FROM projection_checkpoints WHERE name = $1")
+                .bind(projection.name())
+                .fetch_one(&mut *conn)
+                .await?;
+        let events = self.read_events(conn, projection, checkpoint).await?;
+        if events.is_empty() {
+            return Ok(self.outcome(0, 0, Position::new(checkpoint)));
+        }
+        let (reached, parked, failure) = self
+            .one_by_one(projector, conn, checkpoint, &events, false)
+            .await?;
+        if reached.global_position > checkpoint {
+            sqlx::query(
+                "UPDATE projection_checkpoints SET last_position = $2, updated_at = now() \
+                  WHERE name = $1",
+            )
+            .bind(projection.name())
+            .bind(reached.global_position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.record_lag(projection.as_ref(), &events, reached);
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(self.outcome(events.len(), parked, reached)),
+        }
+    }
+
+    /// Applies events one at a time (inside savepoints when `transactional`), parking one that
+    /// has failed `max_attempts` times. Stops at the first other failure. Returns how far it got,
+    /// how many it parked, and the failure that stopped it.
+    async fn one_by_one(
+        &self,
+        projector: &Projector,
+        conn: &mut PgConnection,
+        checkpoint: i64,
+        events: &[StoredEvent],
+        transactional: bool,
+    ) -> anyhow::Result<(Position, usize, Option<anyhow::Error>)> {
+        let projection = &projector.projection;
+        let mut reached = Position::new(checkpoint);
+        let mut parked = 0;
+        for event in events {
+            if !projection
+                .aggregate_types()
+                .contains(&event.aggregate_type.as_str())
+            {
+                reached = event.position;
+                continue;
+            }
+            if transactional {
+                sqlx::query("SAVEPOINT one_event")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let applied = projection
+                .apply(&mut *conn, std::slice::from_ref(event))
+                .await;
+            match applied {
+                Ok(()) => {
+                    if transactional {
+                        sqlx::query("RELEASE SAVEPOINT one_event")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+                Err(err) => {
+                    if transactional {
+                        sqlx::query("ROLLBACK TO SAVEPOINT one_event")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    let position = event.position.global_position;
+                    if is_transient(&err) {
+                        self.set_trouble(projector, position, 0);
+                        return Ok((reached, parked, Some(err)));
+                    }
+                    let attempts = self.count_attempt(projector, position);
+                    if attempts < self.inner.settings.max_attempts.max(1) {
+                        return Ok((reached, parked, Some(err)));
+                    }
+                    park(&mut *conn, projection.name(), event, &err, attempts).await?;
+                    parked += 1;
+                }
+            }
+            reached = event.position;
+        }
+        Ok((reached, parked, None))
+    }
+
+    async fn read_events(
+        &self,
+        conn: &mut PgConnection,
+        projection: &Arc<dyn Projection>,
+        checkpoint: i64,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT global_position, aggregate_type, aggregate_id, sequence, event_type, \
+                    event_version, \
+                    CASE WHEN aggregate_type = ANY($3) THEN payload ELSE 'null' END AS payload, \
+                    CASE WHEN aggregate_type = ANY($3) THEN metadata ELSE 'null' END AS metadata, \
+                    timestamp \
+               FROM events \
+              WHERE global_position > $1 \
+              ORDER BY global_position \
+              LIMIT $2",
+        )
+        .bind(checkpoint)
+        .bind(self.inner.settings.batch_size.max(1))
+        .bind(projection.aggregate_types())
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().map(EventRow::into_event).collect())
+    }
+
+    /// The trouble a projector is in, forgotten once its checkpoint has passed the event.
+    fn trouble(&self, projector: &Projector, checkpoint: i64) -> Option<Trouble> {
+        let mut trouble = projector.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        if trouble.is_some_and(|t| t.position <= checkpoint) {
+            *trouble = None;
+        }
+        *trouble
+    }
+
+    fn set_trouble(&self, projector: &Projector, position: i64, attempts: u32) {
+        let mut trouble = projector.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        *trouble = Some(Trouble { position, attempts });
+    }
+
+    /// One more failed attempt at the event at `position`; returns the attempts so far.
+    fn count_attempt(&self, projector: &Projector, position: i64) -> u32 {
+        let mut trouble = projector.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        let attempts = match *trouble {
+            Some(t) if t.position == position => t.attempts + 1,
+            _ => 1,
+        };
+        *trouble = Some(Trouble { position, attempts });
+        attempts
+    }
+
+    fn outcome(&self, read: usize, parked: usize, checkpoint: Position) -> BatchOutcome {
+        BatchOutcome {
+            read,
+            parked,
+            checkpoint,
+            standby: false,
+        }
+    }
+
+    fn record_lag(&self, projection: &dyn Projection, events: &[StoredEvent], reached: Position) {
         let now = Utc::now();
         let name = projection.name();
-        for event in &relevant {
+        for event in events.iter().filter(|e| {
+            e.position <= reached
+                && projection
+                    .aggregate_types()
+                    .contains(&e.aggregate_type.as_str())
+        }) {
             let lag = (now - event.timestamp)
                 .num_microseconds()
                 .unwrap_or(0)
@@ -391,13 +620,6 @@ impl Projections {
                 / 1e6;
             metrics::histogram!("projection_lag_seconds", "projection" => name).record(lag);
         }
-        metrics::gauge!("projection_position", "projection" => name)
-            .set(last.global_position as f64);
-        Ok(BatchOutcome {
-            read: events.len(),
-            held_back,
-            checkpoint: last,
-        })
     }
 
     async fn listen(&self) {
@@ -427,29 +649,71 @@ impl Projections {
     }
 }
 
-/// Reads a projection's checkpoint from the database.
-pub async fn load_checkpoint(pool: &PgPool, name: &str) -> sqlx::Result<Position> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT last_transaction_id::text, last_position FROM projection_checkpoints WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row
-        .and_then(|(tx, pos)| parse_position(&tx, pos).ok())
-        .unwrap_or(Position::START))
+/// The events of a batch that the projection reads.
+fn relevant(projection: &dyn Projection, events: &[StoredEvent]) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .filter(|e| {
+            projection
+                .aggregate_types()
+                .contains(&e.aggregate_type.as_str())
+        })
+        .cloned()
+        .collect()
 }
 
-fn parse_position(transaction_id: &str, global_position: i64) -> anyhow::Result<Position> {
-    Ok(Position {
-        transaction_id: transaction_id.parse()?,
-        global_position,
-    })
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(9)))
+        .min(Duration::from_secs(30))
+}
+
+/// Records a poison event and counts it; the projector then goes on past it.
+async fn park(
+    conn: &mut PgConnection,
+    projection: &'static str,
+    event: &StoredEvent,
+    err: &anyhow::Error,
+    attempts: u32,
+) -> sqlx::Result<()> {
+    let error: String = format!("{err:#}").chars().take(2000).collect();
+    tracing::error!(
+        projection,
+        position = event.position.global_position,
+        event_type = %event.event_type,
+        attempts,
+        error = %error,
+        "event parked after repeated failures; the projection goes on without it"
+    );
+    sqlx::query(
+        "INSERT INTO parked_events (projection, global_position, event_type, error, attempts) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (projection, global_position) \
+         DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()",
+    )
+    .bind(projection)
+    .bind(event.position.global_position)
+    .bind(&event.event_type)
+    .bind(error)
+    .bind(attempts as i32)
+    .execute(&mut *conn)
+    .await?;
+    metrics::counter!("projection_events_parked_total", "projection" => projection).increment(1);
+    Ok(())
+}
+
+/// Reads a projection's checkpoint from the database.
+pub async fn load_checkpoint(pool: &PgPool, name: &str) -> sqlx::Result<Position> {
+    let row: Option<i64> =
+        sqlx::query_scalar("SELECT last_position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Position::new).unwrap_or(Position::START))
 }
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
-    transaction_id: String,
     global_position: i64,
     aggregate_type: String,
     aggregate_id: String,
@@ -462,9 +726,9 @@ struct EventRow {
 }
 
 impl EventRow {
-    fn into_event(self) -> anyhow::Result<StoredEvent> {
-        Ok(StoredEvent {
-            position: parse_position(&self.transaction_id, self.global_position)?,
+    fn into_event(self) -> StoredEvent {
+        StoredEvent {
+            position: Position::new(self.global_position),
             aggregate_type: self.aggregate_type,
             aggregate_id: self.aggregate_id,
             sequence: self.sequence,
@@ -473,19 +737,36 @@ impl EventRow {
             payload: self.payload,
             metadata: self.metadata,
             timestamp: self.timestamp,
-        })
+        }
     }
 }
 
-/// Checkpoints of every projection, by name (for `projections status` and `/ready`).
-pub async fn all_checkpoints(pool: &PgPool) -> sqlx::Result<HashMap<String, Position>> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT name, last_transaction_id::text, last_position FROM projection_checkpoints",
+/// Each projection's checkpoint and parked events (for `projections status` and `/ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionState {
+    pub position: Position,
+    pub parked: i64,
+}
+
+/// Checkpoints and parked-event counts of every projection, by name.
+pub async fn all_checkpoints(pool: &PgPool) -> sqlx::Result<HashMap<String, ProjectionState>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT c.name, c.last_position, \
+                (SELECT count(*) FROM parked_events p WHERE p.projection = c.name) \
+           FROM projection_checkpoints c",
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(name, tx, pos)| Some((name, parse_position(&tx, pos).ok()?)))
+        .map(|(name, position, parked)| {
+            (
+                name,
+                ProjectionState {
+                    position: Position::new(position),
+                    parked,
+                },
+            )
+        })
         .collect())
 }

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Projection;
+use crate::commands::user::User;
 use crate::commands::values::Email;
 use crate::events::crypto::{EmailIndex, KeyStore};
 use crate::events::user::UserEvent;
@@ -48,7 +49,7 @@ impl Projection for UsersProjection {
                 }
                 Err(err) => return Err(err.into()),
             };
-            match event.decode::<UserEvent>()? {
+            match event.decode::<User>()? {
                 UserEvent::UserRegistered {
                     email,
                     display_name,

@@ -165,8 +165,27 @@ async fn admins_list_change_roles_and_disable_users(
         StatusCode::UNPROCESSABLE_ENTITY
     );
 
-    // A new role takes effect at the next login: open sessions are revoked.
+    // A new role takes effect at the next request of every open session, both ways.
+    assert_eq!(
+        t.get("/api/admin/users", &carol_token).await.status,
+        StatusCode::FORBIDDEN
+    );
     let promoted = t
+        .call(
+            Method::PUT,
+            &format!("/api/admin/users/{carol}/role"),
+            Some(&admin),
+            Some(json!({"role": "ADMIN"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{promoted:?}");
+    assert_eq!(promoted.body["role"], "ADMIN");
+    assert_eq!(
+        t.get("/api/admin/users", &carol_token).await.status,
+        StatusCode::OK,
+        "the open session acts as ADMIN at once"
+    );
+    let demoted = t
         .call(
             Method::PUT,
             &format!("/api/admin/users/{carol}/role"),
@@ -174,14 +193,12 @@ async fn admins_list_change_roles_and_disable_users(
             Some(json!({"role": "BOTANIST"})),
         )
         .await;
-    assert_eq!(promoted.status, StatusCode::OK, "{promoted:?}");
-    assert_eq!(promoted.body["role"], "BOTANIST");
+    assert_eq!(demoted.status, StatusCode::OK, "{demoted:?}");
     assert_eq!(
-        t.get("/api/me", &carol_token).await.code(),
-        "session_revoked"
+        t.get("/api/admin/users", &carol_token).await.status,
+        StatusCode::FORBIDDEN,
+        "and no longer once demoted"
     );
-    let login = t.login(&email, PASSWORD).await;
-    let carol_token = login.body["access_token"].as_str().unwrap().to_string();
     assert_eq!(
         t.get("/api/me", &carol_token).await.body["role"],
         "BOTANIST"

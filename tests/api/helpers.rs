@@ -52,9 +52,19 @@ pub async fn pool(_options: PgPoolOptions, connect: PgConnectOptions) -> PgPool 
         .expect("test pool")
 }
 
-/// Default test configuration: fast polling, real Redis from `REDIS_URL` or localhost.
+/// Default test configuration: fast polling, real Redis from `REDIS_URL` or localhost, and the
+/// same random secrets for every app of the run (instances of one deployment share them).
 pub fn config() -> Config {
+    static SECRETS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (jwt, pepper) = SECRETS.get_or_init(|| {
+        (
+            arosaje::config::random_secret(),
+            arosaje::config::random_secret(),
+        )
+    });
     let mut config = Config::for_tests("postgres://unused");
+    config.jwt_secret = Some(arosaje::config::Secret::new(jwt.clone()));
+    config.email_pepper = Some(arosaje::config::Secret::new(pepper.clone()));
     config.projection_poll_ms = 200;
     config.read_your_writes_timeout_ms = 10_000;
     config
@@ -191,7 +201,7 @@ impl TestApp {
     /// An ADMIN, created the way `arosaje admin create` does; returns (id, access token).
     pub async fn admin(&self) -> (Uuid, String) {
         let email = unique_email("admin");
-        let id = arosaje::api::admin::create_admin(&self.app, &email, PASSWORD, "Admin")
+        let id = arosaje::identity::create_admin(&self.app, &email, PASSWORD, "Admin")
             .await
             .expect("admin");
         let login = self.login(&email, PASSWORD).await;

@@ -193,7 +193,7 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns(
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let mut own = config();
-    own.redis_url = format!("redis://127.0.0.1:{port}");
+    own.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
     let t = TestApp::with_config(options, connect, own, true).await;
     let email = unique_email("fran");
     let (_, token) = t.user(&email).await;

@@ -7,12 +7,19 @@ use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::{config, unique_email, TestApp, PASSWORD};
-use crate::smtp::SmtpServer;
+use crate::smtp::{Behaviour, SmtpServer};
 
 async fn app_with_smtp(options: PgPoolOptions, connect: PgConnectOptions) -> (TestApp, SmtpServer) {
-    let smtp = SmtpServer::start().await;
+    app_with(options, connect, SmtpServer::start().await).await
+}
+
+async fn app_with(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+    smtp: SmtpServer,
+) -> (TestApp, SmtpServer) {
     let mut mailing = config();
-    mailing.smtp_url = Some(smtp.url.clone());
+    mailing.smtp_url = Some(arosaje::config::ConnectionUrl::new(smtp.url.clone()));
     mailing.public_url = "https://app.arosaje.example".into();
     (
         TestApp::with_config(options, connect, mailing, true).await,
@@ -73,7 +80,7 @@ async fn registration_mails_a_link_that_verifies_the_address(
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 
     // Replaying the log through the mailer sends nothing twice.
-    sqlx::query("UPDATE projection_checkpoints SET last_transaction_id = '0', last_position = 0 WHERE name = 'mailer'")
+    sqlx::query("UPDATE projection_checkpoints SET last_position = 0 WHERE name = 'mailer'")
         .execute(&t.pool)
         .await
         .unwrap();
@@ -218,4 +225,97 @@ async fn the_verified_guard_waits_for_the_email_link_unless_configured_off(
         call(probe(demo.app.clone()), unverified).await,
         StatusCode::NO_CONTENT
     );
+}
+
+#[sqlx::test]
+async fn addresses_the_mailer_cannot_use_are_refused_at_registration(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, smtp) = app_with_smtp(options, connect).await;
+    // Each was accepted by the old hand-written parser and refused by the SMTP library.
+    for bad in [
+        "a,b@example.org",
+        "a b@example.org",
+        "a@b@example.org",
+        "<a>@example.org",
+    ] {
+        let reply = t.register(bad, "Bad").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {reply:?}"
+        );
+        assert!(
+            reply.body["error"]["fields"]["email"].is_string(),
+            "{reply:?}"
+        );
+    }
+    // The next registration's mail arrives.
+    let email = unique_email("ok");
+    t.user(&email).await;
+    smtp.wait_for(&email, 1).await;
+}
+
+#[sqlx::test]
+async fn a_mail_refused_for_good_is_recorded_and_the_next_one_still_goes_out(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let smtp = SmtpServer::start_with(Behaviour {
+        refuse: vec!["refused-".into()],
+        ..Behaviour::default()
+    })
+    .await;
+    let (t, smtp) = app_with(options, connect, smtp).await;
+    let refused = unique_email("refused");
+    t.user(&refused).await;
+    let email = unique_email("fine");
+    t.user(&email).await;
+    smtp.wait_for(&email, 1).await;
+
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, error FROM sent_mails ORDER BY event_position")
+            .fetch_all(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "failed");
+    assert!(
+        rows[0].1.as_deref().unwrap_or("").contains("550"),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1], ("sent".to_string(), None));
+    assert!(smtp.mails_to(&refused).is_empty());
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "a refusal is an outcome, not a poison event");
+}
+
+#[sqlx::test]
+async fn a_slow_smtp_server_delays_no_command(options: PgPoolOptions, connect: PgConnectOptions) {
+    let smtp = SmtpServer::start_with(Behaviour {
+        delay: Duration::from_secs(1),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut mailing = config();
+    mailing.smtp_url = Some(arosaje::config::ConnectionUrl::new(smtp.url.clone()));
+    mailing.read_your_writes_timeout_ms = 2000;
+    let t = TestApp::with_config(options, connect, mailing, true).await;
+    // Registration makes the mailer talk to the slow server for several seconds...
+    let email = unique_email("patient");
+    let (_, token) = t.user(&email).await;
+    // ...meanwhile commands answer once their read models have caught up, well within time.
+    for name in ["Basil", "Thyme", "Sage"] {
+        let plant = t.create_plant(&token, name).await;
+        assert_eq!(plant.status, StatusCode::CREATED, "{plant:?}");
+    }
+    assert!(
+        smtp.mails_to(&email).is_empty(),
+        "the mail was still on its way"
+    );
+    smtp.wait_for(&email, 1).await;
 }

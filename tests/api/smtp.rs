@@ -1,4 +1,5 @@
-//! A small SMTP server on loopback for the tests: it accepts every message and keeps it.
+//! A small SMTP server on loopback for the tests: it keeps every message it accepts, and can be
+//! told to be slow or to refuse some recipients for good.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +48,15 @@ impl Received {
     }
 }
 
+/// How the server behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Waited before every reply.
+    pub delay: Duration,
+    /// Recipients containing one of these are refused with 550.
+    pub refuse: Vec<String>,
+}
+
 pub struct SmtpServer {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
@@ -54,6 +64,10 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub async fn start() -> SmtpServer {
+        Self::start_with(Behaviour::default()).await
+    }
+
+    pub async fn start_with(behaviour: Behaviour) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("smtp://{}", listener.local_addr().expect("addr"));
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -61,20 +75,28 @@ impl SmtpServer {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let store = store.clone();
+                let behaviour = behaviour.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
                     let mut lines = BufReader::new(read).lines();
                     let _ = write.write_all(b"220 test SMTP\r\n").await;
                     let mut recipients = Vec::new();
                     while let Ok(Some(line)) = lines.next_line().await {
+                        if !behaviour.delay.is_zero() {
+                            tokio::time::sleep(behaviour.delay).await;
+                        }
                         let upper = line.to_ascii_uppercase();
                         let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
                         {
                             b"250 test\r\n"
                         } else if upper.starts_with("RCPT TO:") {
                             let to = line[8..].trim().trim_matches(['<', '>']).to_string();
-                            recipients.push(to);
-                            b"250 OK\r\n"
+                            if behaviour.refuse.iter().any(|r| to.contains(r.as_str())) {
+                                b"550 5.1.1 no such mailbox\r\n"
+                            } else {
+                                recipients.push(to);
+                                b"250 OK\r\n"
+                            }
                         } else if upper == "DATA" {
                             let _ = write.write_all(b"354 go ahead\r\n").await;
                             let mut data = String::new();

@@ -1,0 +1,90 @@
+//! Appending events: one statement per command (atomic), or a share of a group commit for
+//! single-event commands. Every append takes the commit-order lock (a statement trigger on
+//! `events`), so positions become visible in commit order.
+
+use cqrs_es::{Aggregate, DomainEvent};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use super::group_commit::{GroupAppender, NewEvent};
+use super::store::{internal, CommandError, Committed};
+use super::{Metadata, Position};
+
+/// Appends one event through the group appender.
+pub(super) async fn append_grouped<A: Aggregate>(
+    group: &GroupAppender,
+    aggregate_id: &str,
+    current_sequence: usize,
+    event: &A::Event,
+    metadata: &Metadata,
+) -> Result<Committed, CommandError<A::Error>> {
+    let version = current_sequence as i64 + 1;
+    let verdict = group
+        .append(NewEvent {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_string(),
+            sequence: version,
+            event_type: event.event_type(),
+            event_version: event.event_version(),
+            payload: serde_json::to_value(event).map_err(internal)?,
+            metadata: serde_json::to_value(metadata.to_map()).map_err(internal)?,
+        })
+        .await
+        .map_err(|message| CommandError::Internal(anyhow::anyhow!(message)))?;
+    match verdict {
+        Some(position) => {
+            metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(1);
+            Ok(Committed {
+                version,
+                position: Some(position),
+            })
+        }
+        None => Err(CommandError::Conflict),
+    }
+}
+
+/// Appends `events` after `current_sequence` in one statement (atomic for the command), returning
+/// the new version and the position of the last event. A duplicate sequence is a `Conflict`.
+pub(super) async fn append<A: Aggregate>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    current_sequence: usize,
+    events: &[A::Event],
+    metadata: &Metadata,
+) -> Result<Committed, CommandError<A::Error>> {
+    let metadata = serde_json::to_value(metadata.to_map()).map_err(internal)?;
+    let n = events.len();
+    let mut sequences = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads: Vec<Value> = Vec::with_capacity(n);
+    for (i, event) in events.iter().enumerate() {
+        sequences.push((current_sequence + i + 1) as i64);
+        types.push(event.event_type());
+        versions.push(event.event_version());
+        payloads.push(serde_json::to_value(event).map_err(internal)?);
+    }
+    let rows: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO events \
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT $1, $2, seq, etype, ever, payload, $7 \
+           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
+                AS e(seq, etype, ever, payload) \
+         RETURNING global_position",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .fetch_all(&mut *conn)
+    .await?;
+    metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
+    let position = rows.into_iter().max().map(Position::new);
+    Ok(Committed {
+        version: (current_sequence + n) as i64,
+        position,
+    })
+}

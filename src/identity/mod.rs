@@ -1,0 +1,66 @@
+//! Identity: registration, login, refresh tokens, and what account changes do to sessions.
+//!
+//! The HTTP handlers (`api::auth`, `api::admin`) and the command line (`arosaje admin create`) both
+//! call in here; nothing here knows about HTTP.
+
+pub mod login;
+pub mod passwords;
+pub mod registration;
+
+use uuid::Uuid;
+
+use crate::commands::user::UserError;
+use crate::events::store::{CommandError, Committed};
+use crate::infra::sessions::SessionChange;
+use crate::App;
+
+pub use login::{login, refresh, LoggedIn, RefreshToken};
+pub use registration::{create_admin, register_user, Registration};
+
+/// Why an identity operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("an account with this e-mail address already exists")]
+    EmailTaken,
+    #[error("invalid e-mail or password")]
+    InvalidCredentials,
+    #[error("this account is disabled")]
+    AccountDisabled,
+    #[error("the refresh token is not valid")]
+    InvalidRefreshToken,
+    #[error("this refresh token was already used; the session has been revoked")]
+    RefreshTokenReused,
+    /// The account changed moments ago and the read model has not caught up yet.
+    #[error("the account is being updated; try again in a moment")]
+    Settling,
+    #[error("the session store is unavailable")]
+    SessionsUnavailable(#[from] redis::RedisError),
+    #[error(transparent)]
+    User(#[from] CommandError<UserError>),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for IdentityError {
+    fn from(err: sqlx::Error) -> Self {
+        IdentityError::User(CommandError::from(err))
+    }
+}
+
+/// Applies a committed account change to the user's sessions at once (no waiting for read
+/// models), and stamps it so that logins racing with it look again. A command that changed
+/// nothing changes no session.
+pub async fn apply_account_change(
+    app: &App,
+    user_id: Uuid,
+    change: SessionChange,
+    committed: &Committed,
+) -> Result<(), IdentityError> {
+    let Some(position) = committed.position else {
+        return Ok(());
+    };
+    app.sessions
+        .apply_change(user_id, change, committed.version, position.global_position)
+        .await?;
+    Ok(())
+}
