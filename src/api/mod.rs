@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod idempotency;
 pub mod limits;
 pub mod me;
 pub mod ops;
@@ -35,7 +36,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .nest("/api/auth", auth::router())
         .nest("/api/me", me::router())
-        .nest("/api/plants", plants::router())
+        .nest("/api/plants", plants::router(&app))
         .nest("/api/admin", admin::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("route") })
