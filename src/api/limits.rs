@@ -18,7 +18,14 @@ use crate::infra::rate_limit::{Decision, Quota};
 use crate::App;
 
 /// Endpoints with the stricter authentication quota.
-const AUTH_ENDPOINTS: &[&str] = &["/api/auth/login", "/api/auth/register", "/api/auth/refresh"];
+const AUTH_ENDPOINTS: &[&str] = &[
+    "/api/auth/login",
+    "/api/auth/register",
+    "/api/auth/refresh",
+    "/api/auth/password-reset",
+    "/api/auth/password-reset/confirm",
+    "/api/auth/verify-email",
+];
 
 /// Endpoints never limited (probes and scrapers).
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::{config, eventually, unique_email, TestApp, PASSWORD};
@@ -44,6 +45,39 @@ async fn a_login_burst_gets_429_and_the_limit_resets_after_the_window(
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let again = t.login(&unique_email("later"), "wrong password").await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{again:?}");
+}
+
+#[sqlx::test]
+async fn password_reset_is_on_the_stricter_auth_quota(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut limited = config();
+    limited.rate_limit_auth = 3;
+    let t = TestApp::with_config(options, connect, limited, true).await;
+
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        // A new address each time: only the per-client quota is in play.
+        let reply = t
+            .post(
+                "/api/auth/password-reset",
+                None,
+                json!({"email": unique_email(&format!("forgetful{i}"))}),
+            )
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 202, 429]);
+    // The other link endpoints share that quota's strictness (each endpoint its own bucket).
+    for path in ["/api/auth/password-reset/confirm", "/api/auth/verify-email"] {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let reply = t.post(path, None, json!({"token": "forged"})).await;
+            statuses.push(reply.status.as_u16());
+        }
+        assert_eq!(statuses.last(), Some(&429), "{path}: {statuses:?}");
+    }
 }
 
 #[sqlx::test]
