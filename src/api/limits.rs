@@ -3,8 +3,10 @@
 //! credential stuffing. Answers 429 with `Retry-After`; every limited response carries
 //! `RateLimit-Limit/Remaining/Reset`.
 //!
-//! When Redis is unreachable, limits are not enforced (fail open, logged and counted): an outage
-//! of the limiter must not take the whole API down. Sessions, which need Redis, answer 503 then.
+//! When Redis is unreachable, the authentication endpoints fail closed (503
+//! `rate_limiter_unavailable`, before any password is checked: an unthrottled login is a password
+//! oracle); elsewhere limits are not enforced (fail open, logged and counted), so an outage of the
+//! limiter does not take the whole API down.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -18,7 +20,7 @@ use super::error::ApiError;
 use crate::infra::rate_limit::{Decision, Quota};
 use crate::App;
 
-/// Endpoints with the stricter authentication quota.
+/// Endpoints with the stricter authentication quota, closed while the limiter is unavailable.
 const AUTH_ENDPOINTS: &[&str] = &[
     "/api/auth/login",
     "/api/auth/register",
@@ -73,6 +75,11 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
             add_headers(response.headers_mut(), &decision);
             response
         }
+        Err(err) if auth => {
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %err, %endpoint, "rate limiter unavailable; request refused");
+            limiter_unavailable().into_response()
+        }
         Err(err) => {
             metrics::counter!("rate_limit_errors_total").increment(1);
             tracing::warn!(error = %err, "rate limiter unavailable; request let through");
@@ -81,7 +88,8 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
     }
 }
 
-/// The per-address limit of login and registration, whatever IP the attempts come from.
+/// The per-address limit of login, registration and password reset, whatever IP the attempts
+/// come from. Fails closed: only authentication endpoints call it.
 pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result<(), ApiError> {
     let hash: String = email_hash
         .iter()
@@ -106,9 +114,19 @@ pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result
         }
         Ok(_) => Ok(()),
         Err(err) => {
-            tracing::warn!(error = %err, "rate limiter unavailable; attempt let through");
-            Ok(())
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %err, %endpoint, "rate limiter unavailable; attempt refused");
+            Err(limiter_unavailable())
         }
+    }
+}
+
+/// Authentication waits while its limits cannot be counted.
+fn limiter_unavailable() -> ApiError {
+    ApiError::Unavailable {
+        code: "rate_limiter_unavailable",
+        message: "sign-in is paused while the rate limiter is unavailable; try again shortly"
+            .into(),
     }
 }
 

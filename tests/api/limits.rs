@@ -276,3 +276,37 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns(
         "no data was lost"
     );
 }
+
+#[sqlx::test]
+async fn without_redis_authentication_fails_closed_before_any_password_is_checked(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let mut own = config();
+    own.redis_url = format!("redis://127.0.0.1:{port}");
+    let t = TestApp::with_config(options, connect, own, true).await;
+    let email = unique_email("oracle");
+    let (_, token) = t.user(&email).await;
+
+    redis.stop();
+    // Right and wrong passwords get the same answer: no unthrottled password oracle.
+    for password in [PASSWORD, "wrong password"] {
+        let login = t.login(&email, password).await;
+        assert_eq!(
+            (login.status, login.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "rate_limiter_unavailable"),
+            "{password}: {login:?}"
+        );
+        assert!(login.headers.contains_key("retry-after"));
+    }
+    let reset = t
+        .post("/api/auth/password-reset", None, json!({"email": email}))
+        .await;
+    assert_eq!(reset.code(), "rate_limiter_unavailable", "{reset:?}");
+    // Elsewhere the limiter still fails open: the plant list needs no Redis but the session.
+    let plants = t.get("/api/plants", &token).await;
+    assert_eq!(plants.code(), "sessions_unavailable", "{plants:?}");
+}
