@@ -116,6 +116,68 @@ async fn attempts_against_one_email_are_limited_from_any_address(
 }
 
 #[sqlx::test]
+async fn request_ids_from_clients_are_kept_only_when_well_formed(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+    let create = |request_id: &str, correlation_id: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/plants")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id)
+            .header("x-correlation-id", correlation_id)
+            .body(Body::from(json!({"name": "Ivy"}).to_string()))
+            .unwrap()
+    };
+    let metadata = |id: String| {
+        let pool = t.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT metadata FROM events WHERE event_type = 'PlantCreated' \
+                  AND aggregate_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    let forged = t.raw(create("<script>", "a b")).await;
+    assert_eq!(forged.status, StatusCode::CREATED, "{forged:?}");
+    let echoed = forged.headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        echoed.parse::<uuid::Uuid>().is_ok(),
+        "fresh id, got {echoed}"
+    );
+    let meta = metadata(forged.body["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(meta["request_id"], echoed.as_str(), "{meta}");
+    assert_eq!(
+        meta["correlation_id"],
+        echoed.as_str(),
+        "the bad one is dropped"
+    );
+
+    let valid = t.raw(create("req-1.a:b_C", "chain-7")).await;
+    assert_eq!(valid.status, StatusCode::CREATED, "{valid:?}");
+    assert_eq!(valid.headers["x-request-id"], "req-1.a:b_C");
+    let meta = metadata(valid.body["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(meta["request_id"], "req-1.a:b_C");
+    assert_eq!(meta["correlation_id"], "chain-7");
+
+    let long = t.raw(create(&"a".repeat(65), "ok")).await;
+    let echoed = long.headers["x-request-id"].to_str().unwrap();
+    assert!(
+        echoed.parse::<uuid::Uuid>().is_ok(),
+        "fresh id, got {echoed}"
+    );
+}
+
+#[sqlx::test]
 async fn cors_allows_only_configured_origins_and_responses_carry_security_headers(
     options: PgPoolOptions,
     connect: PgConnectOptions,
