@@ -87,8 +87,18 @@ where
     }
 }
 
+/// Whether a client-sent `x-request-id` or `x-correlation-id` may be kept: 1 to 64 characters of
+/// `[A-Za-z0-9._:-]`. They go into event metadata, logs and response headers.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+}
+
 /// Request ids for event metadata: `x-request-id` (set by the request-id layer) and an inbound
-/// `x-correlation-id` when a caller chains work.
+/// `x-correlation-id` when a caller chains work. Ill-formed ones are replaced (a second guard
+/// behind the router's sanitising layer).
 pub struct RequestMeta(pub Metadata);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
@@ -99,8 +109,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             parts
                 .headers
                 .get(name)
+                .filter(|v| is_valid_request_id(v.as_bytes()))
                 .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty() && v.len() <= 128)
                 .map(str::to_string)
         };
         let request_id = header("x-request-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -112,5 +122,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             request_id,
             correlation_id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_request_id;
+
+    #[test]
+    fn request_ids_are_short_and_plain() {
+        for good in ["a", "0f8e-12.ab:CD_9", &"x".repeat(64)] {
+            assert!(is_valid_request_id(good.as_bytes()), "{good}");
+        }
+        for bad in ["", "<script>", "a b", "a/b", "caf\u{e9}", &"x".repeat(65)] {
+            assert!(!is_valid_request_id(bad.as_bytes()), "{bad}");
+        }
     }
 }

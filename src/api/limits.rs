@@ -1,11 +1,14 @@
-//! Rate limiting per client IP and endpoint (`rate:{ip}:{endpoint}`), stricter on the
-//! authentication endpoints, and per target e-mail against credential stuffing. Answers 429 with
-//! `Retry-After`; every limited response carries `RateLimit-Limit/Remaining/Reset`.
+//! Rate limiting per client and endpoint (`rate:{client}:{endpoint}`, the client being an IPv4
+//! address or an IPv6 /64), stricter on the authentication endpoints, and per target e-mail against
+//! credential stuffing. Answers 429 with `Retry-After`; every limited response carries
+//! `RateLimit-Limit/Remaining/Reset`.
 //!
-//! When Redis is unreachable, limits are not enforced (fail open, logged and counted): an outage
-//! of the limiter must not take the whole API down. Sessions, which need Redis, answer 503 then.
+//! When Redis is unreachable, the authentication endpoints fail closed (503
+//! `rate_limiter_unavailable`, before any password is checked: an unthrottled login is a password
+//! oracle); elsewhere limits are not enforced (fail open, logged and counted), so an outage of the
+//! limiter does not take the whole API down.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -17,8 +20,15 @@ use super::error::ApiError;
 use crate::infra::rate_limit::{Decision, Quota};
 use crate::App;
 
-/// Endpoints with the stricter authentication quota.
-const AUTH_ENDPOINTS: &[&str] = &["/api/auth/login", "/api/auth/register", "/api/auth/refresh"];
+/// Endpoints with the stricter authentication quota, closed while the limiter is unavailable.
+const AUTH_ENDPOINTS: &[&str] = &[
+    "/api/auth/login",
+    "/api/auth/register",
+    "/api/auth/refresh",
+    "/api/auth/password-reset",
+    "/api/auth/password-reset/confirm",
+    "/api/auth/verify-email",
+];
 
 /// Endpoints never limited (probes and scrapers).
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
@@ -36,7 +46,8 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
     if EXEMPT.contains(&endpoint.as_str()) {
         return next.run(request).await;
     }
-    let limit = if AUTH_ENDPOINTS.contains(&endpoint.as_str()) {
+    let auth = AUTH_ENDPOINTS.contains(&endpoint.as_str());
+    let limit = if auth {
         app.config.rate_limit_auth
     } else {
         app.config.rate_limit_api
@@ -45,8 +56,10 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
         limit,
         window: window(&app),
     };
-    let ip = client_ip(&request, &app.config.trusted_proxies);
-    let key = format!("rate:{ip}:{endpoint}");
+    let client = client_addr(&request, &app.config.trusted_proxies)
+        .map(rate_key)
+        .unwrap_or_else(|| "unknown".to_string());
+    let key = format!("rate:{client}:{endpoint}");
     match app.rate_limiter.check(&key, quota).await {
         Ok(decision) if !decision.allowed => {
             metrics::counter!("rate_limit_rejections_total", "endpoint" => endpoint).increment(1);
@@ -62,6 +75,11 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
             add_headers(response.headers_mut(), &decision);
             response
         }
+        Err(err) if auth => {
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %err, %endpoint, "rate limiter unavailable; request refused");
+            limiter_unavailable().into_response()
+        }
         Err(err) => {
             metrics::counter!("rate_limit_errors_total").increment(1);
             tracing::warn!(error = %err, "rate limiter unavailable; request let through");
@@ -70,7 +88,8 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
     }
 }
 
-/// The per-address limit of login and registration, whatever IP the attempts come from.
+/// The per-address limit of login, registration and password reset, whatever IP the attempts
+/// come from. Fails closed: only authentication endpoints call it.
 pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result<(), ApiError> {
     let hash: String = email_hash
         .iter()
@@ -95,9 +114,19 @@ pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result
         }
         Ok(_) => Ok(()),
         Err(err) => {
-            tracing::warn!(error = %err, "rate limiter unavailable; attempt let through");
-            Ok(())
+            metrics::counter!("rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %err, %endpoint, "rate limiter unavailable; attempt refused");
+            Err(limiter_unavailable())
         }
+    }
+}
+
+/// Authentication waits while its limits cannot be counted.
+fn limiter_unavailable() -> ApiError {
+    ApiError::Unavailable {
+        code: "rate_limiter_unavailable",
+        message: "sign-in is paused while the rate limiter is unavailable; try again shortly"
+            .into(),
     }
 }
 
@@ -108,9 +137,32 @@ fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert("ratelimit-reset", secs(decision.reset_after));
 }
 
+/// What rate limits count by: an IPv4 address whole; an IPv6 address by its /64, the smallest
+/// network one subscriber gets (counting whole addresses gave each client 2^64 buckets); an
+/// IPv4-mapped IPv6 address as its IPv4 address.
+pub fn rate_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                format!("{}/64", Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// The client's address as text, `unknown` without a socket (see [`client_addr`]).
+pub fn client_ip(request: &Request, trusted_proxies: &[String]) -> String {
+    client_addr(request, trusted_proxies)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 /// The client's address: the socket's peer, unless that peer is a trusted proxy, in which case
 /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(request: &Request, trusted_proxies: &[String]) -> String {
+pub fn client_addr(request: &Request, trusted_proxies: &[String]) -> Option<IpAddr> {
     let extensions = request.extensions();
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -127,19 +179,19 @@ pub fn client_ip(request: &Request, trusted_proxies: &[String]) -> String {
             .any(|p| p.trim().parse::<IpAddr>().ok() == Some(*ip))
     };
     match peer {
-        Some(peer) if trusted(&peer) => request
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-            .rev()
-            .find(|ip| !trusted(ip))
-            .unwrap_or(peer)
-            .to_string(),
-        Some(peer) => peer.to_string(),
-        None => "unknown".to_string(),
+        Some(peer) if trusted(&peer) => Some(
+            request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+                .rev()
+                .find(|ip| !trusted(ip))
+                .unwrap_or(peer),
+        ),
+        other => other,
     }
 }
 
@@ -174,5 +226,21 @@ mod tests {
         assert_eq!(client_ip(&request("10.0.0.1", None), &proxies), "10.0.0.1");
         let no_socket = axum::http::Request::get("/").body(Body::empty()).unwrap();
         assert_eq!(client_ip(&no_socket, &proxies), "unknown");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_prefix() {
+        let key = |ip: &str| rate_key(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            "one /64, one bucket"
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db9:1:2::1"));
+        assert_eq!(key("203.0.113.9"), "203.0.113.9");
+        assert_ne!(key("203.0.113.9"), key("203.0.113.10"), "IPv4 stays whole");
+        assert_eq!(key("::ffff:203.0.113.9"), "203.0.113.9", "IPv4-mapped");
     }
 }

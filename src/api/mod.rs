@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod idempotency;
 pub mod limits;
 pub mod me;
 pub mod ops;
@@ -35,7 +36,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .nest("/api/auth", auth::router())
         .nest("/api/me", me::router())
-        .nest("/api/plants", plants::router())
+        .nest("/api/plants", plants::router(&app))
         .nest("/api/admin", admin::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("route") })
@@ -72,6 +73,7 @@ pub fn router(app: App) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(sanitise_request_ids))
         .with_state(app)
 }
 
@@ -123,6 +125,24 @@ async fn time_limit(
         )
             .into_response(),
     }
+}
+
+/// Client-sent request ids are kept only when well formed ([`extract::is_valid_request_id`]):
+/// otherwise `x-request-id` is dropped, for the request-id layer to set a fresh UUID, and
+/// `x-correlation-id` is dropped.
+async fn sanitise_request_ids(mut request: Request, next: Next) -> Response {
+    for name in ["x-request-id", "x-correlation-id"] {
+        let mut values = request.headers().get_all(name).iter();
+        let keep = match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(value), None) => extract::is_valid_request_id(value.as_bytes()),
+            _ => false,
+        };
+        if !keep {
+            request.headers_mut().remove(name);
+        }
+    }
+    next.run(request).await
 }
 
 /// Request latency by route and status.

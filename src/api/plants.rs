@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,9 +24,13 @@ use crate::events::plant::Care;
 use crate::events::store::Committed;
 use crate::App;
 
-pub fn router() -> Router<App> {
+pub fn router(app: &App) -> Router<App> {
+    let create = post(create_plant).layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        super::idempotency::idempotent,
+    ));
     Router::new()
-        .route("/", get(list_plants).post(create_plant))
+        .route("/", get(list_plants).merge(create))
         .route(
             "/{id}",
             get(get_plant).patch(update_plant).delete(delete_plant),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::{config, eventually, unique_email, TestApp, PASSWORD};
@@ -47,6 +48,39 @@ async fn a_login_burst_gets_429_and_the_limit_resets_after_the_window(
 }
 
 #[sqlx::test]
+async fn password_reset_is_on_the_stricter_auth_quota(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut limited = config();
+    limited.rate_limit_auth = 3;
+    let t = TestApp::with_config(options, connect, limited, true).await;
+
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        // A new address each time: only the per-client quota is in play.
+        let reply = t
+            .post(
+                "/api/auth/password-reset",
+                None,
+                json!({"email": unique_email(&format!("forgetful{i}"))}),
+            )
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 202, 429]);
+    // The other link endpoints share that quota's strictness (each endpoint its own bucket).
+    for path in ["/api/auth/password-reset/confirm", "/api/auth/verify-email"] {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let reply = t.post(path, None, json!({"token": "forged"})).await;
+            statuses.push(reply.status.as_u16());
+        }
+        assert_eq!(statuses.last(), Some(&429), "{path}: {statuses:?}");
+    }
+}
+
+#[sqlx::test]
 async fn attempts_against_one_email_are_limited_from_any_address(
     options: PgPoolOptions,
     connect: PgConnectOptions,
@@ -78,6 +112,68 @@ async fn attempts_against_one_email_are_limited_from_any_address(
     assert!(
         me.headers.contains_key("ratelimit-remaining"),
         "limited responses say so"
+    );
+}
+
+#[sqlx::test]
+async fn request_ids_from_clients_are_kept_only_when_well_formed(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+    let create = |request_id: &str, correlation_id: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/plants")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id)
+            .header("x-correlation-id", correlation_id)
+            .body(Body::from(json!({"name": "Ivy"}).to_string()))
+            .unwrap()
+    };
+    let metadata = |id: String| {
+        let pool = t.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT metadata FROM events WHERE event_type = 'PlantCreated' \
+                  AND aggregate_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    let forged = t.raw(create("<script>", "a b")).await;
+    assert_eq!(forged.status, StatusCode::CREATED, "{forged:?}");
+    let echoed = forged.headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        echoed.parse::<uuid::Uuid>().is_ok(),
+        "fresh id, got {echoed}"
+    );
+    let meta = metadata(forged.body["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(meta["request_id"], echoed.as_str(), "{meta}");
+    assert_eq!(
+        meta["correlation_id"],
+        echoed.as_str(),
+        "the bad one is dropped"
+    );
+
+    let valid = t.raw(create("req-1.a:b_C", "chain-7")).await;
+    assert_eq!(valid.status, StatusCode::CREATED, "{valid:?}");
+    assert_eq!(valid.headers["x-request-id"], "req-1.a:b_C");
+    let meta = metadata(valid.body["id"].as_str().unwrap().to_string()).await;
+    assert_eq!(meta["request_id"], "req-1.a:b_C");
+    assert_eq!(meta["correlation_id"], "chain-7");
+
+    let long = t.raw(create(&"a".repeat(65), "ok")).await;
+    let echoed = long.headers["x-request-id"].to_str().unwrap();
+    assert!(
+        echoed.parse::<uuid::Uuid>().is_ok(),
+        "fresh id, got {echoed}"
     );
 }
 
@@ -241,4 +337,38 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns(
         1,
         "no data was lost"
     );
+}
+
+#[sqlx::test]
+async fn without_redis_authentication_fails_closed_before_any_password_is_checked(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let mut own = config();
+    own.redis_url = format!("redis://127.0.0.1:{port}");
+    let t = TestApp::with_config(options, connect, own, true).await;
+    let email = unique_email("oracle");
+    let (_, token) = t.user(&email).await;
+
+    redis.stop();
+    // Right and wrong passwords get the same answer: no unthrottled password oracle.
+    for password in [PASSWORD, "wrong password"] {
+        let login = t.login(&email, password).await;
+        assert_eq!(
+            (login.status, login.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "rate_limiter_unavailable"),
+            "{password}: {login:?}"
+        );
+        assert!(login.headers.contains_key("retry-after"));
+    }
+    let reset = t
+        .post("/api/auth/password-reset", None, json!({"email": email}))
+        .await;
+    assert_eq!(reset.code(), "rate_limiter_unavailable", "{reset:?}");
+    // Elsewhere the limiter still fails open: the plant list needs no Redis but the session.
+    let plants = t.get("/api/plants", &token).await;
+    assert_eq!(plants.code(), "sessions_unavailable", "{plants:?}");
 }

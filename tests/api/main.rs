@@ -5,6 +5,7 @@ mod access;
 mod auth;
 mod event_order;
 mod helpers;
+mod idempotency;
 mod limits;
 mod mail;
 mod ops;

@@ -1,0 +1,370 @@
+//! `Idempotency-Key` on creating POSTs: the same key from the same user within 24 h returns the
+//! first answer and appends nothing more (API.md, conventions).
+//!
+//! A route opts in with `.layer(from_fn_with_state(app.clone(), idempotency::idempotent))` on its
+//! POST. Keys live in PostgreSQL (`idempotency_keys`), so every API instance sees them. A request
+//! first claims its key (a row with no answer yet), runs, then stores its answer on that row:
+//! - a retry of an answered request gets the stored status, content type and body back with
+//!   `Idempotent-Replayed: true`, and no handler runs;
+//! - the same key with another method, path or body: 422 `idempotency_key_reused`;
+//! - a retry while the first request still runs: 409 `request_in_progress` with `Retry-After: 1`.
+//!
+//! Answers below 500 are stored (201, 202 pending, 4xx domain and validation errors), except 401,
+//! 408 and 429, which say the request was not judged at all; on those and on 5xx the claim is
+//! released so a retry runs again. Expired keys (24 h) are swept by one claim in
+//! [`SWEEP_ONE_IN`], in the background.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::App;
+
+/// The request header carrying the key.
+pub const KEY_HEADER: &str = "idempotency-key";
+/// The response header marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+const MAX_KEY_LEN: usize = 255;
+/// Seconds after the request time-out (`REQUEST_TIMEOUT_SECS`) before a claim with no answer is
+/// taken as abandoned; covers the database round trips around the handler.
+const ABANDON_GRACE_SECS: u64 = 5;
+/// Largest answer kept for replay; creating POSTs answer with one resource, far below this.
+const MAX_STORED_BODY_BYTES: usize = 1024 * 1024;
+/// One claim in this many also deletes the keys older than 24 h.
+pub const SWEEP_ONE_IN: u32 = 100;
+
+/// Claims a key, or takes over a row that expired (24 h) or was abandoned: no answer after the
+/// request time-out plus a grace, for the same request (the time-out layer wraps this
+/// middleware, so no live request holds a claim that old).
+const CLAIM: &str = "\
+    INSERT INTO idempotency_keys AS k (user_id, key, fingerprint) VALUES ($1, $2, $3) \
+    ON CONFLICT (user_id, key) DO UPDATE \
+       SET fingerprint = EXCLUDED.fingerprint, status = NULL, content_type = NULL, body = NULL, \
+           created_at = now() \
+     WHERE k.created_at < now() - interval '24 hours' \
+        OR (k.status IS NULL AND k.fingerprint = EXCLUDED.fingerprint \
+            AND k.created_at < now() - make_interval(secs => $4)) \
+    RETURNING created_at";
+
+/// Makes a creating POST idempotent when it carries `Idempotency-Key` and a valid bearer token.
+///
+/// Without the header, with another method or without a valid token (the handler then answers
+/// 401) the request passes untouched.
+///
+/// Window of a duplicate: a request that committed its command but never stored its answer (the
+/// time-out layer dropped it, or the process died) leaves a bare claim; a retry after
+/// `REQUEST_TIMEOUT_SECS` + 5 s runs the request again. Before that, retries get 409.
+pub async fn idempotent(State(app): State<App>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let mut values = request.headers().get_all(KEY_HEADER).iter();
+    let Some(first) = values.next() else {
+        return next.run(request).await;
+    };
+    let key = parse_key(first.as_bytes(), values.next().is_some());
+    let Some(user_id) = bearer_user(&app, request.headers()) else {
+        return next.run(request).await;
+    };
+    let outcome = match key {
+        Ok(key) => run(&app, user_id, &key, request, next).await,
+        Err(err) => Err(err),
+    };
+    outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// 1 to 255 visible ASCII characters, sent once.
+fn parse_key(raw: &[u8], repeated: bool) -> Result<String, ApiError> {
+    let visible = |b: &u8| (0x21..=0x7e).contains(b);
+    if repeated || raw.is_empty() || raw.len() > MAX_KEY_LEN || !raw.iter().all(visible) {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_idempotency_key",
+            message: "`Idempotency-Key` must be one value of 1 to 255 visible ASCII characters"
+                .into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// The user of a valid bearer token (signature and expiry; the handler checks the session).
+fn bearer_user(app: &App, headers: &HeaderMap) -> Option<Uuid> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    app.jwt.verify(token.trim()).ok().map(|claims| claims.sub)
+}
+
+async fn run(
+    app: &App,
+    user_id: Uuid,
+    key: &str,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(body, app.config.max_json_body_bytes).await?;
+    // Nested routers see their own part of the path; the fingerprint needs the whole one.
+    let uri = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map(|original| &original.0)
+        .unwrap_or(&parts.uri);
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let fingerprint = fingerprint(&parts.method, path, &bytes);
+
+    let claimed_at = match claim(app, user_id, key, &fingerprint).await? {
+        Claim::Ours(claimed_at) => claimed_at,
+        Claim::Done(response) => return Ok(response),
+    };
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    Ok(finish(app, user_id, key, claimed_at, response).await)
+}
+
+/// The body, at most `limit` bytes (the JSON body limit): 413 beyond. Read chunk by chunk, since
+/// `to_bytes` reports a too-large body and a broken one alike.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| ApiError::BadRequest {
+            code: "unreadable_body",
+            message: format!("the request body could not be read: {err}"),
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge {
+                message: "request body is too large".into(),
+            });
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// SHA-256 of method, path (with query) and body.
+fn fingerprint(method: &Method, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str().as_bytes());
+    hash.update(b"\n");
+    hash.update(path.as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    hash.finalize().to_vec()
+}
+
+enum Claim {
+    /// This request runs; its claim row carries this `created_at`.
+    Ours(DateTime<Utc>),
+    /// Answered without running: a replay, or 409 while the first request runs.
+    Done(Response),
+}
+
+type StoredRow = (Vec<u8>, Option<i16>, Option<String>, Option<Vec<u8>>);
+
+async fn claim(app: &App, user_id: Uuid, key: &str, fingerprint: &[u8]) -> Result<Claim, ApiError> {
+    let abandoned_after = (app.config.request_timeout_secs + ABANDON_GRACE_SECS) as f64;
+    // A row may vanish between the two statements (a 5xx released it, or the sweep): claim again.
+    for _ in 0..3 {
+        let claimed: Option<DateTime<Utc>> = sqlx::query_scalar(CLAIM)
+            .bind(user_id)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(abandoned_after)
+            .fetch_optional(&app.pool)
+            .await?;
+        if let Some(claimed_at) = claimed {
+            if sweep_now() {
+                sweep(app.clone());
+            }
+            return Ok(Claim::Ours(claimed_at));
+        }
+        let row: Option<StoredRow> = sqlx::query_as(
+            "SELECT fingerprint, status, content_type, body FROM idempotency_keys \
+              WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&app.pool)
+        .await?;
+        match row {
+            None => continue,
+            Some((stored, ..)) if stored != fingerprint => {
+                return Err(ApiError::Unprocessable {
+                    code: "idempotency_key_reused",
+                    message: "this Idempotency-Key was sent with a different request".into(),
+                })
+            }
+            Some((_, Some(status), content_type, body)) => {
+                metrics::counter!("idempotent_replays_total").increment(1);
+                return replay(status, content_type, body.unwrap_or_default()).map(Claim::Done);
+            }
+            Some((_, None, ..)) => break,
+        }
+    }
+    let mut busy = ApiError::conflict(
+        "request_in_progress",
+        "a request with this Idempotency-Key is still running; retry shortly",
+    )
+    .into_response();
+    busy.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(Claim::Done(busy))
+}
+
+/// The stored first answer.
+fn replay(status: i16, content_type: Option<String>, body: Vec<u8>) -> Result<Response, ApiError> {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| anyhow::anyhow!("stored idempotent status {status} is not HTTP"))?;
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    if let Some(value) = content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+/// Whether an answer is the request's outcome, to be replayed.
+fn is_outcome(status: StatusCode) -> bool {
+    !(status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// Stores the answer on our claim, or releases the claim when the answer is not an outcome.
+async fn finish(
+    app: &App,
+    user_id: Uuid,
+    key: &str,
+    claimed_at: DateTime<Utc>,
+    response: Response,
+) -> Response {
+    if !is_outcome(response.status()) {
+        release(app, user_id, key, claimed_at).await;
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_STORED_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            release(app, user_id, key, claimed_at).await;
+            return ApiError::Internal(anyhow::anyhow!("buffering an idempotent answer: {err}"))
+                .into_response();
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let stored = sqlx::query(
+        "UPDATE idempotency_keys SET status = $4, content_type = $5, body = $6 \
+          WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(claimed_at)
+    .bind(parts.status.as_u16() as i16)
+    .bind(content_type)
+    .bind(bytes.as_ref())
+    .execute(&app.pool)
+    .await;
+    if let Err(err) = stored {
+        // The work is done; the client gets its answer. A retry meets the bare claim (409, then
+        // a rerun once it counts as abandoned).
+        tracing::warn!(error = %err, %user_id, "idempotent answer not stored");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Deletes our claim so that a retry runs the request again.
+async fn release(app: &App, user_id: Uuid, key: &str, claimed_at: DateTime<Utc>) {
+    let released = sqlx::query(
+        "DELETE FROM idempotency_keys \
+          WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(claimed_at)
+    .execute(&app.pool)
+    .await;
+    if let Err(err) = released {
+        tracing::warn!(error = %err, %user_id, "idempotency claim not released");
+    }
+}
+
+fn sweep_now() -> bool {
+    rand::thread_rng().gen_ratio(1, SWEEP_ONE_IN)
+}
+
+/// Deletes expired keys in the background.
+fn sweep(app: App) {
+    tokio::spawn(async move {
+        let swept = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+        )
+        .execute(&app.pool)
+        .await;
+        match swept {
+            Ok(done) => tracing::debug!(rows = done.rows_affected(), "expired idempotency keys"),
+            Err(err) => tracing::warn!(error = %err, "sweeping idempotency keys failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_value_of_visible_ascii() {
+        assert!(parse_key(b"a", false).is_ok());
+        assert!(parse_key("k".repeat(255).as_bytes(), false).is_ok());
+        assert!(parse_key(b"", false).is_err());
+        assert!(parse_key("k".repeat(256).as_bytes(), false).is_err());
+        assert!(parse_key(b"with space", false).is_err());
+        assert!(parse_key(b"tab\there", false).is_err());
+        assert!(parse_key("caf\u{e9}".as_bytes(), false).is_err());
+        assert!(parse_key(b"fine", true).is_err(), "sent twice");
+    }
+
+    #[test]
+    fn the_fingerprint_covers_method_path_and_body() {
+        let base = fingerprint(&Method::POST, "/api/plants", b"{}");
+        assert_eq!(base, fingerprint(&Method::POST, "/api/plants", b"{}"));
+        assert_ne!(base, fingerprint(&Method::PUT, "/api/plants", b"{}"));
+        assert_ne!(base, fingerprint(&Method::POST, "/api/sittings", b"{}"));
+        assert_ne!(base, fingerprint(&Method::POST, "/api/plants", b"{ }"));
+    }
+
+    #[test]
+    fn only_outcomes_are_replayed() {
+        for stored in [201, 202, 400, 403, 404, 409, 413, 422] {
+            assert!(
+                is_outcome(StatusCode::from_u16(stored).unwrap()),
+                "{stored}"
+            );
+        }
+        for released in [401, 408, 429, 500, 503] {
+            assert!(
+                !is_outcome(StatusCode::from_u16(released).unwrap()),
+                "{released}"
+            );
+        }
+    }
+}
