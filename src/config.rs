@@ -167,8 +167,8 @@ pub struct Config {
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Longest wait for any Redis call; past it the request gets 503 (sessions) or passes
-    /// unlimited (rate limits).
+    /// Longest wait for any Redis call; past it the request gets 503 (sessions, and the rate
+    /// limits of the authentication endpoints) or passes unlimited (other rate limits).
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
     /// SMTP server for outgoing mail, e.g. `smtp://127.0.0.1:2525` or
@@ -194,7 +194,8 @@ pub struct Config {
     /// Requests per window, per client IP and endpoint, on the API.
     #[arg(long, env = "RATE_LIMIT_API", default_value_t = 600)]
     pub rate_limit_api: u32,
-    /// Requests per window, per client IP, on login, registration and token refresh.
+    /// Requests per window, per client IP, on login, registration, token refresh, e-mail
+    /// verification and password reset.
     #[arg(long, env = "RATE_LIMIT_AUTH", default_value_t = 20)]
     pub rate_limit_auth: u32,
     /// Attempts per window against one e-mail address (login, registration), from any IP.

@@ -348,7 +348,7 @@ async fn without_redis_authentication_fails_closed_before_any_password_is_checke
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let mut own = config();
-    own.redis_url = format!("redis://127.0.0.1:{port}");
+    own.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
     let t = TestApp::with_config(options, connect, own, true).await;
     let email = unique_email("oracle");
     let (_, token) = t.user(&email).await;
