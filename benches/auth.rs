@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
             "  argon2id hash alone",
             time(logins, || async {
                 let password = Password::parse(common::PASSWORD).map_err(anyhow::Error::msg)?;
-                arosaje::api::auth::hash_password(password).await
+                arosaje::identity::passwords::hash_password(password).await
             })
             .await?,
         );
