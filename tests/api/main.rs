@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod event_order;
+mod hardening;
 mod helpers;
 mod idempotency;
 mod limits;
@@ -11,3 +12,4 @@ mod mail;
 mod ops;
 mod plants;
 mod smtp;
+mod upcasting;

@@ -1,0 +1,418 @@
+//! The hardening of the spine and the accounts: each test reproduces a finding first.
+
+use std::time::Duration;
+
+use arosaje::events::user::Role;
+use arosaje::infra::tokens::Purpose;
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use uuid::Uuid;
+
+use crate::helpers::{config, eventually, unique_email, TestApp, PASSWORD};
+
+/// A session's record in Redis, straight from the source.
+async fn redis_session(user_id: Uuid, session_id: Uuid) -> serde_json::Value {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let value: String = redis::cmd("HGET")
+        .arg(format!("session:{user_id}"))
+        .arg(session_id.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("session");
+    serde_json::from_str(&value).expect("json")
+}
+
+async fn put_redis_session(user_id: Uuid, session_id: Uuid, value: &serde_json::Value) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("HSET")
+        .arg(format!("session:{user_id}"))
+        .arg(session_id.to_string())
+        .arg(value.to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("hset");
+}
+
+fn session_of(t: &TestApp, token: &str) -> Uuid {
+    t.app.jwt.verify(token).expect("token").sid
+}
+
+#[sqlx::test]
+async fn a_forged_role_claim_changes_nothing(options: PgPoolOptions, connect: PgConnectOptions) {
+    let t = TestApp::spawn(options, connect).await;
+    let (user_id, token) = t.user(&unique_email("mallory")).await;
+    // Even signed with the real key (a leaked key, or the old public development default), a
+    // token claiming ADMIN acts with the role of its session.
+    let claims = t.app.jwt.verify(&token).unwrap();
+    let forged = t
+        .app
+        .jwt
+        .issue(user_id, Role::Admin, claims.sid)
+        .expect("sign");
+    let reply = t.get("/api/admin/users", &forged).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{reply:?}"
+    );
+    // A token naming no session is refused whatever it claims.
+    let orphan = t
+        .app
+        .jwt
+        .issue(user_id, Role::Admin, Uuid::new_v4())
+        .expect("sign");
+    assert_eq!(
+        t.get("/api/admin/users", &orphan).await.code(),
+        "session_revoked"
+    );
+}
+
+/// Holds the `users` projector still (its checkpoint row locked) until dropped or released.
+struct UsersProjectionHeld(sqlx::PgConnection);
+
+impl UsersProjectionHeld {
+    async fn hold(t: &TestApp) -> UsersProjectionHeld {
+        let options = t.pool.connect_options();
+        let mut conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN")
+            .execute(&mut conn)
+            .await
+            .expect("begin");
+        sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = 'users' FOR UPDATE")
+            .execute(&mut conn)
+            .await
+            .expect("lock");
+        UsersProjectionHeld(conn)
+    }
+
+    async fn release(mut self) {
+        sqlx::query("ROLLBACK")
+            .execute(&mut self.0)
+            .await
+            .expect("release");
+    }
+}
+
+async fn stale_app(options: PgPoolOptions, connect: PgConnectOptions) -> TestApp {
+    let mut short = config();
+    short.read_your_writes_timeout_ms = 300;
+    TestApp::with_config(options, connect, short, true).await
+}
+
+#[sqlx::test]
+async fn a_login_against_a_stale_read_model_cannot_use_the_old_password(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = stale_app(options, connect).await;
+    let email = unique_email("stale");
+    let (user_id, token) = t.user(&email).await;
+
+    let held = UsersProjectionHeld::hold(&t).await;
+    let reset_token = t
+        .app
+        .tokens
+        .issue(Purpose::ResetPassword, user_id, 0)
+        .unwrap();
+    let new_password = "a brand new passphrase";
+    let confirmed = t
+        .post(
+            "/api/auth/password-reset/confirm",
+            None,
+            json!({"token": reset_token, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::NO_CONTENT, "{confirmed:?}");
+    assert_eq!(
+        t.get("/api/me", &token).await.code(),
+        "session_revoked",
+        "sessions end at once, whatever the read model's lag"
+    );
+    // The read model still holds the old hash: the old password must not open a session.
+    let old = t.login(&email, PASSWORD).await;
+    assert_eq!(
+        (old.status, old.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "account_settling"),
+        "{old:?}"
+    );
+    let sessions: Vec<(Uuid, _)> = t.app.sessions.list(user_id).await.unwrap();
+    assert!(sessions.is_empty(), "the refused login left no session");
+
+    held.release().await;
+    eventually(
+        "the old password to be refused",
+        Duration::from_secs(10),
+        || async { t.login(&email, PASSWORD).await.status == StatusCode::UNAUTHORIZED },
+    )
+    .await;
+    assert_eq!(t.login(&email, new_password).await.status, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn a_login_against_a_stale_read_model_cannot_outlive_a_disable(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = stale_app(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let email = unique_email("leaving");
+    let (user_id, _) = t.user(&email).await;
+
+    let held = UsersProjectionHeld::hold(&t).await;
+    let disabled = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{user_id}/disable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::ACCEPTED, "{disabled:?}");
+    let login = t.login(&email, PASSWORD).await;
+    assert_ne!(login.status, StatusCode::OK, "{login:?}");
+    assert!(t.app.sessions.list(user_id).await.unwrap().is_empty());
+
+    held.release().await;
+    eventually(
+        "the account to read disabled",
+        Duration::from_secs(10),
+        || async { t.login(&email, PASSWORD).await.code() == "account_disabled" },
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn a_refresh_that_fails_midway_leaves_the_refresh_token_usable(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("retry");
+    t.user(&email).await;
+    let login = t.login(&email, PASSWORD).await;
+    let refresh = login.body["refresh_token"].as_str().unwrap().to_string();
+
+    // The database fails during the refresh (as a late error or a time-out would).
+    sqlx::query("ALTER TABLE users RENAME TO users_away")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let failed = t
+        .post("/api/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(
+        failed.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{failed:?}"
+    );
+    sqlx::query("ALTER TABLE users_away RENAME TO users")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+
+    // The client retries with the same token: it still works, once.
+    let retried = t
+        .post("/api/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
+    let access = retried.body["access_token"].as_str().unwrap();
+    assert_eq!(t.get("/api/me", access).await.status, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn each_session_keeps_its_own_expiry(options: PgPoolOptions, connect: PgConnectOptions) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("phone");
+    let (user_id, first) = t.user(&email).await;
+    let first_sid = session_of(&t, &first);
+    let before = redis_session(user_id, first_sid).await["expires_at"].clone();
+    assert!(before.is_string(), "sessions carry their expiry");
+
+    // Another login and a refresh of that other session leave the first session's expiry alone.
+    let second = t.login(&email, PASSWORD).await;
+    let refresh = second.body["refresh_token"].as_str().unwrap();
+    let refreshed = t
+        .post("/api/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    assert_eq!(
+        redis_session(user_id, first_sid).await["expires_at"],
+        before
+    );
+
+    // Once past its expiry the first session is refused, the second goes on.
+    let mut expired = redis_session(user_id, first_sid).await;
+    expired["expires_at"] = json!((chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339());
+    put_redis_session(user_id, first_sid, &expired).await;
+    assert_eq!(t.get("/api/me", &first).await.code(), "session_revoked");
+    let second_access = refreshed.body["access_token"].as_str().unwrap();
+    assert_eq!(t.get("/api/me", second_access).await.status, StatusCode::OK);
+    let listed = t.get("/api/me/sessions", second_access).await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn serve_refuses_to_start_without_real_secrets() {
+    let run = |jwt: Option<&str>, pepper: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_arosaje"));
+        command
+            .arg("serve")
+            .env_remove("AROSAJE_DEV")
+            .env_remove("JWT_SECRET")
+            .env_remove("EMAIL_PEPPER")
+            // Nothing listens there: the refusal must come before any connection.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("BIND_ADDR", "127.0.0.1:0");
+        if let Some(jwt) = jwt {
+            command.env("JWT_SECRET", jwt);
+        }
+        if let Some(pepper) = pepper {
+            command.env("EMAIL_PEPPER", pepper);
+        }
+        let output = command.output().expect("run arosaje");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(None, None);
+    assert!(!ok);
+    assert!(stderr.contains("JWT_SECRET is not set"), "{stderr}");
+    assert!(stderr.contains("EMAIL_PEPPER is not set"), "{stderr}");
+    let (ok, stderr) = run(
+        Some(arosaje::config::DEV_JWT_SECRET),
+        Some("change-me-local-compose-email-pepper"),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("JWT_SECRET is a publicly known development value"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("EMAIL_PEPPER is a publicly known development value"),
+        "{stderr}"
+    );
+}
+
+#[sqlx::test]
+async fn an_app_will_not_build_on_an_invalid_configuration(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = crate::helpers::pool(options, connect).await;
+    let mut broken = config();
+    broken.jwt_secret = None;
+    broken.group_commit_max = 0;
+    let err = arosaje::App::with_pool(broken, pool)
+        .await
+        .err()
+        .expect("refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("JWT_SECRET is not set"), "{message}");
+    assert!(
+        message.contains("GROUP_COMMIT_MAX must be at least 1"),
+        "{message}"
+    );
+}
+
+#[sqlx::test]
+async fn another_databases_open_transaction_leaves_commands_answering_201(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut timely = config();
+    timely.read_your_writes_timeout_ms = 2000;
+    let t = TestApp::with_config(options, connect.clone(), timely, true).await;
+    let (_, token) = t.user(&unique_email("busy")).await;
+    let mut elsewhere = sqlx::PgConnection::connect_with(&connect.database("postgres"))
+        .await
+        .expect("connect");
+    for statement in [
+        "BEGIN",
+        "CREATE TEMP TABLE nightly (n int)",
+        "INSERT INTO nightly VALUES (1)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut elsewhere)
+            .await
+            .expect("held transaction");
+    }
+    for name in ["Aloe", "Fern"] {
+        let plant = t.create_plant(&token, name).await;
+        assert_eq!(plant.status, StatusCode::CREATED, "{plant:?}");
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut elsewhere)
+        .await
+        .expect("rollback");
+}
+
+#[sqlx::test]
+async fn a_poison_event_in_a_read_model_is_parked_shown_and_passed(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut quick = config();
+    quick.projection_max_attempts = 2;
+    let t = TestApp::with_config(options, connect, quick, true).await;
+    let (user_id, token) = t.user(&unique_email("poisoned")).await;
+    // An event the users projection cannot decode (as a bug or a bad manual insert would leave).
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                             payload, metadata) \
+         VALUES ('User', $1, 2, 'UserProfileUpdated', '1', '{\"UserProfileUpdated\": 42}', '{}')",
+    )
+    .bind(user_id.to_string())
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    t.app.wakeups.appended("User");
+
+    eventually(
+        "the poison event to be parked",
+        Duration::from_secs(20),
+        || async {
+            let ready = t.call(Method::GET, "/ready", None, None).await;
+            ready.body["projections"]["users"]["parked"] == 1
+        },
+    )
+    .await;
+    // The read model goes on: a new account registers and reads itself back at once.
+    let (_, other) = t.user(&unique_email("after")).await;
+    assert_eq!(t.get("/api/me", &other).await.status, StatusCode::OK);
+    let metrics = t.call(Method::GET, "/metrics", None, None).await;
+    let text = metrics.body.as_str().unwrap_or_default();
+    assert!(
+        text.contains("projection_events_parked_total{projection=\"users\"}"),
+        "{text}"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_arosaje"))
+        .args(["projections", "status"])
+        .env(
+            "DATABASE_URL",
+            t.pool.connect_options().to_url_lossy().to_string(),
+        )
+        .output()
+        .expect("projections status");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    let users = printed
+        .lines()
+        .find(|l| l.starts_with("users "))
+        .unwrap_or_default();
+    assert!(users.trim_end().ends_with(" 1"), "{printed}");
+    drop(token);
+}
