@@ -319,3 +319,31 @@ async fn a_slow_smtp_server_delays_no_command(options: PgPoolOptions, connect: P
     );
     smtp.wait_for(&email, 1).await;
 }
+
+#[sqlx::test]
+async fn two_instances_send_each_mail_once(options: PgPoolOptions, connect: PgConnectOptions) {
+    let smtp = SmtpServer::start().await;
+    let mut mailing = config();
+    mailing.smtp_url = Some(arosaje::config::ConnectionUrl::new(smtp.url.clone()));
+    let first = TestApp::with_config(options.clone(), connect.clone(), mailing.clone(), true).await;
+    let second = TestApp::with_config(options, connect, mailing, true).await;
+    let mut emails = Vec::new();
+    for i in 0..6 {
+        let email = unique_email("twice");
+        let app = if i % 2 == 0 { &first } else { &second };
+        app.user(&email).await;
+        emails.push(email);
+    }
+    for email in &emails {
+        smtp.wait_for(email, 1).await;
+    }
+    // Both instances run the mailer; one holds its lock and the other stands by.
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM sent_mails")
+        .fetch_one(&first.pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 6);
+    for email in &emails {
+        assert_eq!(smtp.mails_to(email).len(), 1, "{email}");
+    }
+}
