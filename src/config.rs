@@ -217,6 +217,18 @@ pub struct Config {
         default_value = ""
     )]
     pub cors_allowed_origins: Vec<String>,
+    /// Networks allowed to read `/metrics` without a token (comma-separated addresses or
+    /// address/prefix), e.g. where Prometheus runs.
+    #[arg(
+        long,
+        env = "METRICS_ALLOWED_IPS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1/32,::1/128"
+    )]
+    pub metrics_allowed_ips: Vec<String>,
+    /// A bearer token that also opens `/metrics` (`Authorization: Bearer ...`), from anywhere.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
     /// Run the projectors in this process (turn off for API-only instances).
     #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projectors: bool,
@@ -315,6 +327,20 @@ impl Config {
                 problems.push(format!("TRUSTED_PROXIES: {proxy:?} is not an IP address"));
             }
         }
+        for network in self.metrics_allowed_ips.iter().map(|p| p.trim()) {
+            if !network.is_empty() && Network::parse(network).is_none() {
+                problems.push(format!(
+                    "METRICS_ALLOWED_IPS: {network:?} is not an address or address/prefix"
+                ));
+            }
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty() && t.expose().len() < 16)
+        {
+            problems.push("METRICS_TOKEN must be at least 16 bytes long".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -354,6 +380,52 @@ impl Config {
             warnings.push("SMTP_URL is unset: mails (verification, password reset) are not sent");
         }
         warnings
+    }
+}
+
+/// An address range: `10.0.0.0/8`, `::1/128`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    pub fn parse(value: &str) -> Option<Network> {
+        let (address, prefix) = match value.trim().split_once('/') {
+            Some((address, prefix)) => (address.parse().ok()?, Some(prefix.parse::<u8>().ok()?)),
+            None => (value.trim().parse().ok()?, None),
+        };
+        let max = match address {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Network { address, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as its IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -435,6 +507,22 @@ mod tests {
         ] {
             assert!(err.0.iter().any(|p| p == expected), "{expected}: {err}");
         }
+    }
+
+    #[test]
+    fn networks_match_their_prefix() {
+        let lan = Network::parse("10.0.0.0/8").unwrap();
+        assert!(lan.contains("10.20.30.40".parse().unwrap()));
+        assert!(!lan.contains("11.0.0.1".parse().unwrap()));
+        assert!(lan.contains("::ffff:10.1.1.1".parse().unwrap()));
+        let one = Network::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        assert!(Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert_eq!(Network::parse("10.0.0.0/33"), None);
+        assert_eq!(Network::parse("nope"), None);
     }
 
     #[test]

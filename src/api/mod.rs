@@ -32,13 +32,22 @@ use error::ApiError;
 
 /// The whole HTTP API; what `serve` runs and what tests drive.
 pub fn router(app: App) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let routes = Router::new()
         .nest("/api/auth", auth::router())
         .nest("/api/me", me::router())
         .nest("/api/plants", plants::router(&app))
         .nest("/api/admin", admin::router())
-        .merge(ops::router())
+        .merge(ops::router());
+    with_layers(routes, app)
+}
+
+/// The edge every route sits behind: fallbacks, rate limits, body limit, metrics, CORS, security
+/// headers, the time limit, panics caught into a JSON 500, request logs and request ids. Tests
+/// put routes of their own behind it.
+pub fn with_layers(routes: Router<App>, app: App) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let https = app.config.public_url.starts_with("https://");
+    routes
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
             (
@@ -66,15 +75,65 @@ pub fn router(app: App) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
+        // The API serves JSON only: nothing may load, run or frame anything from it. A page that
+        // needs more (the docs UI, later) sets its own policy, which this one does not replace.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(https, strict_transport))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(app.config.request_timeout_secs),
             time_limit,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_answer))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // The path only: query strings can carry personal data (`?q=` on user lists).
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(""),
+                )
+            }),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(axum::middleware::from_fn(sanitise_request_ids))
         .with_state(app)
+}
+
+/// HSTS on every answer when the service is reached over https (`PUBLIC_URL`).
+async fn strict_transport(
+    axum::extract::State(https): axum::extract::State<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if https {
+        response.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+    response
+}
+
+/// A handler that panicked: logged, and answered like any other internal error.
+fn panic_answer(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = detail, "a handler panicked");
+    metrics::counter!("http_panics_total").increment(1);
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
 
 /// Browsers may call the API only from the configured origins.

@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::error::ApiError;
 use crate::App;
 
 pub fn router() -> Router<App> {
@@ -59,7 +60,38 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
+/// Prometheus metrics, for the configured networks (`METRICS_ALLOWED_IPS`) or the holder of
+/// `METRICS_TOKEN`; anyone else gets 403.
+async fn metrics(State(app): State<App>, request: axum::extract::Request) -> Response {
+    let from_allowed = super::limits::client_addr(&request, &app.config.trusted_proxies)
+        .is_some_and(|ip| {
+            app.config
+                .metrics_allowed_ips
+                .iter()
+                .filter_map(|n| crate::config::Network::parse(n))
+                .any(|n| n.contains(ip))
+        });
+    let with_token = app
+        .config
+        .metrics_token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+        .is_some_and(|token| {
+            let presented = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            use subtle::ConstantTimeEq;
+            bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
+        });
+    if !from_allowed && !with_token {
+        return ApiError::forbidden(
+            "metrics are served to configured addresses or with METRICS_TOKEN",
+        )
+        .into_response();
+    }
     let size = app.pool.size();
     let idle = app.pool.num_idle() as u32;
     metrics::gauge!("db_pool_connections").set(f64::from(size));
@@ -73,4 +105,5 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         )],
         app.metrics.render(),
     )
+        .into_response()
 }

@@ -65,6 +65,8 @@ pub fn config() -> Config {
     let mut config = Config::for_tests("postgres://unused");
     config.jwt_secret = Some(arosaje::config::Secret::new(jwt.clone()));
     config.email_pepper = Some(arosaje::config::Secret::new(pepper.clone()));
+    // Test clients come from 10.x addresses (see `with_config`).
+    config.metrics_allowed_ips = vec!["10.0.0.0/8".into()];
     config.projection_poll_ms = 200;
     config.read_your_writes_timeout_ms = 10_000;
     config
