@@ -137,9 +137,18 @@ pub struct Config {
     /// Lifetime of an access token, in seconds (refresh tokens renew it).
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
-    /// Lifetime of a session in Redis, in seconds (refreshed at each login).
-    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 24 * 3600)]
-    pub session_ttl_secs: u64,
+    /// USER and BOTANIST sessions end after this long without a refresh (seconds).
+    #[arg(long, env = "SESSION_IDLE_SECS", default_value_t = 14 * 24 * 3600)]
+    pub session_idle_secs: u64,
+    /// USER and BOTANIST sessions end this long after their login, however active (seconds).
+    #[arg(long, env = "SESSION_ABSOLUTE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_absolute_secs: u64,
+    /// ADMIN and AUDITOR sessions end after this long without a refresh (seconds).
+    #[arg(long, env = "PRIVILEGED_SESSION_IDLE_SECS", default_value_t = 30 * 60)]
+    pub privileged_session_idle_secs: u64,
+    /// ADMIN and AUDITOR sessions end this long after their login (seconds).
+    #[arg(long, env = "PRIVILEGED_SESSION_ABSOLUTE_SECS", default_value_t = 12 * 3600)]
+    pub privileged_session_absolute_secs: u64,
     /// How long a command waits for its read models before answering 202 with its position.
     #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 2000)]
     pub read_your_writes_timeout_ms: u64,
@@ -299,7 +308,16 @@ impl Config {
             ("REQUEST_TIMEOUT_SECS", self.request_timeout_secs as i64),
             ("REDIS_TIMEOUT_MS", self.redis_timeout_ms as i64),
             ("ACCESS_TOKEN_TTL_SECS", self.access_token_ttl_secs as i64),
-            ("SESSION_TTL_SECS", self.session_ttl_secs as i64),
+            ("SESSION_IDLE_SECS", self.session_idle_secs as i64),
+            ("SESSION_ABSOLUTE_SECS", self.session_absolute_secs as i64),
+            (
+                "PRIVILEGED_SESSION_IDLE_SECS",
+                self.privileged_session_idle_secs as i64,
+            ),
+            (
+                "PRIVILEGED_SESSION_ABSOLUTE_SECS",
+                self.privileged_session_absolute_secs as i64,
+            ),
             ("RATE_LIMIT_WINDOW_SECS", self.rate_limit_window_secs as i64),
             ("RATE_LIMIT_API", i64::from(self.rate_limit_api)),
             ("RATE_LIMIT_AUTH", i64::from(self.rate_limit_auth)),
@@ -311,6 +329,21 @@ impl Config {
         for (name, value) in positive {
             if value < 1 {
                 problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        // Activity is seen at refresh: a session must not go idle while its access token lives.
+        for (name, idle) in [
+            ("SESSION_IDLE_SECS", self.session_idle_secs),
+            (
+                "PRIVILEGED_SESSION_IDLE_SECS",
+                self.privileged_session_idle_secs,
+            ),
+        ] {
+            if idle < self.access_token_ttl_secs {
+                problems.push(format!(
+                    "{name} must be at least ACCESS_TOKEN_TTL_SECS ({})",
+                    self.access_token_ttl_secs
+                ));
             }
         }
         if self.projection_batch_size > 100_000 {
@@ -356,6 +389,16 @@ impl Config {
     /// The e-mail index key; [`Config::validate`] has made sure it is set.
     pub fn email_pepper(&self) -> &str {
         self.email_pepper.as_ref().map(Secret::expose).unwrap_or("")
+    }
+
+    /// Session lifetimes by role.
+    pub fn session_lifetimes(&self) -> crate::infra::sessions::Lifetimes {
+        crate::infra::sessions::Lifetimes {
+            idle: Duration::from_secs(self.session_idle_secs),
+            absolute: Duration::from_secs(self.session_absolute_secs),
+            privileged_idle: Duration::from_secs(self.privileged_session_idle_secs),
+            privileged_absolute: Duration::from_secs(self.privileged_session_absolute_secs),
+        }
     }
 
     pub fn read_your_writes_timeout(&self) -> Duration {

@@ -142,7 +142,7 @@ impl App {
             store,
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
-            sessions: Sessions::new(redis, Duration::from_secs(config.session_ttl_secs)),
+            sessions: Sessions::new(redis, config.session_lifetimes()),
             jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
             tokens,
             keys,

@@ -196,6 +196,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::InvalidCredentials => {
                 ApiError::unauthorized("invalid_credentials", message)
             }
+            IdentityError::WrongPassword => ApiError::invalid("current_password", message),
             IdentityError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
                 message,

@@ -28,6 +28,8 @@ const AUTH_ENDPOINTS: &[&str] = &[
     "/api/auth/password-reset",
     "/api/auth/password-reset/confirm",
     "/api/auth/verify-email",
+    // Checks a password: as strict as login.
+    "/api/me/password",
 ];
 
 /// Endpoints never limited (probes and scrapers).

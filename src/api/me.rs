@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
 use super::token::AuthUser;
 use crate::commands::user::{User, UserCommand};
-use crate::commands::values::{optional_text, DisplayName, FieldErrors};
+use crate::commands::values::{optional_text, DisplayName, FieldErrors, Password};
 use crate::events::double_option;
 use crate::events::user::ProfileChanges;
 use crate::App;
@@ -22,7 +22,11 @@ use crate::App;
 pub fn router() -> Router<App> {
     Router::new()
         .route("/", get(get_me).patch(update_me))
-        .route("/sessions", get(list_sessions))
+        .route(
+            "/sessions",
+            get(list_sessions).delete(revoke_other_sessions),
+        )
+        .route("/password", axum::routing::post(change_password))
         .route("/sessions/{sid}", axum::routing::delete(revoke_session))
 }
 
@@ -68,6 +72,61 @@ async fn revoke_session(
     } else {
         Err(ApiError::NotFound("session"))
     }
+}
+
+/// "Log out everywhere else": every session of the caller but this one ends.
+async fn revoke_other_sessions(
+    State(app): State<App>,
+    auth: AuthUser,
+) -> Result<StatusCode, ApiError> {
+    app.sessions
+        .revoke_others(auth.user_id, auth.session_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChangePasswordBody {
+    current_password: Option<String>,
+    new_password: Option<String>,
+}
+
+/// `POST /api/me/password`: the current password, then the new one; other sessions end.
+async fn change_password(
+    State(app): State<App>,
+    auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<ChangePasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    let mut errors = FieldErrors::new();
+    if body.current_password.is_none() {
+        errors.add("current_password", "is required");
+    }
+    let new = match body.new_password.as_deref() {
+        None => {
+            errors.add("new_password", "is required");
+            None
+        }
+        Some(new) if body.current_password.as_deref() == Some(new) => {
+            errors.add("new_password", "must differ from the current password");
+            None
+        }
+        Some(new) => errors.check("new_password", Password::parse(new)),
+    };
+    let (Some(current), Some(new)) = (body.current_password, new) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let committed = crate::identity::passwords::change_password(
+        &app,
+        auth.user_id,
+        auth.session_id,
+        current,
+        new,
+        &auth.metadata(meta),
+    )
+    .await?;
+    super::settle(&app, "User", &committed).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A user as the read model knows them.

@@ -35,6 +35,10 @@ pub enum UserCommand {
         generation: u32,
         password_hash: String,
     },
+    /// The user, logged in, changed their password; the current one was checked at the edge.
+    ChangePassword {
+        password_hash: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +191,20 @@ impl Aggregate for User {
                 let event = UserEvent::PasswordChanged {
                     password_hash,
                     generation: generation + 1,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::ChangePassword { password_hash } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if self.disabled {
+                    return Err(UserError::Disabled);
+                }
+                // A new generation: reset links mailed before the change stop working.
+                let event = UserEvent::PasswordChanged {
+                    password_hash,
+                    generation: self.password_generation + 1,
                 };
                 sink.write(event, self).await;
             }
@@ -398,6 +416,48 @@ mod tests {
             .given(vec![registered(&c), UserEvent::UserDisabled])
             .when(UserCommand::RequestPasswordReset)
             .then_expect_error(UserError::Disabled);
+    }
+
+    #[test]
+    fn changing_the_password_starts_a_new_generation_that_voids_reset_links() {
+        let c = cipher();
+        UserTest::with(())
+            .given(vec![
+                registered(&c),
+                UserEvent::PasswordResetRequested { generation: 0 },
+            ])
+            .when(UserCommand::ChangePassword {
+                password_hash: "changed".into(),
+            })
+            .then_expect_events(vec![UserEvent::PasswordChanged {
+                password_hash: "changed".into(),
+                generation: 1,
+            }]);
+        UserTest::with(())
+            .given(vec![
+                registered(&c),
+                UserEvent::PasswordChanged {
+                    password_hash: "changed".into(),
+                    generation: 1,
+                },
+            ])
+            .when(UserCommand::ResetPassword {
+                generation: 0,
+                password_hash: "from an old link".into(),
+            })
+            .then_expect_error(UserError::StaleResetToken);
+        UserTest::with(())
+            .given(vec![registered(&c), UserEvent::UserDisabled])
+            .when(UserCommand::ChangePassword {
+                password_hash: "x".into(),
+            })
+            .then_expect_error(UserError::Disabled);
+        UserTest::with(())
+            .given(vec![])
+            .when(UserCommand::ChangePassword {
+                password_hash: "x".into(),
+            })
+            .then_expect_error(UserError::NotFound);
     }
 
     #[test]

@@ -83,7 +83,6 @@ pub async fn login(
                 user_agent,
                 refresh_hash: Some(refresh.hash()),
                 role: Some(role),
-                expires_at: Some(app.sessions.expiry(now)),
             },
         )
         .await?;

@@ -24,6 +24,9 @@ pub enum IdentityError {
     EmailTaken,
     #[error("invalid e-mail or password")]
     InvalidCredentials,
+    /// The current password given to confirm a change is not the account's.
+    #[error("this is not your current password")]
+    WrongPassword,
     #[error("this account is disabled")]
     AccountDisabled,
     #[error("the refresh token is not valid")]

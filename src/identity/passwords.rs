@@ -6,7 +6,15 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 
+use uuid::Uuid;
+
+use super::IdentityError;
+use crate::commands::user::{User, UserCommand};
 use crate::commands::values::Password;
+use crate::events::store::Committed;
+use crate::events::Metadata;
+use crate::infra::sessions::SessionChange;
+use crate::App;
 
 /// argon2id with the crate's defaults, which are OWASP's recommendation (m = 19 MiB, t = 2, p = 1).
 fn argon2() -> Argon2<'static> {
@@ -47,4 +55,42 @@ pub fn dummy_hash() -> String {
             .unwrap_or_default()
     })
     .clone()
+}
+
+/// A logged-in user changes their password: the current one must match. Every other session
+/// ends at once; the one making the change goes on. The outbox mails the owner about it.
+pub async fn change_password(
+    app: &App,
+    user_id: Uuid,
+    session_id: Uuid,
+    current: String,
+    new: Password,
+    metadata: &Metadata,
+) -> Result<Committed, IdentityError> {
+    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&app.pool)
+        .await?;
+    let hash = hash.ok_or(IdentityError::WrongPassword)?;
+    if !verify_password(current, hash).await? {
+        return Err(IdentityError::WrongPassword);
+    }
+    let password_hash = hash_password(new).await?;
+    let committed = app
+        .store
+        .execute::<User>(
+            &user_id.to_string(),
+            UserCommand::ChangePassword { password_hash },
+            &(),
+            metadata,
+        )
+        .await?;
+    super::apply_account_change(
+        app,
+        user_id,
+        SessionChange::RevokeOthers(session_id),
+        &committed,
+    )
+    .await?;
+    Ok(committed)
 }

@@ -1,8 +1,11 @@
 //! Sessions in Redis: hash `session:{user_id}`, one field per session id (DESIGN.md §4).
 //!
 //! A session carries the role its requests act with (authorization reads it here, never from the
-//! token) and its own expiry: a login or refresh of one session never extends another. The hash
-//! lives as long as its longest-lived session.
+//! token) and its own lifetime (ASVS 3.3.2): it ends after an idle timeout since its last refresh
+//! and, whatever its activity, an absolute lifetime since its login, both by role ([`Lifetimes`]).
+//! A login or refresh of one session never extends another. Activity is measured at refresh:
+//! access tokens live shorter than any idle timeout (checked by the configuration), so an active
+//! client refreshes well within it.
 //!
 //! Account changes (disable, role change, password change) are applied to the sessions in Redis
 //! the moment they are committed, together with a per-user stamp `session_stamp:{user_id}`: the
@@ -33,15 +36,46 @@ pub struct SessionInfo {
     /// The role this session acts with, kept current by account changes.
     #[serde(default)]
     pub role: Option<Role>,
-    /// When the session ends unless refreshed.
-    #[serde(default)]
-    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How long sessions last, by role: USER and BOTANIST sessions live long on a phone; ADMIN and
+/// AUDITOR sessions, which see everyone's homes, short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub idle: Duration,
+    pub absolute: Duration,
+    pub privileged_idle: Duration,
+    pub privileged_absolute: Duration,
+}
+
+impl Lifetimes {
+    /// (idle, absolute) for a role.
+    pub fn of(&self, role: Role) -> (Duration, Duration) {
+        match role {
+            Role::Admin | Role::Auditor => (self.privileged_idle, self.privileged_absolute),
+            Role::User | Role::Botanist => (self.idle, self.absolute),
+        }
+    }
+
+    /// The longest any session can live (the Redis key's lifetime).
+    pub fn longest(&self) -> Duration {
+        self.absolute.max(self.privileged_absolute)
+    }
 }
 
 impl SessionInfo {
-    /// A session that can still act: it has a role and has not expired.
-    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.role.is_some() && self.expires_at.is_some_and(|at| at > now)
+    /// When the session ends, by its role's idle timeout and absolute lifetime; `None` for a
+    /// session without a role (from before roles lived in sessions), which is over.
+    pub fn ends_at(&self, lifetimes: &Lifetimes) -> Option<DateTime<Utc>> {
+        let (idle, absolute) = lifetimes.of(self.role?);
+        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+        let active = self.last_seen_at.unwrap_or(self.created_at);
+        Some((active + span(idle)).min(self.created_at + span(absolute)))
+    }
+
+    /// A session that can still act.
+    pub fn is_live(&self, now: DateTime<Utc>, lifetimes: &Lifetimes) -> bool {
+        self.ends_at(lifetimes).is_some_and(|end| end > now)
     }
 }
 
@@ -59,8 +93,10 @@ pub enum Rotation {
 /// What an account change does to the user's sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionChange {
-    /// Every session ends (disabled account, new password).
+    /// Every session ends (disabled account, password reset).
     RevokeAll,
+    /// Every session but this one ends (the user changed their password in it).
+    RevokeOthers(Uuid),
     /// Every session now acts with this role.
     SetRole(Role),
     /// Sessions stay as they are; only logins that race with the change look again.
@@ -94,12 +130,21 @@ if session['refresh_hash'] ~= ARGV[2] then
 end
 session['refresh_hash'] = ARGV[3]
 session['last_seen_at'] = ARGV[4]
-session['expires_at'] = ARGV[5]
 local encoded = cjson.encode(session)
 redis.call('HSET', KEYS[1], ARGV[1], encoded)
-local ttl = tonumber(ARGV[6])
-if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 return {1, encoded}
+"#;
+
+/// Revokes every session of a user but one.
+const REVOKE_OTHERS: &str = r#"
+local removed = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field ~= ARGV[1] then
+    redis.call('HDEL', KEYS[1], field)
+    removed = removed + 1
+  end
+end
+return removed
 "#;
 
 /// Applies an account change to every session of a user, and raises the user's stamp. A change
@@ -117,6 +162,10 @@ if newer then
 end
 if ARGV[1] == 'revoke_all' then
   redis.call('DEL', KEYS[1])
+elseif ARGV[1] == 'revoke_others' then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if field ~= ARGV[6] then redis.call('HDEL', KEYS[1], field) end
+  end
 elseif ARGV[1] == 'set_role' and newer then
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
@@ -141,7 +190,7 @@ return 1
 #[derive(Clone)]
 pub struct Sessions {
     redis: Redis,
-    ttl: Duration,
+    lifetimes: Lifetimes,
 }
 
 fn key(user_id: Uuid) -> String {
@@ -157,18 +206,12 @@ fn encode(info: &SessionInfo) -> String {
 }
 
 impl Sessions {
-    /// `ttl`: how long a session lasts after its login or last refresh.
-    pub fn new(redis: Redis, ttl: Duration) -> Self {
-        Self { redis, ttl }
+    pub fn new(redis: Redis, lifetimes: Lifetimes) -> Self {
+        Self { redis, lifetimes }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// When a session created or refreshed now ends.
-    pub fn expiry(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::days(1))
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
     }
 
     pub async fn create(
@@ -178,7 +221,7 @@ impl Sessions {
         info: &SessionInfo,
     ) -> redis::RedisResult<()> {
         let value = encode(info);
-        let ttl = self.ttl.as_secs().max(1);
+        let ttl = self.lifetimes.longest().as_secs().max(1);
         self.redis
             .call(|mut conn| async move {
                 redis::Script::new(CREATE)
@@ -206,7 +249,7 @@ impl Sessions {
         let Some(info) = value.and_then(|v| serde_json::from_str::<SessionInfo>(&v).ok()) else {
             return Ok(None);
         };
-        if info.is_live(Utc::now()) {
+        if info.is_live(Utc::now(), &self.lifetimes) {
             Ok(Some(info))
         } else {
             self.revoke(user_id, session_id).await?;
@@ -233,14 +276,14 @@ impl Sessions {
         let mut sessions: Vec<(Uuid, SessionInfo)> = all
             .into_iter()
             .filter_map(|(id, value)| Some((id.parse().ok()?, serde_json::from_str(&value).ok()?)))
-            .filter(|(_, info): &(Uuid, SessionInfo)| info.is_live(now))
+            .filter(|(_, info): &(Uuid, SessionInfo)| info.is_live(now, &self.lifetimes))
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.1.created_at));
         Ok(sessions)
     }
 
-    /// Replaces the session's refresh hash if `presented` is the current one, and extends that
-    /// session alone.
+    /// Replaces the session's refresh hash if `presented` is the current one, and marks that
+    /// session alone active.
     pub async fn rotate_refresh(
         &self,
         user_id: Uuid,
@@ -248,9 +291,7 @@ impl Sessions {
         presented: &str,
         next: &str,
     ) -> redis::RedisResult<Rotation> {
-        let ttl = self.ttl.as_secs().max(1);
         let now = Utc::now();
-        let expires_at = self.expiry(now);
         let (outcome, session): (i64, String) = self
             .redis
             .call(|mut conn| async move {
@@ -260,8 +301,6 @@ impl Sessions {
                     .arg(presented)
                     .arg(next)
                     .arg(now.to_rfc3339())
-                    .arg(expires_at.to_rfc3339())
-                    .arg(ttl)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -285,14 +324,14 @@ impl Sessions {
         version: i64,
         position: i64,
     ) -> redis::RedisResult<()> {
-        let (action, role) = match change {
-            SessionChange::RevokeAll => ("revoke_all", ""),
-            SessionChange::SetRole(role) => ("set_role", role.as_str()),
-            SessionChange::Stamp => ("stamp", ""),
+        let (action, role, keep) = match change {
+            SessionChange::RevokeAll => ("revoke_all", "", String::new()),
+            SessionChange::RevokeOthers(keep) => ("revoke_others", "", keep.to_string()),
+            SessionChange::SetRole(role) => ("set_role", role.as_str(), String::new()),
+            SessionChange::Stamp => ("stamp", "", String::new()),
         };
-        // The stamp must outlive any read model lag worth waiting for; a session's lifetime is
-        // far more than enough.
-        let ttl = self.ttl.as_secs().max(3600);
+        // The stamp must outlive any read model lag worth waiting for: a day is plenty.
+        let ttl: u64 = 24 * 3600;
         self.redis
             .call(|mut conn| async move {
                 redis::Script::new(CHANGE)
@@ -303,6 +342,7 @@ impl Sessions {
                     .arg(position)
                     .arg(ttl)
                     .arg(role)
+                    .arg(keep)
                     .invoke_async::<i64>(&mut conn)
                     .await
             })
@@ -344,6 +384,19 @@ impl Sessions {
     pub async fn ping(&self) -> redis::RedisResult<()> {
         self.redis
             .call(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// Revokes every session of a user but `keep`; returns how many ended.
+    pub async fn revoke_others(&self, user_id: Uuid, keep: Uuid) -> redis::RedisResult<u64> {
+        self.redis
+            .call(|mut conn| async move {
+                redis::Script::new(REVOKE_OTHERS)
+                    .key(key(user_id))
+                    .arg(keep.to_string())
+                    .invoke_async(&mut conn)
+                    .await
+            })
             .await
     }
 

@@ -34,9 +34,11 @@ pub struct MailerProjection {
 }
 
 impl MailerProjection {
+    /// The token travels in the URL fragment, which browsers never send to a server, so it
+    /// stays out of access logs and `Referer` headers.
     fn link(&self, path: &str, token: &str) -> String {
         format!(
-            "{}/{path}?token={token}",
+            "{}/{path}#token={token}",
             self.public_url.trim_end_matches('/')
         )
     }
@@ -76,6 +78,14 @@ impl MailerProjection {
                     ),
                 ))
             }
+            UserEvent::PasswordChanged { .. } => Some((
+                "password_changed",
+                "Your A'rosa-je password was changed".to_string(),
+                "The password of your A'rosa-je account was just changed, and your other \
+                 sessions were ended.\r\n\r\nIf it was not you, reset your password at once \
+                 from the login page, and write to us.\r\n"
+                    .to_string(),
+            )),
             _ => None,
         })
     }

@@ -109,6 +109,20 @@ async fn every_route_answers_each_role_as_the_matrix_says(
         ),
         (
             Method::POST,
+            "/api/me/password".into(),
+            Some(
+                json!({"current_password": "not the password", "new_password": "a new long passphrase"}),
+            ),
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::DELETE,
+            "/api/me/sessions".into(),
+            None,
+            [401, 204, 204, 204, 204, 204],
+        ),
+        (
+            Method::POST,
             "/api/auth/logout".into(),
             None,
             [401, 204, 204, 204, 204, 204],

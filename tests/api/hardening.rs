@@ -233,16 +233,29 @@ async fn a_refresh_that_fails_midway_leaves_the_refresh_token_usable(
     assert_eq!(t.get("/api/me", access).await.status, StatusCode::OK);
 }
 
+/// Moves a session's clock: its login `created_ago`, its last refresh `seen_ago`.
+async fn age_session(user_id: Uuid, session_id: Uuid, created_ago: i64, seen_ago: i64) {
+    let now = chrono::Utc::now();
+    let mut session = redis_session(user_id, session_id).await;
+    session["created_at"] = json!((now - chrono::Duration::seconds(created_ago)).to_rfc3339());
+    session["last_seen_at"] = json!((now - chrono::Duration::seconds(seen_ago)).to_rfc3339());
+    put_redis_session(user_id, session_id, &session).await;
+}
+
 #[sqlx::test]
-async fn each_session_keeps_its_own_expiry(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn sessions_end_after_their_roles_idle_and_absolute_limits(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    const MINUTE: i64 = 60;
+    const DAY: i64 = 24 * 3600;
     let t = TestApp::spawn(options, connect).await;
     let email = unique_email("phone");
     let (user_id, first) = t.user(&email).await;
     let first_sid = session_of(&t, &first);
-    let before = redis_session(user_id, first_sid).await["expires_at"].clone();
-    assert!(before.is_string(), "sessions carry their expiry");
+    let seen = redis_session(user_id, first_sid).await["last_seen_at"].clone();
 
-    // Another login and a refresh of that other session leave the first session's expiry alone.
+    // Another login and a refresh of that other session leave the first session alone.
     let second = t.login(&email, PASSWORD).await;
     let refresh = second.body["refresh_token"].as_str().unwrap();
     let refreshed = t
@@ -250,18 +263,114 @@ async fn each_session_keeps_its_own_expiry(options: PgPoolOptions, connect: PgCo
         .await;
     assert_eq!(refreshed.status, StatusCode::OK);
     assert_eq!(
-        redis_session(user_id, first_sid).await["expires_at"],
-        before
+        redis_session(user_id, first_sid).await["last_seen_at"],
+        seen
+    );
+    let second_access = refreshed.body["access_token"].as_str().unwrap().to_string();
+    let second_sid = session_of(&t, &second_access);
+
+    // A USER session idle for 13 days, 29 days after its login, still works...
+    age_session(user_id, first_sid, 29 * DAY, 13 * DAY).await;
+    assert_eq!(t.get("/api/me", &first).await.status, StatusCode::OK);
+    // ...idle for 15 days it is over; 31 days after its login too, however active.
+    age_session(user_id, first_sid, 20 * DAY, 15 * DAY).await;
+    assert_eq!(t.get("/api/me", &first).await.code(), "session_revoked");
+    age_session(user_id, second_sid, 31 * DAY, MINUTE).await;
+    assert_eq!(
+        t.get("/api/me", &second_access).await.code(),
+        "session_revoked"
     );
 
-    // Once past its expiry the first session is refused, the second goes on.
-    let mut expired = redis_session(user_id, first_sid).await;
-    expired["expires_at"] = json!((chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339());
-    put_redis_session(user_id, first_sid, &expired).await;
-    assert_eq!(t.get("/api/me", &first).await.code(), "session_revoked");
-    let second_access = refreshed.body["access_token"].as_str().unwrap();
-    assert_eq!(t.get("/api/me", second_access).await.status, StatusCode::OK);
-    let listed = t.get("/api/me/sessions", second_access).await;
+    // ADMIN sessions: 30 minutes idle, 12 hours in all.
+    let (_, admin) = t.admin().await;
+    let admin_claims = t.app.jwt.verify(&admin).unwrap();
+    age_session(admin_claims.sub, admin_claims.sid, 11 * 3600, 29 * MINUTE).await;
+    assert_eq!(
+        t.get("/api/admin/users", &admin).await.status,
+        StatusCode::OK
+    );
+    age_session(admin_claims.sub, admin_claims.sid, 11 * 3600, 31 * MINUTE).await;
+    assert_eq!(t.get("/api/me", &admin).await.code(), "session_revoked");
+    let (_, admin) = t.admin().await;
+    let admin_claims = t.app.jwt.verify(&admin).unwrap();
+    age_session(admin_claims.sub, admin_claims.sid, 13 * 3600, MINUTE).await;
+    assert_eq!(t.get("/api/me", &admin).await.code(), "session_revoked");
+}
+
+#[sqlx::test]
+async fn changing_the_password_needs_the_current_one_and_ends_the_other_sessions(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("changer");
+    let (_, laptop) = t.user(&email).await;
+    let phone = t.login(&email, PASSWORD).await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_password = "an entirely new passphrase";
+
+    let wrong = t
+        .post(
+            "/api/me/password",
+            Some(&laptop),
+            json!({"current_password": "not my password", "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY, "{wrong:?}");
+    assert!(wrong.body["error"]["fields"]["current_password"].is_string());
+    let same = t
+        .post(
+            "/api/me/password",
+            Some(&laptop),
+            json!({"current_password": PASSWORD, "new_password": PASSWORD}),
+        )
+        .await;
+    assert!(
+        same.body["error"]["fields"]["new_password"].is_string(),
+        "{same:?}"
+    );
+    assert_eq!(t.get("/api/me", &phone).await.status, StatusCode::OK);
+
+    let changed = t
+        .post(
+            "/api/me/password",
+            Some(&laptop),
+            json!({"current_password": PASSWORD, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{changed:?}");
+    assert_eq!(t.get("/api/me", &laptop).await.status, StatusCode::OK);
+    assert_eq!(t.get("/api/me", &phone).await.code(), "session_revoked");
+    assert_eq!(
+        t.login(&email, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(t.login(&email, new_password).await.status, StatusCode::OK);
+}
+
+#[sqlx::test]
+async fn log_out_everywhere_else_keeps_only_this_session(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("tidy");
+    let (user_id, here) = t.user(&email).await;
+    let mut elsewhere = Vec::new();
+    for _ in 0..3 {
+        let login = t.login(&email, PASSWORD).await;
+        elsewhere.push(login.body["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(t.app.sessions.list(user_id).await.unwrap().len(), 4);
+    let reply = t.delete("/api/me/sessions", &here).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.get("/api/me", &here).await.status, StatusCode::OK);
+    for token in &elsewhere {
+        assert_eq!(t.get("/api/me", token).await.code(), "session_revoked");
+    }
+    let listed = t.get("/api/me/sessions", &here).await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
 }
 

@@ -41,7 +41,7 @@ async fn registration_mails_a_link_that_verifies_the_address(
     assert_eq!(mail.subject(), "Confirm your e-mail address");
     assert!(
         mail.body()
-            .contains("https://app.arosaje.example/verify-email?token="),
+            .contains("https://app.arosaje.example/verify-email#token="),
         "{}",
         mail.body()
     );
@@ -346,4 +346,26 @@ async fn two_instances_send_each_mail_once(options: PgPoolOptions, connect: PgCo
     for email in &emails {
         assert_eq!(smtp.mails_to(email).len(), 1, "{email}");
     }
+}
+
+#[sqlx::test]
+async fn a_password_change_is_mailed_to_the_owner(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, smtp) = app_with_smtp(options, connect).await;
+    let email = unique_email("alerted");
+    let (_, token) = t.user(&email).await;
+    smtp.wait_for(&email, 1).await;
+    let changed = t
+        .post(
+            "/api/me/password",
+            Some(&token),
+            json!({"current_password": PASSWORD, "new_password": "a fresh long passphrase"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{changed:?}");
+    let mail = smtp.wait_for(&email, 2).await;
+    assert_eq!(mail.subject(), "Your A'rosa-je password was changed");
+    assert!(mail.body().contains("other sessions were ended"));
 }

@@ -38,7 +38,7 @@ impl Received {
     /// The token in the mail's link.
     pub fn token(&self) -> String {
         let body = self.body();
-        let start = body.find("?token=").expect("a link with a token") + "?token=".len();
+        let start = body.find("#token=").expect("a link with a token") + "#token=".len();
         body[start..]
             .lines()
             .next()
