@@ -146,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
         report(
             "  argon2id hash alone",
             time(logins, || async {
-                let password = Password::parse(common::PASSWORD).map_err(anyhow::Error::msg)?;
+                let password =
+                    Password::parse(common::PASSWORD, &[]).map_err(anyhow::Error::msg)?;
                 arosaje::identity::passwords::hash_password(password).await
             })
             .await?,

@@ -61,8 +61,13 @@ async fn register(
     let mut errors = FieldErrors::new();
     let email = required(&mut errors, "email", &body.email)
         .and_then(|v| errors.check("email", Email::parse(v)));
-    let password = required(&mut errors, "password", &body.password)
-        .and_then(|v| errors.check("password", Password::parse(v)));
+    let password = required(&mut errors, "password", &body.password).and_then(|v| {
+        let context = [
+            body.email.as_deref().unwrap_or(""),
+            body.display_name.as_deref().unwrap_or(""),
+        ];
+        errors.check("password", Password::parse(v, &context))
+    });
     let display_name = required(&mut errors, "display_name", &body.display_name)
         .and_then(|v| errors.check("display_name", DisplayName::parse(v)));
     let (Some(email), Some(password), Some(display_name)) = (email, password, display_name) else {
@@ -303,7 +308,7 @@ async fn confirm_password_reset(
     let mut errors = FieldErrors::new();
     let token = required(&mut errors, "token", &body.token).map(str::to_string);
     let password = required(&mut errors, "new_password", &body.new_password)
-        .and_then(|v| errors.check("new_password", Password::parse(v)));
+        .and_then(|v| errors.check("new_password", Password::parse(v, &[])));
     let (Some(token), Some(password)) = (token, password) else {
         return Err(ApiError::Validation(errors));
     };

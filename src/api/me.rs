@@ -111,7 +111,7 @@ async fn change_password(
             errors.add("new_password", "must differ from the current password");
             None
         }
-        Some(new) => errors.check("new_password", Password::parse(new)),
+        Some(new) => errors.check("new_password", Password::parse(new, &[])),
     };
     let (Some(current), Some(new)) = (body.current_password, new) else {
         return Err(ApiError::Validation(errors));

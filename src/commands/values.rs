@@ -98,7 +98,9 @@ impl Email {
     }
 }
 
-/// A password that meets the policy: 10 to 128 characters, not a single repeated character.
+/// A password that meets the policy (ASVS 2.1.1, 2.1.7): 12 to 128 characters, and not easy to
+/// guess by zxcvbn's estimate (score 3 of 4 at least, with its dictionaries of common passwords,
+/// names and words, and the account's own e-mail and name). No composition rules (ASVS 2.1.9).
 #[derive(Clone)]
 pub struct Password(String);
 
@@ -109,10 +111,13 @@ impl std::fmt::Debug for Password {
 }
 
 impl Password {
-    pub const MIN: usize = 10;
+    pub const MIN: usize = 12;
     pub const MAX: usize = 128;
+    /// The lowest zxcvbn score accepted ("safely unguessable": about 10^10 guesses).
+    pub const MIN_SCORE: u8 = 3;
 
-    pub fn parse(value: &str) -> Result<Password, String> {
+    /// `context`: what the password must not lean on (the account's e-mail, its name).
+    pub fn parse(value: &str, context: &[&str]) -> Result<Password, String> {
         let len = value.chars().count();
         if len < Self::MIN {
             return Err(format!("must be at least {} characters", Self::MIN));
@@ -120,10 +125,32 @@ impl Password {
         if len > Self::MAX {
             return Err(format!("must be at most {} characters", Self::MAX));
         }
-        let mut chars = value.chars();
-        let first = chars.next();
-        if chars.all(|c| Some(c) == first) {
-            return Err("is too weak: use more than one distinct character".to_string());
+        let mut inputs: Vec<&str> = Vec::with_capacity(context.len() * 2);
+        for item in context {
+            inputs.push(item);
+            // The parts of an address or a name are guessable on their own.
+            if let Some((local, _)) = item.split_once('@') {
+                inputs.push(local);
+            }
+            inputs.extend(item.split(['@', '.', ' ']).filter(|p| p.len() >= 3));
+        }
+        let estimate = zxcvbn::zxcvbn(value, &inputs);
+        if u8::from(estimate.score()) < Self::MIN_SCORE {
+            let mut reason = "is too easy to guess".to_string();
+            if let Some(feedback) = estimate.feedback() {
+                if let Some(warning) = feedback.warning() {
+                    reason.push_str(&format!(": {warning}"));
+                }
+                let tips: Vec<String> = feedback
+                    .suggestions()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                if !tips.is_empty() {
+                    reason.push_str(&format!(" ({})", tips.join(" ")));
+                }
+            }
+            return Err(reason);
         }
         Ok(Password(value.to_string()))
     }
@@ -203,12 +230,26 @@ mod tests {
 
     #[test]
     fn password_policy() {
-        assert!(Password::parse("short").is_err());
-        assert!(Password::parse("aaaaaaaaaaaa").is_err());
-        assert!(Password::parse(&"x1".repeat(65)).is_err());
-        assert!(Password::parse("correct horse battery").is_ok());
+        assert!(Password::parse("short", &[]).is_err());
+        assert!(Password::parse("aaaaaaaaaaaa", &[]).is_err());
+        assert!(Password::parse(&"x1".repeat(65), &[]).is_err());
+        let weak = Password::parse("password1234", &[]).unwrap_err();
+        assert!(weak.starts_with("is too easy to guess"), "{weak}");
+        assert!(
+            weak.len() > "is too easy to guess".len(),
+            "with the reason: {weak}"
+        );
+        assert!(Password::parse("correct horse battery", &[]).is_ok());
+        // What the account itself says is guessable.
+        assert!(Password::parse("gwendolyn.marchetti", &[]).is_ok());
+        assert!(
+            Password::parse("gwendolyn.marchetti", &["gwendolyn.marchetti@example.com"]).is_err()
+        );
         assert_eq!(
-            format!("{:?}", Password::parse("correct horse").unwrap()),
+            format!(
+                "{:?}",
+                Password::parse("correct horse battery", &[]).unwrap()
+            ),
             "Password(***)"
         );
     }

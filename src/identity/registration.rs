@@ -86,7 +86,8 @@ pub async fn create_admin(
 ) -> anyhow::Result<Uuid> {
     let registration = Registration {
         email: Email::parse(email).map_err(|e| anyhow::anyhow!("--email {e}"))?,
-        password: Password::parse(password).map_err(|e| anyhow::anyhow!("--password {e}"))?,
+        password: Password::parse(password, &[email, display_name])
+            .map_err(|e| anyhow::anyhow!("--password {e}"))?,
         display_name: DisplayName::parse(display_name)
             .map_err(|e| anyhow::anyhow!("--display-name {e}"))?,
         botanist: false,

@@ -525,3 +525,35 @@ async fn a_poison_event_in_a_read_model_is_parked_shown_and_passed(
     assert!(users.trim_end().ends_with(" 1"), "{printed}");
     drop(token);
 }
+
+#[sqlx::test]
+async fn guessable_passwords_are_refused_with_the_reason(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("weak");
+    for weak in ["password1234", "qwertyuiop123"] {
+        let reply = t
+            .post(
+                "/api/auth/register",
+                None,
+                json!({"email": email, "password": weak, "display_name": "Weak"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{reply:?}");
+        let reason = reply.body["error"]["fields"]["password"].as_str().unwrap();
+        assert!(reason.starts_with("is too easy to guess:"), "{reason}");
+    }
+    let short = t
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": "Xk9#mQ2$vL", "display_name": "Weak"}),
+        )
+        .await;
+    assert_eq!(
+        short.body["error"]["fields"]["password"],
+        "must be at least 12 characters"
+    );
+}
