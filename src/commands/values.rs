@@ -164,9 +164,30 @@ impl Password {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
+/// Characters that change how text around them is shown without showing themselves: bidirectional
+/// controls (a name that reads backwards), zero-width and joiner characters, invisible separators,
+/// tags. One stranger could use them to pass for another.
+fn is_invisible_formatting(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0000}'..='\u{E007F}'
+        | '\u{E0100}'..='\u{E01EF}')
+}
+
 impl DisplayName {
+    /// 1 to 80 characters on one line, without control or invisible formatting characters.
     pub fn parse(value: &str) -> Result<DisplayName, String> {
-        bounded(value, 1, 80, false).map(DisplayName)
+        let name = bounded(value, 1, 80, false)?;
+        if name.chars().any(is_invisible_formatting) {
+            return Err("must not contain invisible or text-direction characters".to_string());
+        }
+        Ok(DisplayName(name))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -259,6 +280,21 @@ mod tests {
         assert_eq!(DisplayName::parse("  Ana ").unwrap().as_str(), "Ana");
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse("a\nb").is_err());
+        // "Ana" followed by a right-to-left override, a zero-width space, a BOM, a tag.
+        for sneaky in [
+            "Ana\u{202E}moc",
+            "A\u{200B}na",
+            "\u{FEFF}Ana",
+            "Ana\u{E0041}",
+            "An\u{2066}a",
+        ] {
+            assert!(DisplayName::parse(sneaky).is_err(), "{sneaky:?}");
+        }
+        assert_eq!(
+            DisplayName::parse("Zoë Ñúñez").unwrap().as_str(),
+            "Zoë Ñúñez"
+        );
+        assert_eq!(DisplayName::parse("علي").unwrap().as_str(), "علي");
         assert!(PlantName::parse(&"m".repeat(101)).is_err());
         assert_eq!(optional_text(Some("  "), 10).unwrap(), None);
         assert!(optional_text(Some(&"x".repeat(11)), 10).is_err());

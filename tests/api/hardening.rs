@@ -557,3 +557,29 @@ async fn guessable_passwords_are_refused_with_the_reason(
         "must be at least 12 characters"
     );
 }
+
+#[sqlx::test]
+async fn display_names_refuse_invisible_and_direction_characters(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, token) = t.user(&unique_email("ana")).await;
+    let reply = t
+        .patch(
+            "/api/me",
+            &token,
+            json!({"display_name": "Ana\u{202E}nimdA"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{reply:?}");
+    assert!(reply.body["error"]["fields"]["display_name"].is_string());
+    let registered = t
+        .post(
+            "/api/auth/register",
+            None,
+            json!({"email": unique_email("z"), "password": PASSWORD, "display_name": "\u{200B}Ana"}),
+        )
+        .await;
+    assert_eq!(registered.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
