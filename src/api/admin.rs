@@ -205,6 +205,15 @@ async fn administer(
     // Sessions change at once, whatever the read models' lag; logins racing with the change
     // see its stamp and look again (identity::login).
     crate::identity::apply_account_change(app, user_id, change, &committed).await?;
+    let action = match change {
+        SessionChange::RevokeAll => "disable",
+        SessionChange::SetRole(_) => "set_role",
+        _ => "account_change",
+    };
+    super::security_log::admin_action(admin.user_id, action, user_id);
+    if change == SessionChange::RevokeAll {
+        super::security_log::sessions_revoked(user_id, "all", "disabled_by_admin");
+    }
     let settled = super::settle(app, "User", &committed).await;
     if !settled {
         return Ok(super::accepted(user_id, &committed));

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
 use super::me::{load_user, with_position};
+use super::security_log;
 use super::token::AuthUser;
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::{DisplayName, Email, FieldErrors, Password};
@@ -119,14 +120,29 @@ async fn login(
             identity::passwords::dummy_hash(),
         )
         .await?;
+        security_log::login_failed(&[], "invalid_credentials");
         return Err(IdentityError::InvalidCredentials.into());
     };
-    super::limits::limit_email(&app, "login", &app.email_index.hash(&email)).await?;
+    let email_hash = app.email_index.hash(&email);
+    super::limits::limit_email(&app, "login", &email_hash).await?;
     let user_agent = headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(200).collect());
-    let session = identity::login(&app, &email, password.to_string(), user_agent).await?;
+    let session = match identity::login(&app, &email, password.to_string(), user_agent).await {
+        Ok(session) => session,
+        Err(err) => {
+            let reason = match &err {
+                IdentityError::InvalidCredentials => "invalid_credentials",
+                IdentityError::AccountDisabled => "account_disabled",
+                IdentityError::Settling => "account_settling",
+                _ => "error",
+            };
+            security_log::login_failed(&email_hash, reason);
+            return Err(err.into());
+        }
+    };
+    security_log::login_succeeded(session.user_id, session.refresh.session_id);
     let user = load_user(&app.pool, session.user_id).await?;
     Ok(Json(token_pair(
         &app,
@@ -184,6 +200,7 @@ async fn refresh(
 
 async fn logout(State(app): State<App>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.sessions.revoke(auth.user_id, auth.session_id).await?;
+    security_log::sessions_revoked(auth.user_id, "one", "logout");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -334,6 +351,8 @@ async fn confirm_password_reset(
     // Every session goes at once (including a thief's), and a login racing with the change
     // against a read model that still has the old password is refused.
     identity::apply_account_change(&app, user_id, SessionChange::RevokeAll, &committed).await?;
+    security_log::password_changed(user_id, "reset");
+    security_log::sessions_revoked(user_id, "all", "password_reset");
     super::settle(&app, "User", &committed).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -63,6 +63,7 @@ impl<C: Capability> FromRequestParts<App> for Can<C> {
         if C::allows(user.role) {
             Ok(Can(user, PhantomData))
         } else {
+            super::security_log::access_denied(user.user_id, user.role.as_str(), C::WHAT);
             Err(ApiError::forbidden(format!(
                 "role {} may not {}",
                 user.role.as_str(),

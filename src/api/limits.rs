@@ -64,6 +64,7 @@ pub async fn rate_limit(State(app): State<App>, request: Request, next: Next) ->
     let key = format!("rate:{client}:{endpoint}");
     match app.rate_limiter.check(&key, quota).await {
         Ok(decision) if !decision.allowed => {
+            super::security_log::rate_limited(&endpoint, "client");
             metrics::counter!("rate_limit_rejections_total", "endpoint" => endpoint).increment(1);
             let mut response = ApiError::RateLimited {
                 retry_after: decision.retry_after,
@@ -108,6 +109,7 @@ pub async fn limit_email(app: &App, endpoint: &str, email_hash: &[u8]) -> Result
         .await
     {
         Ok(decision) if !decision.allowed => {
+            super::security_log::rate_limited(endpoint, "email");
             metrics::counter!("rate_limit_rejections_total", "endpoint" => "per_email")
                 .increment(1);
             Err(ApiError::RateLimited {

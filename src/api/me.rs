@@ -68,6 +68,7 @@ async fn revoke_session(
     super::extract::ApiPath(session_id): super::extract::ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     if app.sessions.revoke(auth.user_id, session_id).await? {
+        super::security_log::sessions_revoked(auth.user_id, "one", "revoked_by_user");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("session"))
@@ -82,6 +83,7 @@ async fn revoke_other_sessions(
     app.sessions
         .revoke_others(auth.user_id, auth.session_id)
         .await?;
+    super::security_log::sessions_revoked(auth.user_id, "others", "logout_elsewhere");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -125,6 +127,8 @@ async fn change_password(
         &auth.metadata(meta),
     )
     .await?;
+    super::security_log::password_changed(auth.user_id, "changed_by_user");
+    super::security_log::sessions_revoked(auth.user_id, "others", "password_changed");
     super::settle(&app, "User", &committed).await;
     Ok(StatusCode::NO_CONTENT)
 }

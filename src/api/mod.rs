@@ -11,6 +11,7 @@ pub mod me;
 pub mod ops;
 pub mod pagination;
 pub mod plants;
+pub mod security_log;
 pub mod token;
 
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ pub fn router(app: App) -> Router {
 pub fn with_layers(routes: Router<App>, app: App) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let https = app.config.public_url.starts_with("https://");
+    let proxies = app.config.trusted_proxies.clone();
     routes
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
@@ -88,12 +90,13 @@ pub fn with_layers(routes: Router<App>, app: App) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_answer))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            TraceLayer::new_for_http().make_span_with(move |request: &Request| {
                 // The path only: query strings can carry personal data (`?q=` on user lists).
                 tracing::info_span!(
                     "request",
                     method = %request.method(),
                     path = %request.uri().path(),
+                    client_ip = %limits::client_ip(request, &proxies),
                     request_id = request
                         .headers()
                         .get("x-request-id")

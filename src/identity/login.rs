@@ -192,7 +192,7 @@ pub async fn refresh(app: &App, raw: &str) -> Result<Refreshed, IdentityError> {
             refresh: next,
         }),
         Rotation::ReusedAndRevoked => {
-            tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
+            crate::api::security_log::refresh_token_reused(user_id, session_id);
             Err(IdentityError::RefreshTokenReused)
         }
         Rotation::Unknown => Err(IdentityError::InvalidRefreshToken),

@@ -583,3 +583,90 @@ async fn display_names_refuse_invisible_and_direction_characters(
         .await;
     assert_eq!(registered.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// Log lines written while a test runs on this thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[sqlx::test]
+async fn a_failed_login_writes_one_json_security_line_with_no_secret(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("target");
+    t.user(&email).await;
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter("info")
+        .with_writer(captured.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let wrong = "a wrong guess at the password";
+    let reply = t.login(&email, wrong).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(t.login(&email, PASSWORD).await.status, StatusCode::OK);
+    drop(guard);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let failed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["event"] == "login_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    let line = failed[0];
+    assert_eq!(line["target"], "security");
+    assert_eq!(line["fields"]["reason"], "invalid_credentials");
+    assert_eq!(line["fields"]["email"].as_str().unwrap().len(), 16);
+    assert!(
+        !line["span"]["request_id"].as_str().unwrap().is_empty(),
+        "{line}"
+    );
+    assert!(
+        line["span"]["client_ip"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
+        "{line}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["event"] == "login_succeeded"),
+        "{text}"
+    );
+    for secret in [wrong, PASSWORD, email.as_str(), "$argon2", "Bearer"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let metrics = t.call(Method::GET, "/metrics", None, None).await;
+    assert!(metrics
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .contains("failed_logins_total{reason=\"invalid_credentials\"}"));
+}
