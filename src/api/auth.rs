@@ -334,6 +334,7 @@ async fn confirm_password_reset(
         .verify(Purpose::ResetPassword, &token)
         .ok_or_else(invalid_action_token)?;
     let password_hash = identity::passwords::hash_password(password).await?;
+    let password_hash = identity::passwords::seal_hash(&app, user_id, password_hash).await?;
     let metadata = crate::events::Metadata {
         actor_id: Some(user_id),
         actor_role: "USER".into(),

@@ -6,7 +6,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use crate::events::crypto::Sealed;
-use crate::events::user::{ProfileChanges, Role, UserEvent};
+use crate::events::user::{PasswordHash, ProfileChanges, Role, UserEvent};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
@@ -14,7 +14,7 @@ pub enum UserCommand {
     RegisterUser {
         email: Sealed,
         display_name: Sealed,
-        password_hash: String,
+        password_hash: PasswordHash,
         botanist_requested: bool,
     },
     UpdateProfile {
@@ -33,11 +33,11 @@ pub enum UserCommand {
     /// `generation` comes from the reset token: it must be the current one (single use).
     ResetPassword {
         generation: u32,
-        password_hash: String,
+        password_hash: PasswordHash,
     },
     /// The user, logged in, changed their password; the current one was checked at the edge.
     ChangePassword {
-        password_hash: String,
+        password_hash: PasswordHash,
     },
 }
 
@@ -71,8 +71,10 @@ pub struct User {
     password_generation: u32,
 }
 
-/// No event of this aggregate has changed shape yet.
-impl crate::events::upcast::Versioned for User {}
+/// Password hashes became sealed in version 2 of two events.
+impl crate::events::upcast::Versioned for User {
+    const UPCASTERS: &'static [crate::events::upcast::Upcaster] = crate::events::user::UPCASTERS;
+}
 
 impl Aggregate for User {
     const TYPE: &'static str = "User";

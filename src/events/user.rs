@@ -61,13 +61,59 @@ pub struct ProfileChanges {
     pub bio: Option<Option<Sealed>>,
 }
 
+/// An argon2id PHC string as events carry it: sealed with the user's key since version 2, so the
+/// log holds no hash in plain sight and erasure shreds it with the rest; events written before
+/// (version 1) are upcast to `Legacy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordHash {
+    Sealed(Sealed),
+    Legacy(String),
+}
+
+#[cfg(test)]
+impl From<&str> for PasswordHash {
+    fn from(value: &str) -> Self {
+        PasswordHash::Legacy(value.to_string())
+    }
+}
+
+/// Version 1 carried `password_hash` as a plain string: it becomes `{"legacy": ...}`.
+fn password_hash_v1_to_v2(mut payload: serde_json::Value) -> serde_json::Value {
+    if let Some(body) = payload.as_object_mut().and_then(|m| m.values_mut().next()) {
+        if let Some(hash) = body.get_mut("password_hash") {
+            if hash.is_string() {
+                *hash = serde_json::json!({ "legacy": hash.take() });
+            }
+        }
+    }
+    payload
+}
+
+/// The upcasters of `User` events (see `events::upcast`).
+pub const UPCASTERS: &[crate::events::upcast::Upcaster] = &[
+    crate::events::upcast::Upcaster {
+        event_type: "UserRegistered",
+        from: "1",
+        to: "2",
+        upcast: password_hash_v1_to_v2,
+    },
+    crate::events::upcast::Upcaster {
+        event_type: "PasswordChanged",
+        from: "1",
+        to: "2",
+        upcast: password_hash_v1_to_v2,
+    },
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
-    /// Version 1. `email` and `display_name` are sealed; `password_hash` is an argon2id PHC string.
+    /// Version 2. `email`, `display_name` and `password_hash` are sealed (version 1 carried the
+    /// hash in clear).
     UserRegistered {
         email: Sealed,
         display_name: Sealed,
-        password_hash: String,
+        password_hash: PasswordHash,
         role: Role,
         botanist_requested: bool,
     },
@@ -87,9 +133,10 @@ pub enum UserEvent {
     EmailVerified,
     /// Version 1. A reset link is to be mailed, valid for this password generation only.
     PasswordResetRequested { generation: u32 },
-    /// Version 1. A new password (argon2id PHC string); `generation` counts password changes.
+    /// Version 2. A new password (sealed argon2id PHC string; clear in version 1); `generation`
+    /// counts password changes.
     PasswordChanged {
-        password_hash: String,
+        password_hash: PasswordHash,
         generation: u32,
     },
 }
@@ -112,6 +159,10 @@ impl DomainEvent for UserEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_string()
+        match self {
+            UserEvent::UserRegistered { .. } | UserEvent::PasswordChanged { .. } => "2",
+            _ => "1",
+        }
+        .to_string()
     }
 }

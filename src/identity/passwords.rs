@@ -12,6 +12,7 @@ use super::IdentityError;
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::Password;
 use crate::events::store::Committed;
+use crate::events::user::PasswordHash as HashInEvents;
 use crate::events::Metadata;
 use crate::infra::sessions::SessionChange;
 use crate::App;
@@ -75,7 +76,7 @@ pub async fn change_password(
     if !verify_password(current, hash).await? {
         return Err(IdentityError::WrongPassword);
     }
-    let password_hash = hash_password(new).await?;
+    let password_hash = seal_hash(app, user_id, hash_password(new).await?).await?;
     let committed = app
         .store
         .execute::<User>(
@@ -93,4 +94,18 @@ pub async fn change_password(
     )
     .await?;
     Ok(committed)
+}
+
+/// A new hash as events carry it: sealed with the user's key.
+pub async fn seal_hash(
+    app: &App,
+    user_id: Uuid,
+    hash: String,
+) -> Result<HashInEvents, IdentityError> {
+    let cipher = app
+        .keys
+        .cipher(user_id)
+        .await
+        .map_err(|e| IdentityError::Internal(e.into()))?;
+    Ok(HashInEvents::Sealed(cipher.seal(&hash)))
 }

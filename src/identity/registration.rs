@@ -7,7 +7,7 @@ use super::IdentityError;
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::{DisplayName, Email, Password};
 use crate::events::store::{is_unique_violation, CommandError, Committed};
-use crate::events::user::Role;
+use crate::events::user::{PasswordHash, Role};
 use crate::events::Metadata;
 use crate::App;
 
@@ -53,7 +53,7 @@ pub async fn register_user(
     let command = UserCommand::RegisterUser {
         email: cipher.seal(registration.email.as_str()),
         display_name: cipher.seal(registration.display_name.as_str()),
-        password_hash,
+        password_hash: PasswordHash::Sealed(cipher.seal(&password_hash)),
         botanist_requested: registration.botanist,
     };
     let committed = app

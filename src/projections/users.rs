@@ -10,7 +10,7 @@ use super::Projection;
 use crate::commands::user::User;
 use crate::commands::values::Email;
 use crate::events::crypto::{EmailIndex, KeyStore};
-use crate::events::user::UserEvent;
+use crate::events::user::{PasswordHash, UserEvent};
 use crate::events::StoredEvent;
 
 pub struct UsersProjection {
@@ -73,7 +73,7 @@ impl Projection for UsersProjection {
                     .bind(&email)
                     .bind(&email_hash)
                     .bind(cipher.open(&display_name)?)
-                    .bind(password_hash)
+                    .bind(open_hash(&cipher, password_hash)?)
                     .bind(role.as_str())
                     .bind(botanist_requested)
                     .bind(event.timestamp)
@@ -108,7 +108,8 @@ impl Projection for UsersProjection {
                     .await?;
                 }
                 UserEvent::PasswordChanged { password_hash, .. } => {
-                    set_user(conn, user_id, event, "password_hash", &password_hash).await?;
+                    let hash = open_hash(&cipher, password_hash)?;
+                    set_user(conn, user_id, event, "password_hash", &hash).await?;
                 }
                 UserEvent::PasswordResetRequested { .. } => {
                     sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
@@ -178,4 +179,12 @@ async fn set_user(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The hash in clear, for the read model that login checks against.
+fn open_hash(cipher: &crate::events::crypto::Cipher, hash: PasswordHash) -> anyhow::Result<String> {
+    Ok(match hash {
+        PasswordHash::Sealed(sealed) => cipher.open(&sealed)?,
+        PasswordHash::Legacy(hash) => hash,
+    })
 }

@@ -670,3 +670,85 @@ async fn a_failed_login_writes_one_json_security_line_with_no_secret(
         .unwrap_or_default()
         .contains("failed_logins_total{reason=\"invalid_credentials\"}"));
 }
+
+#[sqlx::test]
+async fn the_log_holds_no_password_hash_in_clear_and_old_events_still_work(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("hashed");
+    let (user_id, token) = t.user(&email).await;
+    let changed = t
+        .post(
+            "/api/me/password",
+            Some(&token),
+            json!({"current_password": PASSWORD, "new_password": "another long passphrase"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+    let in_clear: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%$argon2%'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(in_clear, 0, "hashes are sealed in the log");
+    let versions: Vec<String> = sqlx::query_scalar(
+        "SELECT event_version FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(user_id.to_string())
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, ["2", "2"]);
+
+    // An account registered before (version 1: the hash in clear) is read through the upcaster.
+    let old_id = Uuid::now_v7();
+    let old_email = unique_email("veteran");
+    let mut tx = t.pool.begin().await.unwrap();
+    let cipher = t.app.keys.create_in(&mut tx, old_id).await.unwrap();
+    tx.commit().await.unwrap();
+    let password = arosaje::commands::values::Password::parse(PASSWORD, &[]).unwrap();
+    let hash = arosaje::identity::passwords::hash_password(password)
+        .await
+        .unwrap();
+    let v1 = json!({"UserRegistered": {
+        "email": cipher.seal(&old_email),
+        "display_name": cipher.seal("Veteran"),
+        "password_hash": hash,
+        "role": "USER",
+        "botanist_requested": false,
+    }});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                             payload, metadata) \
+         VALUES ('User', $1, 1, 'UserRegistered', '1', $2, '{}')",
+    )
+    .bind(old_id.to_string())
+    .bind(v1)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    t.app.wakeups.appended("User");
+    eventually(
+        "the old account to log in",
+        Duration::from_secs(10),
+        || async { t.login(&old_email, PASSWORD).await.status == StatusCode::OK },
+    )
+    .await;
+    // The command side loads it through the same upcaster.
+    let login = t.login(&old_email, PASSWORD).await;
+    let old_token = login.body["access_token"].as_str().unwrap();
+    let changed = t
+        .post(
+            "/api/me/password",
+            Some(old_token),
+            json!({"current_password": PASSWORD, "new_password": "a modern long passphrase"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{changed:?}");
+    assert_eq!(
+        t.login(&old_email, "a modern long passphrase").await.status,
+        StatusCode::OK
+    );
+}
