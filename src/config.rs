@@ -93,6 +93,14 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Shortest accepted `EMAIL_PEPPER`.
 pub const MIN_EMAIL_PEPPER_BYTES: usize = 16;
 
+/// Whether ADMIN and AUDITOR accounts must use a second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MfaPolicy {
+    /// Without TOTP they may only enrol (403 `mfa_enrollment_required` elsewhere).
+    Required,
+    Optional,
+}
+
 /// Database and Redis endpoints, shared by every sub-command.
 #[derive(Debug, Clone, Args)]
 pub struct StoreConfig {
@@ -238,6 +246,9 @@ pub struct Config {
     /// A bearer token that also opens `/metrics` (`Authorization: Bearer ...`), from anywhere.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
+    /// Whether ADMIN and AUDITOR sessions need TOTP (`required`: without it they may only enrol).
+    #[arg(long, env = "ADMIN_MFA", value_enum, default_value_t = MfaPolicy::Required)]
+    pub admin_mfa: MfaPolicy,
     /// Run the projectors in this process (turn off for API-only instances).
     #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projectors: bool,

@@ -233,6 +233,7 @@ async fn change_role(
     ApiPath(user_id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<RoleBody>,
 ) -> Result<Response, ApiError> {
+    admin.require_recent_authentication()?;
     let role = body
         .role
         .as_deref()

@@ -100,11 +100,14 @@ async fn register(
 pub struct LoginBody {
     email: Option<String>,
     password: Option<String>,
+    /// A code from the authenticator app, or a recovery code, for accounts with TOTP.
+    totp_code: Option<String>,
 }
 
 async fn login(
     State(app): State<App>,
     headers: HeaderMap,
+    RequestMeta(meta): RequestMeta,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
@@ -129,13 +132,24 @@ async fn login(
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(200).collect());
-    let session = match identity::login(&app, &email, password.to_string(), user_agent).await {
+    let session = match identity::login(
+        &app,
+        &email,
+        password.to_string(),
+        body.totp_code.as_deref(),
+        user_agent,
+        &meta,
+    )
+    .await
+    {
         Ok(session) => session,
         Err(err) => {
             let reason = match &err {
                 IdentityError::InvalidCredentials => "invalid_credentials",
                 IdentityError::AccountDisabled => "account_disabled",
                 IdentityError::Settling => "account_settling",
+                IdentityError::MfaRequired => "mfa_required",
+                IdentityError::MfaInvalid => "mfa_invalid",
                 _ => "error",
             };
             security_log::login_failed(&email_hash, reason);

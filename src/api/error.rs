@@ -175,6 +175,16 @@ impl DomainError for UserError {
                 code: "account_disabled",
                 message: self.to_string(),
             },
+            UserError::MfaAlreadyEnabled => {
+                ApiError::conflict("mfa_already_enabled", self.to_string())
+            }
+            UserError::NoPendingEnrolment => {
+                ApiError::conflict("no_pending_enrolment", self.to_string())
+            }
+            UserError::MfaNotEnabled => ApiError::conflict("mfa_not_enabled", self.to_string()),
+            UserError::InvalidRecoveryCode => {
+                ApiError::unauthorized("mfa_invalid", "this code is not valid")
+            }
         }
     }
 }
@@ -197,6 +207,8 @@ impl From<IdentityError> for ApiError {
                 ApiError::unauthorized("invalid_credentials", message)
             }
             IdentityError::WrongPassword => ApiError::invalid("current_password", message),
+            IdentityError::MfaRequired => ApiError::unauthorized("mfa_required", message),
+            IdentityError::MfaInvalid => ApiError::unauthorized("mfa_invalid", message),
             IdentityError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
                 message,

@@ -30,6 +30,9 @@ const AUTH_ENDPOINTS: &[&str] = &[
     "/api/auth/verify-email",
     // Checks a password: as strict as login.
     "/api/me/password",
+    "/api/me/mfa/totp",
+    "/api/me/mfa/totp/confirm",
+    "/api/me/mfa/verify",
 ];
 
 /// Endpoints never limited (probes and scrapers).

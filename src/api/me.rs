@@ -142,6 +142,8 @@ pub struct UserView {
     pub role: String,
     pub status: String,
     pub email_verified: bool,
+    /// Whether logins need a TOTP code.
+    pub mfa_enabled: bool,
     pub botanist_requested: bool,
     /// `none`, `pending`, `approved` or `rejected`.
     pub botanist_status: String,
@@ -155,7 +157,7 @@ pub struct UserView {
 
 /// The columns of a [`UserView`].
 pub const USER_COLUMNS: &str = "id, email, display_name, role, status, email_verified, \
-     botanist_requested, botanist_status, phone, city, bio, created_at, updated_at, version";
+     mfa_enabled, botanist_requested, botanist_status, phone, city, bio, created_at, updated_at, version";
 
 pub async fn load_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod idempotency;
 pub mod limits;
 pub mod me;
+pub mod mfa;
 pub mod ops;
 pub mod pagination;
 pub mod plants;
@@ -35,6 +36,7 @@ use error::ApiError;
 pub fn router(app: App) -> Router {
     let routes = Router::new()
         .nest("/api/auth", auth::router())
+        .nest("/api/me/mfa", mfa::router())
         .nest("/api/me", me::router())
         .nest("/api/plants", plants::router(&app))
         .nest("/api/admin", admin::router())

@@ -47,6 +47,15 @@ pub fn sessions_revoked(user_id: Uuid, which: &str, why: &str) {
     tracing::info!(target: "security", event = "sessions_revoked", %user_id, which, why);
 }
 
+pub fn mfa_failed(user_id: Uuid, during: &str) {
+    metrics::counter!("mfa_failures_total").increment(1);
+    tracing::warn!(target: "security", event = "mfa_failed", %user_id, during);
+}
+
+pub fn mfa_changed(user_id: Uuid, now: &str) {
+    tracing::info!(target: "security", event = "mfa_changed", %user_id, now);
+}
+
 pub fn password_changed(user_id: Uuid, how: &str) {
     tracing::info!(target: "security", event = "password_changed", %user_id, how);
 }

@@ -91,6 +91,18 @@ pub struct AuthUser {
     pub user_id: Uuid,
     pub role: Role,
     pub session_id: Uuid,
+    /// The session passed a second factor.
+    pub mfa: bool,
+    /// When the user last proved who they are in this session.
+    pub authenticated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How recent a login (or TOTP code) must be for sensitive actions (step-up).
+pub const STEP_UP_WINDOW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Paths an ADMIN or AUDITOR without a second factor may still use under `ADMIN_MFA=required`.
+fn reachable_without_mfa(path: &str) -> bool {
+    path.starts_with("/api/me/mfa") || path == "/api/auth/logout" || path == "/api/me"
 }
 
 impl AuthUser {
@@ -98,6 +110,24 @@ impl AuthUser {
         Actor {
             id: self.user_id,
             role: self.role,
+        }
+    }
+
+    /// Sensitive actions (a role change, an erasure) need the user to have proved who they are
+    /// in the last few minutes: a login, or a code at `POST /api/me/mfa/verify`.
+    pub fn require_recent_authentication(&self) -> Result<(), ApiError> {
+        let recent = self
+            .authenticated_at
+            .is_some_and(|at| chrono::Utc::now() - at <= STEP_UP_WINDOW);
+        if recent {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                code: "step_up_required",
+                message: "confirm it is you first: log in again, or send a code from your \
+                          authenticator app to POST /api/me/mfa/verify"
+                    .into(),
+            })
         }
     }
 
@@ -130,16 +160,37 @@ impl FromRequestParts<App> for AuthUser {
         })?;
         let claims = app.jwt.verify(token)?;
         let session = app.sessions.get(claims.sub, claims.sid).await?;
-        let Some(role) = session.and_then(|s| s.role) else {
+        let Some((session, role)) = session.and_then(|s| s.role.map(|role| (s, role))) else {
             return Err(ApiError::unauthorized(
                 "session_revoked",
                 "this session has ended; log in again",
             ));
         };
+        if matches!(role, Role::Admin | Role::Auditor)
+            && !session.mfa
+            && app.config.admin_mfa == crate::config::MfaPolicy::Required
+        {
+            let path = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map(|uri| uri.path().to_string())
+                .unwrap_or_else(|| parts.uri.path().to_string());
+            if !reachable_without_mfa(&path) {
+                super::security_log::access_denied(claims.sub, role.as_str(), "act without MFA");
+                return Err(ApiError::Forbidden {
+                    code: "mfa_enrollment_required",
+                    message: "this role needs two-factor authentication: enrol at \
+                              POST /api/me/mfa/totp and confirm it"
+                        .into(),
+                });
+            }
+        }
         Ok(AuthUser {
             user_id: claims.sub,
             role,
             session_id: claims.sid,
+            mfa: session.mfa,
+            authenticated_at: session.authenticated_at,
         })
     }
 }

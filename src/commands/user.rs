@@ -39,6 +39,20 @@ pub enum UserCommand {
     ChangePassword {
         password_hash: PasswordHash,
     },
+    /// A new (sealed) TOTP secret, pending until confirmed; replaces an earlier pending one.
+    StartTotpEnrolment {
+        secret: Sealed,
+    },
+    /// A code from the pending secret was checked at the edge; the recovery codes are hashed.
+    ConfirmTotp {
+        recovery_codes: Vec<String>,
+    },
+    /// Spends one recovery code (by its hash).
+    UseRecoveryCode {
+        code_hash: String,
+    },
+    /// A current code was checked at the edge.
+    DisableTotp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +69,14 @@ pub enum UserError {
     StaleResetToken,
     #[error("this account is disabled")]
     Disabled,
+    #[error("two-factor authentication is already on")]
+    MfaAlreadyEnabled,
+    #[error("no TOTP enrolment is pending")]
+    NoPendingEnrolment,
+    #[error("two-factor authentication is off")]
+    MfaNotEnabled,
+    #[error("this recovery code is not valid")]
+    InvalidRecoveryCode,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -69,6 +91,13 @@ pub struct User {
     email_verified: bool,
     #[serde(default)]
     password_generation: u32,
+    #[serde(default)]
+    totp_pending: bool,
+    #[serde(default)]
+    totp_enabled: bool,
+    /// Hashes of the recovery codes not used yet.
+    #[serde(default)]
+    recovery_codes: Vec<String>,
 }
 
 /// Password hashes became sealed in version 2 of two events.
@@ -210,6 +239,40 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
+            UserCommand::StartTotpEnrolment { secret } => {
+                self.active()?;
+                if self.totp_enabled {
+                    return Err(UserError::MfaAlreadyEnabled);
+                }
+                sink.write(UserEvent::TotpEnrolmentStarted { secret }, self)
+                    .await;
+            }
+            UserCommand::ConfirmTotp { recovery_codes } => {
+                self.active()?;
+                if self.totp_enabled {
+                    return Err(UserError::MfaAlreadyEnabled);
+                }
+                if !self.totp_pending {
+                    return Err(UserError::NoPendingEnrolment);
+                }
+                sink.write(UserEvent::TotpEnabled { recovery_codes }, self)
+                    .await;
+            }
+            UserCommand::UseRecoveryCode { code_hash } => {
+                self.active()?;
+                if !self.recovery_codes.contains(&code_hash) {
+                    return Err(UserError::InvalidRecoveryCode);
+                }
+                sink.write(UserEvent::RecoveryCodeUsed { code_hash }, self)
+                    .await;
+            }
+            UserCommand::DisableTotp => {
+                self.active()?;
+                if !self.totp_enabled {
+                    return Err(UserError::MfaNotEnabled);
+                }
+                sink.write(UserEvent::TotpDisabled, self).await;
+            }
             UserCommand::Enable => {
                 if !self.registered {
                     return Err(UserError::NotFound);
@@ -243,7 +306,33 @@ impl Aggregate for User {
             UserEvent::UserRoleChanged { role, .. } => self.role = Some(role),
             UserEvent::UserDisabled => self.disabled = true,
             UserEvent::UserEnabled => self.disabled = false,
+            UserEvent::TotpEnrolmentStarted { .. } => self.totp_pending = true,
+            UserEvent::TotpEnabled { recovery_codes } => {
+                self.totp_pending = false;
+                self.totp_enabled = true;
+                self.recovery_codes = recovery_codes;
+            }
+            UserEvent::RecoveryCodeUsed { code_hash } => {
+                self.recovery_codes.retain(|c| *c != code_hash);
+            }
+            UserEvent::TotpDisabled => {
+                self.totp_enabled = false;
+                self.recovery_codes.clear();
+            }
         }
+    }
+}
+
+impl User {
+    /// A registered account that is not disabled.
+    fn active(&self) -> Result<(), UserError> {
+        if !self.registered {
+            return Err(UserError::NotFound);
+        }
+        if self.disabled {
+            return Err(UserError::Disabled);
+        }
+        Ok(())
     }
 }
 
@@ -460,6 +549,65 @@ mod tests {
                 password_hash: "x".into(),
             })
             .then_expect_error(UserError::NotFound);
+    }
+
+    #[test]
+    fn totp_is_enabled_only_after_confirmation_and_recovery_codes_work_once() {
+        let c = cipher();
+        let secret = c.seal("JBSWY3DPEHPK3PXP");
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::ConfirmTotp {
+                recovery_codes: vec!["h1".into()],
+            })
+            .then_expect_error(UserError::NoPendingEnrolment);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::StartTotpEnrolment {
+                secret: secret.clone(),
+            })
+            .then_expect_events(vec![UserEvent::TotpEnrolmentStarted {
+                secret: secret.clone(),
+            }]);
+        let enabled = vec![
+            registered(&c),
+            UserEvent::TotpEnrolmentStarted {
+                secret: secret.clone(),
+            },
+            UserEvent::TotpEnabled {
+                recovery_codes: vec!["h1".into(), "h2".into()],
+            },
+        ];
+        UserTest::with(())
+            .given(enabled.clone())
+            .when(UserCommand::StartTotpEnrolment { secret })
+            .then_expect_error(UserError::MfaAlreadyEnabled);
+        UserTest::with(())
+            .given(enabled.clone())
+            .when(UserCommand::UseRecoveryCode {
+                code_hash: "h2".into(),
+            })
+            .then_expect_events(vec![UserEvent::RecoveryCodeUsed {
+                code_hash: "h2".into(),
+            }]);
+        let mut spent = enabled.clone();
+        spent.push(UserEvent::RecoveryCodeUsed {
+            code_hash: "h2".into(),
+        });
+        UserTest::with(())
+            .given(spent)
+            .when(UserCommand::UseRecoveryCode {
+                code_hash: "h2".into(),
+            })
+            .then_expect_error(UserError::InvalidRecoveryCode);
+        UserTest::with(())
+            .given(enabled)
+            .when(UserCommand::DisableTotp)
+            .then_expect_events(vec![UserEvent::TotpDisabled]);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::DisableTotp)
+            .then_expect_error(UserError::MfaNotEnabled);
     }
 
     #[test]

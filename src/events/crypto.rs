@@ -22,6 +22,18 @@ const NONCE_LEN: usize = 12;
 #[serde(transparent)]
 pub struct Sealed(String);
 
+impl Sealed {
+    /// The stored form, for a read model that keeps a field sealed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A field read back from where [`Sealed::as_str`] put it.
+    pub fn from_stored(value: String) -> Sealed {
+        Sealed(value)
+    }
+}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Sealed(..)")

@@ -139,6 +139,16 @@ pub enum UserEvent {
         password_hash: PasswordHash,
         generation: u32,
     },
+    /// Version 1. The user began enrolling a TOTP app with this (sealed) secret; not in force
+    /// until confirmed with a code.
+    TotpEnrolmentStarted { secret: Sealed },
+    /// Version 1. The pending secret is confirmed: logins now need a code. `recovery_codes` are
+    /// SHA-256 hashes (hex) of the one-time recovery codes shown once to the user.
+    TotpEnabled { recovery_codes: Vec<String> },
+    /// Version 1. A recovery code (by its hash) stood in for a TOTP code, once.
+    RecoveryCodeUsed { code_hash: String },
+    /// Version 1. The user removed their TOTP app.
+    TotpDisabled,
 }
 
 impl DomainEvent for UserEvent {
@@ -154,6 +164,10 @@ impl DomainEvent for UserEvent {
             UserEvent::EmailVerified => "EmailVerified",
             UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
             UserEvent::PasswordChanged { .. } => "PasswordChanged",
+            UserEvent::TotpEnrolmentStarted { .. } => "TotpEnrolmentStarted",
+            UserEvent::TotpEnabled { .. } => "TotpEnabled",
+            UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
+            UserEvent::TotpDisabled => "TotpDisabled",
         }
         .to_string()
     }

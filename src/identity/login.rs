@@ -28,6 +28,8 @@ struct Account {
     role: String,
     status: String,
     version: i64,
+    mfa_enabled: bool,
+    totp_secret: Option<String>,
 }
 
 impl Account {
@@ -38,9 +40,10 @@ impl Account {
     }
 }
 
-const ACCOUNT_COLUMNS: &str = "id, password_hash, role, status, version";
+const ACCOUNT_COLUMNS: &str = "id, password_hash, role, status, version, mfa_enabled, totp_secret";
 
-/// Checks the password and opens a session acting with the account's role.
+/// Checks the password (and, when the account has TOTP, the code) and opens a session acting
+/// with the account's role.
 ///
 /// The account is read from the users read model, which may trail the log. Account changes
 /// stamp the user in Redis as they commit (see `infra::sessions`): after opening the session,
@@ -50,7 +53,9 @@ pub async fn login(
     app: &App,
     email: &Email,
     password: String,
+    totp_code: Option<&str>,
     user_agent: Option<String>,
+    metadata: &crate::events::Metadata,
 ) -> Result<LoggedIn, IdentityError> {
     let account: Option<Account> = sqlx::query_as(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email_hash = $1"
@@ -69,6 +74,16 @@ pub async fn login(
     if account.status != "active" {
         return Err(IdentityError::AccountDisabled);
     }
+    if account.mfa_enabled {
+        let (Some(code), Some(secret)) = (totp_code, account.totp_secret.as_deref()) else {
+            return Err(IdentityError::MfaRequired);
+        };
+        let metadata = crate::events::Metadata {
+            actor_id: Some(account.id),
+            ..metadata.clone()
+        };
+        super::mfa::verify_second_factor(app, account.id, secret, code, &metadata).await?;
+    }
     let role = account.role()?;
     let session_id = Uuid::new_v4();
     let refresh = RefreshToken::new(account.id, session_id);
@@ -83,6 +98,8 @@ pub async fn login(
                 user_agent,
                 refresh_hash: Some(refresh.hash()),
                 role: Some(role),
+                mfa: account.mfa_enabled,
+                authenticated_at: Some(now),
             },
         )
         .await?;

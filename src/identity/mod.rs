@@ -4,6 +4,7 @@
 //! call in here; nothing here knows about HTTP.
 
 pub mod login;
+pub mod mfa;
 pub mod passwords;
 pub mod registration;
 
@@ -29,6 +30,12 @@ pub enum IdentityError {
     WrongPassword,
     #[error("this account is disabled")]
     AccountDisabled,
+    /// The account has TOTP and no code came.
+    #[error("this account needs a code from its authenticator app (`totp_code`)")]
+    MfaRequired,
+    /// A TOTP or recovery code that is wrong, expired or already used.
+    #[error("this code is not valid")]
+    MfaInvalid,
     #[error("the refresh token is not valid")]
     InvalidRefreshToken,
     #[error("this refresh token was already used; the session has been revoked")]

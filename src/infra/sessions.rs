@@ -36,6 +36,13 @@ pub struct SessionInfo {
     /// The role this session acts with, kept current by account changes.
     #[serde(default)]
     pub role: Option<Role>,
+    /// Whether the session was opened (or has since been confirmed) with a second factor.
+    #[serde(default)]
+    pub mfa: bool,
+    /// When the user last proved who they are in this session (password, or a fresh TOTP code):
+    /// sensitive actions ask for it to be recent (step-up).
+    #[serde(default)]
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 /// How long sessions last, by role: USER and BOTANIST sessions live long on a phone; ADMIN and
@@ -174,6 +181,17 @@ elseif ARGV[1] == 'set_role' and newer then
     redis.call('HSET', KEYS[1], all[i], cjson.encode(session))
   end
 end
+return 1
+"#;
+
+/// Marks a session as having passed a second factor now, if it still exists.
+const MARK_MFA: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local session = cjson.decode(value)
+session['mfa'] = true
+session['authenticated_at'] = ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(session))
 return 1
 "#;
 
@@ -378,6 +396,43 @@ impl Sessions {
             })
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Records that the session just passed a second factor; false when it is gone.
+    pub async fn mark_mfa(&self, user_id: Uuid, session_id: Uuid) -> redis::RedisResult<bool> {
+        let now = Utc::now().to_rfc3339();
+        let updated: i64 = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(MARK_MFA)
+                    .key(key(user_id))
+                    .arg(session_id.to_string())
+                    .arg(now)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Claims `name` for `ttl`: true the first time, false while an earlier claim lasts (a TOTP
+    /// code accepted once is refused after).
+    pub async fn claim_once(&self, name: String, ttl: Duration) -> redis::RedisResult<bool> {
+        let secs = ttl.as_secs().max(1);
+        let claimed: Option<String> = self
+            .redis
+            .call(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(name)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(secs)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(claimed.is_some())
     }
 
     /// Whether Redis answers.

@@ -86,6 +86,14 @@ impl MailerProjection {
                  from the login page, and write to us.\r\n"
                     .to_string(),
             )),
+            UserEvent::TotpDisabled => Some((
+                "mfa_disabled",
+                "Two-factor authentication was turned off".to_string(),
+                "Two-factor authentication was just turned off on your A'rosa-je account: \
+                 logging in now takes only your password.\r\n\r\nIf it was not you, reset your \
+                 password at once from the login page, and write to us.\r\n"
+                    .to_string(),
+            )),
             _ => None,
         })
     }

@@ -111,6 +111,49 @@ impl Projection for UsersProjection {
                     let hash = open_hash(&cipher, password_hash)?;
                     set_user(conn, user_id, event, "password_hash", &hash).await?;
                 }
+                UserEvent::TotpEnrolmentStarted { secret } => {
+                    set_user(conn, user_id, event, "totp_pending", secret.as_str()).await?;
+                }
+                UserEvent::TotpEnabled { recovery_codes } => {
+                    sqlx::query(
+                        "UPDATE users SET mfa_enabled = true, totp_secret = totp_pending, \
+                                totp_pending = NULL, recovery_codes = $2, updated_at = $3, \
+                                version = $4 \
+                          WHERE id = $1 AND version < $4",
+                    )
+                    .bind(user_id)
+                    .bind(recovery_codes)
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                UserEvent::RecoveryCodeUsed { code_hash } => {
+                    sqlx::query(
+                        "UPDATE users SET recovery_codes = array_remove(recovery_codes, $2), \
+                                updated_at = $3, version = $4 \
+                          WHERE id = $1 AND version < $4",
+                    )
+                    .bind(user_id)
+                    .bind(code_hash)
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                UserEvent::TotpDisabled => {
+                    sqlx::query(
+                        "UPDATE users SET mfa_enabled = false, totp_secret = NULL, \
+                                totp_pending = NULL, recovery_codes = '{}', updated_at = $2, \
+                                version = $3 \
+                          WHERE id = $1 AND version < $3",
+                    )
+                    .bind(user_id)
+                    .bind(event.timestamp)
+                    .bind(event.sequence)
+                    .execute(&mut *conn)
+                    .await?;
+                }
                 UserEvent::PasswordResetRequested { .. } => {
                     sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                         .bind(user_id)

@@ -116,6 +116,24 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             [401, 422, 422, 422, 422, 422],
         ),
         (
+            Method::POST,
+            "/api/me/mfa/verify".into(),
+            Some(json!({"code": "000000"})),
+            [401, 409, 409, 409, 409, 409],
+        ),
+        (
+            Method::DELETE,
+            "/api/me/mfa/totp".into(),
+            Some(json!({"code": "000000"})),
+            [401, 409, 409, 409, 409, 409],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp".into(),
+            None,
+            [401, 201, 201, 201, 201, 201],
+        ),
+        (
             Method::DELETE,
             "/api/me/sessions".into(),
             None,

@@ -10,40 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
-use crate::helpers::{config, eventually, unique_email, TestApp, PASSWORD};
-
-/// A session's record in Redis, straight from the source.
-async fn redis_session(user_id: Uuid, session_id: Uuid) -> serde_json::Value {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let client = redis::Client::open(url).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let value: String = redis::cmd("HGET")
-        .arg(format!("session:{user_id}"))
-        .arg(session_id.to_string())
-        .query_async(&mut conn)
-        .await
-        .expect("session");
-    serde_json::from_str(&value).expect("json")
-}
-
-async fn put_redis_session(user_id: Uuid, session_id: Uuid, value: &serde_json::Value) {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let client = redis::Client::open(url).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    redis::cmd("HSET")
-        .arg(format!("session:{user_id}"))
-        .arg(session_id.to_string())
-        .arg(value.to_string())
-        .query_async::<()>(&mut conn)
-        .await
-        .expect("hset");
-}
+use crate::helpers::{
+    config, eventually, put_redis_session, redis_session, unique_email, TestApp, PASSWORD,
+};
 
 fn session_of(t: &TestApp, token: &str) -> Uuid {
     t.app.jwt.verify(token).expect("token").sid

@@ -67,6 +67,8 @@ pub fn config() -> Config {
     config.email_pepper = Some(arosaje::config::Secret::new(pepper.clone()));
     // Test clients come from 10.x addresses (see `with_config`).
     config.metrics_allowed_ips = vec!["10.0.0.0/8".into()];
+    // Test admins have no authenticator app; `tests/api/mfa.rs` covers `required`.
+    config.admin_mfa = arosaje::config::MfaPolicy::Optional;
     config.projection_poll_ms = 200;
     config.read_your_writes_timeout_ms = 10_000;
     config
@@ -272,4 +274,37 @@ pub fn unique_email(prefix: &str) -> String {
 
 fn rand_octet() -> u8 {
     (Uuid::new_v4().as_u128() % 250) as u8 + 1
+}
+
+/// A session's record in Redis, straight from the source.
+pub async fn redis_session(user_id: Uuid, session_id: Uuid) -> serde_json::Value {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let value: String = redis::cmd("HGET")
+        .arg(format!("session:{user_id}"))
+        .arg(session_id.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("session");
+    serde_json::from_str(&value).expect("json")
+}
+
+pub async fn put_redis_session(user_id: Uuid, session_id: Uuid, value: &serde_json::Value) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("HSET")
+        .arg(format!("session:{user_id}"))
+        .arg(session_id.to_string())
+        .arg(value.to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("hset");
 }

@@ -10,6 +10,7 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod mail;
+mod mfa;
 mod ops;
 mod plants;
 mod smtp;
