@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         );
         let session = report(
-            "  session check in Redis alone (HEXISTS)",
+            "  session check in Redis alone (HGET + parse)",
             time(n, || async {
                 Ok(app.sessions.get(claims.sub, claims.sid).await?.is_some())
             })

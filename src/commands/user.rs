@@ -53,6 +53,11 @@ pub enum UserCommand {
     },
     /// A current code was checked at the edge.
     DisableTotp,
+    /// A successful login from `device` (a hash of the user agent): recorded only when new.
+    RecordLogin {
+        device: String,
+        user_agent: Sealed,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,7 +103,13 @@ pub struct User {
     /// Hashes of the recovery codes not used yet.
     #[serde(default)]
     recovery_codes: Vec<String>,
+    /// Devices (hashes of user agents) this account has logged in from.
+    #[serde(default)]
+    devices: Vec<String>,
 }
+
+/// Devices remembered per account; beyond it the oldest are forgotten (and would be new again).
+const MAX_DEVICES: usize = 50;
 
 /// Password hashes became sealed in version 2 of two events.
 impl crate::events::upcast::Versioned for User {
@@ -273,6 +284,18 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::TotpDisabled, self).await;
             }
+            UserCommand::RecordLogin { device, user_agent } => {
+                self.active()?;
+                if !self.devices.contains(&device) {
+                    let first = self.devices.is_empty();
+                    let event = UserEvent::LoggedInFromNewDevice {
+                        device,
+                        user_agent,
+                        first,
+                    };
+                    sink.write(event, self).await;
+                }
+            }
             UserCommand::Enable => {
                 if !self.registered {
                     return Err(UserError::NotFound);
@@ -318,6 +341,12 @@ impl Aggregate for User {
             UserEvent::TotpDisabled => {
                 self.totp_enabled = false;
                 self.recovery_codes.clear();
+            }
+            UserEvent::LoggedInFromNewDevice { device, .. } => {
+                self.devices.push(device);
+                if self.devices.len() > MAX_DEVICES {
+                    self.devices.remove(0);
+                }
             }
         }
     }
@@ -608,6 +637,49 @@ mod tests {
             .given(vec![registered(&c)])
             .when(UserCommand::DisableTotp)
             .then_expect_error(UserError::MfaNotEnabled);
+    }
+
+    #[test]
+    fn a_login_is_recorded_only_from_a_new_device_and_the_first_is_marked() {
+        let c = cipher();
+        let ua = c.seal("Firefox");
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::RecordLogin {
+                device: "d1".into(),
+                user_agent: ua.clone(),
+            })
+            .then_expect_events(vec![UserEvent::LoggedInFromNewDevice {
+                device: "d1".into(),
+                user_agent: ua.clone(),
+                first: true,
+            }]);
+        let seen = vec![
+            registered(&c),
+            UserEvent::LoggedInFromNewDevice {
+                device: "d1".into(),
+                user_agent: ua.clone(),
+                first: true,
+            },
+        ];
+        UserTest::with(())
+            .given(seen.clone())
+            .when(UserCommand::RecordLogin {
+                device: "d1".into(),
+                user_agent: ua.clone(),
+            })
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given(seen)
+            .when(UserCommand::RecordLogin {
+                device: "d2".into(),
+                user_agent: ua.clone(),
+            })
+            .then_expect_events(vec![UserEvent::LoggedInFromNewDevice {
+                device: "d2".into(),
+                user_agent: ua,
+                first: false,
+            }]);
     }
 
     #[test]

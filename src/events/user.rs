@@ -149,6 +149,13 @@ pub enum UserEvent {
     RecoveryCodeUsed { code_hash: String },
     /// Version 1. The user removed their TOTP app.
     TotpDisabled,
+    /// Version 1. A login from a device (a hash of its user agent) not seen on this account before;
+    /// `first` for the account's very first device, which nobody needs warning about.
+    LoggedInFromNewDevice {
+        device: String,
+        user_agent: Sealed,
+        first: bool,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -168,6 +175,7 @@ impl DomainEvent for UserEvent {
             UserEvent::TotpEnabled { .. } => "TotpEnabled",
             UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             UserEvent::TotpDisabled => "TotpDisabled",
+            UserEvent::LoggedInFromNewDevice { .. } => "LoggedInFromNewDevice",
         }
         .to_string()
     }

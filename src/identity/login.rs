@@ -88,6 +88,7 @@ pub async fn login(
     let session_id = Uuid::new_v4();
     let refresh = RefreshToken::new(account.id, session_id);
     let now = Utc::now();
+    let user_agent_of_session = user_agent.clone();
     app.sessions
         .create(
             account.id,
@@ -104,17 +105,59 @@ pub async fn login(
         )
         .await?;
     match reconcile(app, &account, session_id).await {
-        Ok(role) => Ok(LoggedIn {
-            user_id: account.id,
-            role,
-            refresh,
-        }),
+        Ok(role) => {
+            record_device(app, account.id, user_agent_of_session, metadata).await;
+            Ok(LoggedIn {
+                user_id: account.id,
+                role,
+                refresh,
+            })
+        }
         Err(err) => {
             if let Err(revoke) = app.sessions.revoke(account.id, session_id).await {
                 tracing::warn!(user_id = %account.id, error = %revoke, "could not revoke a refused session");
             }
             Err(err)
         }
+    }
+}
+
+/// Remembers the device of a login; the first time a device is seen (but for the account's
+/// first), the outbox mails the owner. A failure here is logged and does not fail the login.
+async fn record_device(
+    app: &App,
+    user_id: Uuid,
+    user_agent: Option<String>,
+    metadata: &crate::events::Metadata,
+) {
+    use sha2::Digest;
+    let user_agent = user_agent.unwrap_or_default();
+    let device: String = sha2::Sha256::digest(user_agent.as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let metadata = crate::events::Metadata {
+        actor_id: Some(user_id),
+        ..metadata.clone()
+    };
+    let cipher = match app.keys.cipher(user_id).await {
+        Ok(cipher) => cipher,
+        Err(err) => {
+            tracing::warn!(%user_id, error = %err, "login device not recorded");
+            return;
+        }
+    };
+    let command = crate::commands::user::UserCommand::RecordLogin {
+        device,
+        user_agent: cipher.seal(&user_agent),
+    };
+    if let Err(err) = app
+        .store
+        .execute::<crate::commands::user::User>(&user_id.to_string(), command, &(), &metadata)
+        .await
+    {
+        tracing::warn!(%user_id, error = %err, "login device not recorded");
     }
 }
 

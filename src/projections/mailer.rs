@@ -43,7 +43,7 @@ impl MailerProjection {
         )
     }
 
-    fn compose(
+    async fn compose(
         &self,
         user_id: Uuid,
         event: &UserEvent,
@@ -86,6 +86,35 @@ impl MailerProjection {
                  from the login page, and write to us.\r\n"
                     .to_string(),
             )),
+            UserEvent::LoggedInFromNewDevice {
+                user_agent,
+                first: false,
+                ..
+            } => {
+                let device = match self.keys.cipher(user_id).await {
+                    Ok(cipher) => cipher.open(user_agent).unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let device: String = device
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect();
+                Some((
+                    "new_device",
+                    "New login to your A'rosa-je account".to_string(),
+                    format!(
+                        "Your A'rosa-je account was just logged into from a device it had not \
+                         seen before:\r\n{}\r\n\r\nIf it was you, there is nothing to do. If \
+                         not, change your password and end your other sessions at once.\r\n",
+                        if device.is_empty() {
+                            "(unknown device)"
+                        } else {
+                            &device
+                        }
+                    ),
+                ))
+            }
             UserEvent::TotpDisabled => Some((
                 "mfa_disabled",
                 "Two-factor authentication was turned off".to_string(),
@@ -125,7 +154,7 @@ impl Projection for MailerProjection {
             }
             let user_id: Uuid = event.aggregate_id.parse()?;
             let decoded = event.decode::<User>()?;
-            let Some((kind, subject, body)) = self.compose(user_id, &decoded)? else {
+            let Some((kind, subject, body)) = self.compose(user_id, &decoded).await? else {
                 continue;
             };
             let already: bool = sqlx::query_scalar(

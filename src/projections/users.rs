@@ -154,7 +154,8 @@ impl Projection for UsersProjection {
                     .execute(&mut *conn)
                     .await?;
                 }
-                UserEvent::PasswordResetRequested { .. } => {
+                UserEvent::PasswordResetRequested { .. }
+                | UserEvent::LoggedInFromNewDevice { .. } => {
                     sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                         .bind(user_id)
                         .bind(event.sequence)

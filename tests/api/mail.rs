@@ -369,3 +369,49 @@ async fn a_password_change_is_mailed_to_the_owner(
     assert_eq!(mail.subject(), "Your A'rosa-je password was changed");
     assert!(mail.body().contains("other sessions were ended"));
 }
+
+#[sqlx::test]
+async fn a_login_from_a_new_device_is_mailed_but_not_the_first_one(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, smtp) = app_with_smtp(options, connect).await;
+    let email = unique_email("traveller");
+    t.user(&email).await;
+    smtp.wait_for(&email, 1).await; // the verification link
+    let login = |agent: &'static str| {
+        let request = axum::http::Request::post("/api/auth/login")
+            .header("content-type", "application/json")
+            .header("user-agent", agent)
+            .body(axum::body::Body::from(
+                json!({"email": email, "password": PASSWORD}).to_string(),
+            ))
+            .unwrap();
+        t.raw(request)
+    };
+    assert_eq!(login("Phone/1.0").await.status, StatusCode::OK);
+    assert_eq!(login("Phone/1.0").await.status, StatusCode::OK);
+    let mail = smtp.wait_for(&email, 2).await;
+    assert_eq!(mail.subject(), "New login to your A'rosa-je account");
+    assert!(mail.body().contains("Phone/1.0"), "{}", mail.body());
+    // Two devices, two records; the same device again adds none (the aggregate's unit test).
+    let pool = t.pool.clone();
+    crate::helpers::eventually("both devices recorded", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events WHERE event_type = 'LoggedInFromNewDevice'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 2
+        }
+    })
+    .await;
+    assert_eq!(
+        smtp.mails_to(&email).len(),
+        2,
+        "no mail for the first device"
+    );
+}

@@ -40,8 +40,9 @@ async fn health_ready_and_metrics_describe_the_service(
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
     assert_eq!(ready.body["postgres"], true);
     assert_eq!(ready.body["redis"], true);
-    assert_eq!(ready.body["log_head"], 2);
-    assert_eq!(ready.body["projections"]["plants"]["position"], 2);
+    // Registration, the login's new device, the plant.
+    assert_eq!(ready.body["log_head"], 3);
+    assert_eq!(ready.body["projections"]["plants"]["position"], 3);
 
     let metrics = t.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(metrics.status, StatusCode::OK);
