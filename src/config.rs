@@ -9,9 +9,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-/// A secret string: never printed by `Debug` or `Display`.
+/// A secret string: never printed by `Debug` or `Display`, and wiped from memory when dropped.
 #[derive(Clone)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -19,6 +25,13 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for ConnectionUrl {
+    fn drop(&mut self) {
+        // It may carry a password.
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

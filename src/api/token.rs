@@ -42,8 +42,8 @@ impl JwtKeys {
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
+            encoding: EncodingKey::from_secret(key.as_ref()),
+            decoding: DecodingKey::from_secret(key.as_ref()),
             validation,
             ttl_secs,
         }

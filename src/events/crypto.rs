@@ -126,7 +126,7 @@ impl KeyStore {
         conn: &mut PgConnection,
         user_id: Uuid,
     ) -> Result<Cipher, CryptoError> {
-        let key = Aes256Gcm::generate_key(&mut OsRng);
+        let key = zeroize::Zeroizing::new(Aes256Gcm::generate_key(&mut OsRng).to_vec());
         sqlx::query("INSERT INTO user_keys (user_id, key) VALUES ($1, $2)")
             .bind(user_id)
             .bind(key.as_slice())
@@ -145,7 +145,7 @@ impl KeyStore {
                 .bind(user_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let key = key.ok_or(CryptoError::KeyMissing(user_id))?;
+        let key = zeroize::Zeroizing::new(key.ok_or(CryptoError::KeyMissing(user_id))?);
         let cipher = Cipher::new(user_id, &key)?;
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(user_id, cipher.clone());

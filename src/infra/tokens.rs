@@ -8,12 +8,12 @@ use uuid::Uuid;
 
 /// A key for one purpose, derived from a master secret (HMAC-SHA-256 of the purpose label, as
 /// HKDF-Expand does for a single block): keys of different purposes are independent.
-pub fn derive_key(master: &str, purpose: &str) -> [u8; 32] {
+pub fn derive_key(master: &str, purpose: &str) -> zeroize::Zeroizing<[u8; 32]> {
     use hmac::{Hmac, Mac};
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(master.as_bytes())
         .expect("HMAC accepts keys of any length");
     mac.update(purpose.as_bytes());
-    mac.finalize().into_bytes().into()
+    zeroize::Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +59,8 @@ impl ActionTokens {
     pub fn new(master: &str) -> Self {
         let key = derive_key(master, "arosaje/action-tokens/v1");
         Self {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
+            encoding: EncodingKey::from_secret(key.as_ref()),
+            decoding: DecodingKey::from_secret(key.as_ref()),
         }
     }
 
