@@ -30,24 +30,18 @@ async fn verify(
     ApiJson(body): ApiJson<CodeBody>,
 ) -> Result<StatusCode, ApiError> {
     let code = code(&body)?;
-    let secret: Option<Option<String>> =
-        sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
-            .bind(auth.user_id)
-            .fetch_optional(&app.pool)
-            .await?;
-    let Some(Some(secret)) = secret else {
-        return Err(ApiError::conflict(
-            "mfa_not_enabled",
-            "two-factor authentication is off: log in again instead",
-        ));
-    };
-    if let Err(err) =
-        mfa::verify_second_factor(&app, auth.user_id, &secret, code, &auth.metadata(meta)).await
-    {
+    let verified = mfa::step_up(
+        &app,
+        auth.user_id,
+        auth.session_id,
+        code,
+        &auth.metadata(meta),
+    )
+    .await;
+    if let Err(err) = verified {
         security_log::mfa_failed(auth.user_id, "step_up");
         return Err(err.into());
     }
-    app.sessions.mark_mfa(auth.user_id, auth.session_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

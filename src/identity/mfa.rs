@@ -123,6 +123,33 @@ pub async fn confirm(
     Ok((codes, committed))
 }
 
+/// The user's confirmed (sealed) TOTP secret; `MfaNotEnabled` without one.
+async fn confirmed_secret(app: &App, user_id: Uuid) -> Result<String, IdentityError> {
+    let secret: Option<Option<String>> =
+        sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&app.pool)
+            .await?;
+    match secret {
+        Some(Some(secret)) => Ok(secret),
+        _ => Err(CommandError::Domain(UserError::MfaNotEnabled).into()),
+    }
+}
+
+/// Step-up: a fresh code marks the session as just authenticated.
+pub async fn step_up(
+    app: &App,
+    user_id: Uuid,
+    session_id: Uuid,
+    code: &str,
+    metadata: &Metadata,
+) -> Result<(), IdentityError> {
+    let secret = confirmed_secret(app, user_id).await?;
+    verify_second_factor(app, user_id, &secret, code, metadata).await?;
+    app.sessions.mark_mfa(user_id, session_id).await?;
+    Ok(())
+}
+
 /// Removes TOTP, given a current code or a recovery code.
 pub async fn disable(
     app: &App,
@@ -130,14 +157,7 @@ pub async fn disable(
     code: &str,
     metadata: &Metadata,
 ) -> Result<Committed, IdentityError> {
-    let secret: Option<Option<String>> =
-        sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&app.pool)
-            .await?;
-    let Some(Some(secret)) = secret else {
-        return Err(CommandError::Domain(UserError::MfaNotEnabled).into());
-    };
+    let secret = confirmed_secret(app, user_id).await?;
     verify_second_factor(app, user_id, &secret, code, metadata).await?;
     Ok(app
         .store

@@ -398,16 +398,7 @@ impl Projections {
             self.one_by_one(projector, &mut tx, checkpoint, &events, true)
                 .await?
         };
-        if reached.global_position > checkpoint {
-            sqlx::query(
-                "UPDATE projection_checkpoints SET last_position = $2, updated_at = now() \
-                  WHERE name = $1",
-            )
-            .bind(projection.name())
-            .bind(reached.global_position)
-            .execute(&mut *tx)
-            .await?;
-        }
+        save_checkpoint(&mut tx, projection.name(), checkpoint, reached).await?;
         tx.commit().await?;
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
@@ -466,16 +457,7 @@ impl Projections {
         let (reached, parked, failure) = self
             .one_by_one(projector, conn, checkpoint, &events, false)
             .await?;
-        if reached.global_position > checkpoint {
-            sqlx::query(
-                "UPDATE projection_checkpoints SET last_position = $2, updated_at = now() \
-                  WHERE name = $1",
-            )
-            .bind(projection.name())
-            .bind(reached.global_position)
-            .execute(&mut *conn)
-            .await?;
-        }
+        save_checkpoint(&mut *conn, projection.name(), checkpoint, reached).await?;
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
             Some(err) => Err(err),
@@ -666,6 +648,26 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100)
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(9)))
         .min(Duration::from_secs(30))
+}
+
+/// Moves a projection's checkpoint to `reached`, if that is past `from`.
+async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    from: i64,
+    reached: Position,
+) -> sqlx::Result<()> {
+    if reached.global_position > from {
+        sqlx::query(
+            "UPDATE projection_checkpoints SET last_position = $2, updated_at = now() \
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(reached.global_position)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Records a poison event and counts it; the projector then goes on past it.
