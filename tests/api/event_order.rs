@@ -21,6 +21,21 @@ use uuid::Uuid;
 
 use crate::helpers::{eventually, pool};
 
+/// Counts one more application of `event` in `test_seen`.
+async fn record_seen(
+    conn: &mut PgConnection,
+    event: &arosaje::events::StoredEvent,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO test_seen (global_position, n) VALUES ($1, 1) \
+         ON CONFLICT (global_position) DO UPDATE SET n = test_seen.n + 1",
+    )
+    .bind(event.position.global_position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Records how many times each event was applied, and in which order.
 struct Counting {
     delay: Duration,
@@ -43,13 +58,7 @@ impl Projection for Counting {
         events: &[arosaje::events::StoredEvent],
     ) -> anyhow::Result<()> {
         for event in events {
-            sqlx::query(
-                "INSERT INTO test_seen (global_position, n) VALUES ($1, 1) \
-                 ON CONFLICT (global_position) DO UPDATE SET n = test_seen.n + 1",
-            )
-            .bind(event.position.global_position)
-            .execute(&mut *conn)
-            .await?;
+            record_seen(conn, event).await?;
         }
         if !self.delay.is_zero() {
             // Widens the window in which a crash lands inside an open batch.
@@ -585,13 +594,7 @@ impl Projection for Picky {
         events: &[arosaje::events::StoredEvent],
     ) -> anyhow::Result<()> {
         for event in events {
-            sqlx::query(
-                "INSERT INTO test_seen (global_position, n) VALUES ($1, 1) \
-                 ON CONFLICT (global_position) DO UPDATE SET n = test_seen.n + 1",
-            )
-            .bind(event.position.global_position)
-            .execute(&mut *conn)
-            .await?;
+            record_seen(conn, event).await?;
             let poison: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM test_poison WHERE aggregate_id = $1)",
             )

@@ -272,6 +272,20 @@ impl Drop for OwnRedis {
     }
 }
 
+/// An app whose Redis is a server of this test's own; returns it and its port.
+async fn app_on_own_redis(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) -> (TestApp, OwnRedis, u16) {
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    redis.ready().await;
+    let mut own = config();
+    own.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
+    let t = TestApp::with_config(options, connect, own, true).await;
+    (t, redis, port)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -285,12 +299,7 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let port = free_port();
-    let mut redis = OwnRedis::start(port);
-    redis.ready().await;
-    let mut own = config();
-    own.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
-    let t = TestApp::with_config(options, connect, own, true).await;
+    let (t, mut redis, port) = app_on_own_redis(options, connect).await;
     let email = unique_email("fran");
     let (_, token) = t.user(&email).await;
     let plant = t.create_plant(&token, "Resilient").await;
@@ -344,12 +353,7 @@ async fn without_redis_authentication_fails_closed_before_any_password_is_checke
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let port = free_port();
-    let mut redis = OwnRedis::start(port);
-    redis.ready().await;
-    let mut own = config();
-    own.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
-    let t = TestApp::with_config(options, connect, own, true).await;
+    let (t, mut redis, _) = app_on_own_redis(options, connect).await;
     let email = unique_email("oracle");
     let (_, token) = t.user(&email).await;
 
