@@ -35,6 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Print the OpenAPI document (as served at /openapi.json), for client generators; needs
+    /// nothing running.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +100,13 @@ async fn main() -> anyhow::Result<()> {
             let id =
                 arosaje::identity::create_admin(&app, &email, &password, &display_name).await?;
             println!("admin {id} created for {}", email.trim().to_lowercase());
+            Ok(())
+        }
+        Command::Openapi => {
+            let document = api::docs::openapi()
+                .to_pretty_json()
+                .context("serialising the OpenAPI document")?;
+            println!("{document}");
             Ok(())
         }
         Command::Projections { command } => match command {

@@ -1,17 +1,22 @@
 //! `/api/admin`: user administration (ADMIN only). Every change is a command whose events name
 //! the admin in their metadata.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::docs::{ErrorBody, Pending, Positioned};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use super::guard::{Administer, Can};
-use super::me::{load_user, with_position, UserView, USER_COLUMNS};
+use super::me::{load_user, UserView, USER_COLUMNS};
 use super::pagination::{self, Page};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::FieldErrors;
@@ -19,26 +24,51 @@ use crate::events::user::Role;
 use crate::infra::sessions::SessionChange;
 use crate::App;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/users", get(list_users))
-        .route("/users/{id}/role", put(change_role))
-        .route("/users/{id}/disable", post(disable))
-        .route("/users/{id}/enable", post(enable))
-        .route("/verifications", get(pending_verifications))
-        .route("/verifications/{id}/approve", post(approve_botanist))
-        .route("/verifications/{id}/reject", post(reject_botanist))
-        .route("/stats", get(stats))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(change_role))
+        .routes(routes!(disable))
+        .routes(routes!(enable))
+        .routes(routes!(pending_verifications))
+        .routes(routes!(approve_botanist))
+        .routes(routes!(reject_botanist))
+        .routes(routes!(stats))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UserListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `USER`, `BOTANIST`, `ADMIN` or `AUDITOR`.
     role: Option<String>,
+    /// Search in e-mail addresses and display names (at most 254 characters).
     q: Option<String>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const USER_ID: &str = "The user's id";
+
+/// Every account, newest first.
+#[utoipa::path(get, path = "/users", tag = "admin", security(("bearer" = [])), params(UserListParams),
+    responses(
+        (status = 200, description = "A page of accounts", body = super::docs::Page<UserView>),
+        (status = 403, description = "`forbidden`: ADMIN only; `mfa_enrollment_required`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
 async fn list_users(
     State(app): State<App>,
     _admin: Can<Administer>,
@@ -79,19 +109,27 @@ async fn list_users(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
-    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)?))
+    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RoleBody {
+    /// `USER`, `BOTANIST`, `ADMIN` or `AUDITOR`.
+    #[schema(required = true, value_type = String)]
     role: Option<String>,
 }
 
 /// Accounts that asked to be botanists and wait for an admin, oldest first.
+#[utoipa::path(get, path = "/verifications", tag = "admin", security(("bearer" = [])), params(PageParams),
+    responses(
+        (status = 200, description = "A page of accounts waiting", body = super::docs::Page<UserView>),
+        (status = 403, description = "`forbidden`: ADMIN only; `mfa_enrollment_required`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
 async fn pending_verifications(
     State(app): State<App>,
     _admin: Can<Administer>,
-    ApiQuery(params): ApiQuery<UserListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<UserView>>, ApiError> {
     let mut errors = FieldErrors::new();
     let (limit, cursor) = pagination::parse(
@@ -111,9 +149,19 @@ async fn pending_verifications(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
-    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)?))
+    Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)))
 }
 
+/// Grants the BOTANIST role the account asked for.
+#[utoipa::path(post, path = "/verifications/{id}/approve", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    responses(
+        (status = 200, description = "The account, now BOTANIST", body = Positioned<UserView>),
+        (status = 202, description = "Done; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`no_pending_verification`; `own_account`", body = ErrorBody),
+    ))]
 async fn approve_botanist(
     State(app): State<App>,
     admin: Can<Administer>,
@@ -131,6 +179,16 @@ async fn approve_botanist(
     .await
 }
 
+/// Refuses the BOTANIST role the account asked for; it stays USER.
+#[utoipa::path(post, path = "/verifications/{id}/reject", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    responses(
+        (status = 200, description = "The account", body = Positioned<UserView>),
+        (status = 202, description = "Done; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`no_pending_verification`; `own_account`", body = ErrorBody),
+    ))]
 async fn reject_botanist(
     State(app): State<App>,
     admin: Can<Administer>,
@@ -148,12 +206,29 @@ async fn reject_botanist(
     .await
 }
 
+/// The admin dashboard's counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdminStats {
+    /// Accounts by role (`USER`, `BOTANIST`, `ADMIN`, `AUDITOR`).
+    users: BTreeMap<String, i64>,
+    disabled_users: i64,
+    pending_botanist_verifications: i64,
+    plants: i64,
+    /// The log's last position.
+    events: i64,
+}
+
 /// The admin dashboard's counts, from the read models. Areas that do not exist yet (sittings,
 /// messages, advice) join as their read models land.
+#[utoipa::path(get, path = "/stats", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counts", body = AdminStats),
+        (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
+    ))]
 async fn stats(
     State(app): State<App>,
     _admin: Can<Administer>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AdminStats>, ApiError> {
     let by_role: Vec<(String, i64)> =
         sqlx::query_as("SELECT role, count(*) FROM users GROUP BY role ORDER BY role")
             .fetch_all(&app.pool)
@@ -166,20 +241,18 @@ async fn stats(
     )
     .fetch_one(&app.pool)
     .await?;
-    let mut users = serde_json::Map::new();
-    for role in ["USER", "BOTANIST", "ADMIN", "AUDITOR"] {
-        users.insert(role.into(), serde_json::json!(0));
-    }
-    for (role, count) in by_role {
-        users.insert(role, serde_json::json!(count));
-    }
-    Ok(Json(serde_json::json!({
-        "users": users,
-        "disabled_users": disabled,
-        "pending_botanist_verifications": pending,
-        "plants": plants,
-        "events": events,
-    })))
+    let mut users: BTreeMap<String, i64> = ["USER", "BOTANIST", "ADMIN", "AUDITOR"]
+        .into_iter()
+        .map(|role| (role.to_string(), 0))
+        .collect();
+    users.extend(by_role);
+    Ok(Json(AdminStats {
+        users,
+        disabled_users: disabled,
+        pending_botanist_verifications: pending,
+        plants,
+        events,
+    }))
 }
 
 /// Runs an admin command on a user, applies it to their sessions at once (`change`), answers
@@ -221,11 +294,21 @@ async fn administer(
     let view = load_user(&app.pool, user_id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    let position = committed.position.map(|p| p.global_position);
-    Ok(Json(with_position(&view, position)).into_response())
+    Ok(Json(super::positioned(view, &committed)).into_response())
 }
 
 /// A new role takes effect at the user's next request: their sessions act with it at once.
+/// Needs a login or a TOTP code (`POST /api/me/mfa/verify`) from the last 5 minutes.
+#[utoipa::path(put, path = "/users/{id}/role", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    request_body = RoleBody,
+    responses(
+        (status = 200, description = "The account with its new role", body = Positioned<UserView>),
+        (status = 202, description = "Done; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: ADMIN only; `step_up_required`: no login or TOTP code in the last 5 minutes", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`own_account`: admins cannot change their own role", body = ErrorBody),
+    ))]
 async fn change_role(
     State(app): State<App>,
     admin: Can<Administer>,
@@ -250,6 +333,17 @@ async fn change_role(
     .await
 }
 
+/// Disables an account: its sessions are revoked and it cannot log in.
+#[utoipa::path(post, path = "/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    responses(
+        (status = 200, description = "The account, disabled", body = Positioned<UserView>),
+        (status = 202, description = "Done; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`own_account`", body = ErrorBody),
+        (status = 422, description = "`nothing_to_change`: already disabled", body = ErrorBody),
+    ))]
 async fn disable(
     State(app): State<App>,
     admin: Can<Administer>,
@@ -267,6 +361,17 @@ async fn disable(
     .await
 }
 
+/// Enables a disabled account.
+#[utoipa::path(post, path = "/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    responses(
+        (status = 200, description = "The account, enabled", body = Positioned<UserView>),
+        (status = 202, description = "Done; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`own_account`", body = ErrorBody),
+        (status = 422, description = "`nothing_to_change`: already enabled", body = ErrorBody),
+    ))]
 async fn enable(
     State(app): State<App>,
     admin: Can<Administer>,

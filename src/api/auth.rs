@@ -3,15 +3,17 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::docs::{ErrorBody, Pending, Positioned};
 use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
-use super::me::{load_user, with_position};
+use super::me::{load_user, UserView};
 use super::security_log;
 use super::token::AuthUser;
 use crate::commands::user::{User, UserCommand};
@@ -23,22 +25,27 @@ use crate::infra::sessions::SessionChange;
 use crate::infra::tokens::Purpose;
 use crate::App;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/register", post(register))
-        .route("/login", post(login))
-        .route("/refresh", post(refresh))
-        .route("/verify-email", post(verify_email))
-        .route("/password-reset", post(request_password_reset))
-        .route("/password-reset/confirm", post(confirm_password_reset))
-        .route("/logout", post(logout))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(verify_email))
+        .routes(routes!(request_password_reset))
+        .routes(routes!(confirm_password_reset))
+        .routes(routes!(logout))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterBody {
+    #[schema(required = true, value_type = String, format = Email, max_length = 254)]
     email: Option<String>,
+    /// At least 12 characters, and not easily guessed (zxcvbn score 3 or more).
+    #[schema(required = true, value_type = String, min_length = 12, max_length = 128)]
     password: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 80)]
     display_name: Option<String>,
+    /// Asks for the BOTANIST role, granted when an admin verifies the account.
     #[serde(default)]
     botanist: bool,
 }
@@ -54,6 +61,13 @@ fn required<'a>(
     value.as_deref()
 }
 
+/// Creates an account (role USER) and mails a verification link.
+#[utoipa::path(post, path = "/register", tag = "auth", request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new account", body = Positioned<UserView>),
+        (status = 202, description = "Registered; the read model is catching up", body = Pending),
+        (status = 409, description = "`email_taken`", body = ErrorBody),
+    ))]
 async fn register(
     State(app): State<App>,
     RequestMeta(meta): RequestMeta,
@@ -92,18 +106,30 @@ async fn register(
     let view = load_user(&app.pool, user_id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    let position = committed.position.map(|p| p.global_position);
-    Ok((StatusCode::CREATED, Json(with_position(&view, position))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(super::positioned(view, &committed)),
+    )
+        .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginBody {
+    #[schema(required = true, value_type = String)]
     email: Option<String>,
+    #[schema(required = true, value_type = String)]
     password: Option<String>,
     /// A code from the authenticator app, or a recovery code, for accounts with TOTP.
     totp_code: Option<String>,
 }
 
+/// Opens a session: an access token (short-lived JWT) and a refresh token.
+#[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginBody,
+    responses(
+        (status = 200, description = "The session's tokens and the account", body = TokenPair),
+        (status = 401, description = "`invalid_credentials`; `mfa_required` when the account has TOTP and no code came; `mfa_invalid`", body = ErrorBody),
+        (status = 403, description = "`account_disabled`", body = ErrorBody),
+    ))]
 async fn login(
     State(app): State<App>,
     headers: HeaderMap,
@@ -168,32 +194,52 @@ async fn login(
     .into_response())
 }
 
+/// The tokens of a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// Send as `Authorization: Bearer <access_token>`.
+    access_token: String,
+    /// Single use: `POST /api/auth/refresh` answers a new pair, and reusing an old one revokes
+    /// the session.
+    refresh_token: String,
+    /// Always `Bearer`.
+    token_type: String,
+    /// Seconds the access token is valid for.
+    expires_in: u64,
+    /// The account (at login only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserView>,
+}
+
 fn token_pair(
     app: &App,
     user_id: Uuid,
     role: Role,
     refresh: &RefreshToken,
-    user: Option<super::me::UserView>,
-) -> anyhow::Result<serde_json::Value> {
-    let mut body = json!({
-        "access_token": app.jwt.issue(user_id, role, refresh.session_id)?,
-        "refresh_token": refresh.encode(),
-        "token_type": "Bearer",
-        "expires_in": app.jwt.ttl_secs(),
-    });
-    if let Some(user) = user {
-        body["user"] = json!(user);
-    }
-    Ok(body)
+    user: Option<UserView>,
+) -> anyhow::Result<TokenPair> {
+    Ok(TokenPair {
+        access_token: app.jwt.issue(user_id, role, refresh.session_id)?,
+        refresh_token: refresh.encode(),
+        token_type: "Bearer".into(),
+        expires_in: app.jwt.ttl_secs(),
+        user,
+    })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshBody {
+    #[schema(required = true, value_type = String)]
     refresh_token: Option<String>,
 }
 
 /// Rotates the refresh token of a session and issues a new access token (see
 /// [`identity::refresh`]).
+#[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshBody,
+    responses(
+        (status = 200, description = "A new pair; the old refresh token no longer works", body = TokenPair),
+        (status = 401, description = "`invalid_refresh_token`, or `refresh_token_reused` (the session is revoked)", body = ErrorBody),
+    ))]
 async fn refresh(
     State(app): State<App>,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -212,14 +258,19 @@ async fn refresh(
     .into_response())
 }
 
+/// Ends the current session.
+#[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "The session is revoked")))]
 async fn logout(State(app): State<App>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.sessions.revoke(auth.user_id, auth.session_id).await?;
     security_log::sessions_revoked(auth.user_id, "one", "logout");
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenBody {
+    /// The token from the link's fragment (`#token=...`).
+    #[schema(required = true, value_type = String)]
     token: Option<String>,
 }
 
@@ -239,6 +290,11 @@ fn invalid_action_token() -> ApiError {
 }
 
 /// The link mailed at registration.
+#[utoipa::path(post, path = "/verify-email", tag = "auth", request_body = TokenBody,
+    responses(
+        (status = 204, description = "The address is verified"),
+        (status = 400, description = "`invalid_token`: the link is invalid or has expired", body = ErrorBody),
+    ))]
 async fn verify_email(
     State(app): State<App>,
     RequestMeta(meta): RequestMeta,
@@ -270,12 +326,24 @@ async fn verify_email(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ResetRequestBody {
+    #[schema(required = true, value_type = String, format = Email)]
     email: Option<String>,
 }
 
-/// Always 202, whether or not the address has an account: nothing is revealed.
+/// A short answer for requests whose outcome is not told.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Notice {
+    /// `accepted`.
+    status: String,
+    message: String,
+}
+
+/// Mails a reset link. Always 202, whether or not the address has an account: nothing is
+/// revealed.
+#[utoipa::path(post, path = "/password-reset", tag = "auth", request_body = ResetRequestBody,
+    responses((status = 202, description = "If the address has an account, a link is on its way", body = Notice)))]
 async fn request_password_reset(
     State(app): State<App>,
     RequestMeta(meta): RequestMeta,
@@ -317,20 +385,28 @@ async fn request_password_reset(
             }
         });
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "accepted", "message": "if this address has an account, a reset link is on its way"})),
-    )
-        .into_response())
+    let notice = Notice {
+        status: "accepted".into(),
+        message: "if this address has an account, a reset link is on its way".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(notice)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ResetConfirmBody {
+    /// The token from the link's fragment (`#token=...`).
+    #[schema(required = true, value_type = String)]
     token: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 12, max_length = 128)]
     new_password: Option<String>,
 }
 
 /// Sets a new password from a reset link; every session of the account is revoked.
+#[utoipa::path(post, path = "/password-reset/confirm", tag = "auth", request_body = ResetConfirmBody,
+    responses(
+        (status = 204, description = "The password is changed; every session is revoked"),
+        (status = 400, description = "`invalid_token`: the link is invalid, used or expired", body = ErrorBody),
+    ))]
 async fn confirm_password_reset(
     State(app): State<App>,
     RequestMeta(meta): RequestMeta,

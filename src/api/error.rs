@@ -2,10 +2,10 @@
 //! `{"error": {"code", "message", "fields"?}}` with the right status. Internal details are logged,
 //! never sent.
 
+use super::docs::{ErrorBody, ErrorDetail};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::commands::plant::PlantError;
 use crate::commands::user::UserError;
@@ -106,13 +106,25 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut error = json!({ "code": code, "message": message });
-        if let ApiError::Validation(fields) = &self {
-            error["fields"] = json!(fields.0);
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
-        if let ApiError::RateLimited { retry_after } = &self {
-            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        };
+        let fields = match self {
+            ApiError::Validation(fields) => Some(fields.0),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+                fields,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from(secs));
@@ -241,4 +253,16 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
             CommandError::Internal(err) => ApiError::Internal(err),
         }
     }
+}
+
+/// An error answer the edge gives outside any handler (405, 408, 500 after a panic).
+pub fn error_answer(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: message.to_string(),
+            fields: None,
+        },
+    };
+    (status, Json(body)).into_response()
 }

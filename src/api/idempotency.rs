@@ -15,10 +15,11 @@
 //! [`SWEEP_ONE_IN`], in the background.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{OriginalUri, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use rand::Rng;
@@ -63,7 +64,7 @@ const CLAIM: &str = "\
 /// Window of a duplicate: a request that committed its command but never stored its answer (the
 /// time-out layer dropped it, or the process died) leaves a bare claim; a retry after
 /// `REQUEST_TIMEOUT_SECS` + 5 s runs the request again. Before that, retries get 409.
-pub async fn idempotent(State(app): State<App>, request: Request, next: Next) -> Response {
+pub async fn idempotent(Extension(app): Extension<App>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }

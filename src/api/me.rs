@@ -3,13 +3,16 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::docs::{ErrorBody, Page, Pending, Positioned};
 use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
 use super::token::AuthUser;
@@ -19,19 +22,17 @@ use crate::events::double_option;
 use crate::events::user::ProfileChanges;
 use crate::App;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/", get(get_me).patch(update_me))
-        .route(
-            "/sessions",
-            get(list_sessions).delete(revoke_other_sessions),
-        )
-        .route("/password", axum::routing::post(change_password))
-        .route("/sessions/{sid}", axum::routing::delete(revoke_session))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(get_me, update_me))
+        .routes(routes!(list_sessions, revoke_other_sessions))
+        .routes(routes!(change_password))
+        .routes(routes!(revoke_session))
 }
 
-#[derive(Debug, Serialize)]
-struct SessionView {
+/// One signed-in device.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
     id: Uuid,
     created_at: DateTime<Utc>,
     last_seen_at: Option<DateTime<Utc>>,
@@ -40,10 +41,13 @@ struct SessionView {
     current: bool,
 }
 
+/// The caller's sessions (one page: a user has few).
+#[utoipa::path(get, path = "/sessions", tag = "me", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's sessions", body = Page<SessionView>)))]
 async fn list_sessions(
     State(app): State<App>,
     auth: AuthUser,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Page<SessionView>>, ApiError> {
     let items: Vec<SessionView> = app
         .sessions
         .list(auth.user_id)
@@ -57,11 +61,19 @@ async fn list_sessions(
             current: id == auth.session_id,
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_cursor": null }),
-    ))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
+/// Ends one of the caller's sessions (a lost phone).
+#[utoipa::path(delete, path = "/sessions/{sid}", tag = "me", security(("bearer" = [])),
+    params(("sid" = Uuid, Path, description = "The session's id, from `GET /api/me/sessions`")),
+    responses(
+        (status = 204, description = "The session is revoked"),
+        (status = 404, description = "No such session of the caller's", body = ErrorBody),
+    ))]
 async fn revoke_session(
     State(app): State<App>,
     auth: AuthUser,
@@ -76,6 +88,8 @@ async fn revoke_session(
 }
 
 /// "Log out everywhere else": every session of the caller but this one ends.
+#[utoipa::path(delete, path = "/sessions", tag = "me", security(("bearer" = [])),
+    responses((status = 204, description = "Every other session is revoked")))]
 async fn revoke_other_sessions(
     State(app): State<App>,
     auth: AuthUser,
@@ -87,13 +101,21 @@ async fn revoke_other_sessions(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChangePasswordBody {
+    #[schema(required = true, value_type = String)]
     current_password: Option<String>,
+    #[schema(required = true, value_type = String, min_length = 12, max_length = 128)]
     new_password: Option<String>,
 }
 
-/// `POST /api/me/password`: the current password, then the new one; other sessions end.
+/// The current password, then the new one; the other sessions end and the owner is mailed.
+#[utoipa::path(post, path = "/password", tag = "me", security(("bearer" = [])),
+    request_body = ChangePasswordBody,
+    responses(
+        (status = 204, description = "Changed; the other sessions are revoked"),
+        (status = 422, description = "`validation_failed`: `current_password` is wrong, or `new_password` is too weak", body = ErrorBody),
+    ))]
 async fn change_password(
     State(app): State<App>,
     auth: AuthUser,
@@ -134,12 +156,14 @@ async fn change_password(
 }
 
 /// A user as the read model knows them.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct UserView {
     pub id: Uuid,
     pub email: String,
     pub display_name: String,
+    /// `USER`, `BOTANIST`, `ADMIN` or `AUDITOR`.
     pub role: String,
+    /// `active` or `disabled`.
     pub status: String,
     pub email_verified: bool,
     /// Whether logins need a TOTP code.
@@ -152,6 +176,7 @@ pub struct UserView {
     pub bio: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The account's version (its event count).
     pub version: i64,
 }
 
@@ -166,13 +191,9 @@ pub async fn load_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx
         .await
 }
 
-/// Body with the aggregate's version and the log position that produced it.
-pub fn with_position<T: Serialize>(view: &T, position: Option<i64>) -> serde_json::Value {
-    let mut body = serde_json::to_value(view).unwrap_or_default();
-    body["position"] = serde_json::json!(position);
-    body
-}
-
+/// The caller's account.
+#[utoipa::path(get, path = "", tag = "me", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's account", body = UserView)))]
 async fn get_me(State(app): State<App>, auth: AuthUser) -> Result<Json<UserView>, ApiError> {
     load_user(&app.pool, auth.user_id)
         .await?
@@ -180,15 +201,21 @@ async fn get_me(State(app): State<App>, auth: AuthUser) -> Result<Json<UserView>
         .ok_or(ApiError::NotFound("user"))
 }
 
-#[derive(Debug, Deserialize)]
+/// Only the fields sent change; `null` clears a field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileBody {
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 80)]
     display_name: Option<String>,
+    /// Digits, spaces and `+ - ( ) .`; at least 6 digits.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 30)]
     phone: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 100)]
     city: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 1000)]
     bio: Option<Option<String>>,
 }
 
@@ -206,6 +233,14 @@ fn phone(value: Option<&str>) -> Result<Option<String>, String> {
     Ok(text)
 }
 
+/// Changes the caller's profile.
+#[utoipa::path(patch, path = "", tag = "me", security(("bearer" = [])),
+    request_body = UpdateProfileBody,
+    responses(
+        (status = 200, description = "The account as changed", body = Positioned<UserView>),
+        (status = 202, description = "Changed; the read model is catching up", body = Pending),
+        (status = 422, description = "`validation_failed`, or `nothing_to_change`", body = ErrorBody),
+    ))]
 async fn update_me(
     State(app): State<App>,
     auth: AuthUser,
@@ -261,6 +296,5 @@ async fn update_me(
     let view = load_user(&app.pool, auth.user_id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    let position = committed.position.map(|p| p.global_position);
-    Ok((StatusCode::OK, Json(with_position(&view, position))).into_response())
+    Ok(Json(super::positioned(view, &committed)).into_response())
 }

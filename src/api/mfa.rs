@@ -2,11 +2,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::docs::ErrorBody;
 use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
 use super::security_log;
@@ -14,15 +16,22 @@ use super::token::AuthUser;
 use crate::identity::mfa;
 use crate::App;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/totp", post(start).delete(disable))
-        .route("/totp/confirm", post(confirm))
-        .route("/verify", post(verify))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(start, disable))
+        .routes(routes!(confirm))
+        .routes(routes!(verify))
 }
 
-/// Step-up: a fresh code proves the user is still there; sensitive actions then pass for a few
-/// minutes.
+/// Step-up: a fresh code proves the user is still there; sensitive actions (a role change) then
+/// pass for 5 minutes.
+#[utoipa::path(post, path = "/verify", tag = "me", security(("bearer" = [])),
+    request_body = CodeBody,
+    responses(
+        (status = 204, description = "Verified: sensitive actions pass for 5 minutes"),
+        (status = 401, description = "`mfa_invalid`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),
+    ))]
 async fn verify(
     State(app): State<App>,
     auth: AuthUser,
@@ -45,12 +54,36 @@ async fn verify(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `{secret, otpauth_url}`: type the secret or scan the URL, then confirm with a code.
+/// A TOTP enrolment: type the secret or scan the URL into an authenticator app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// Base32.
+    secret: String,
+    /// `otpauth://totp/...`, for a QR code.
+    otpauth_url: String,
+    version: i64,
+    position: Option<i64>,
+}
+
+/// TOTP turned on: the recovery codes, each good for one login, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    recovery_codes: Vec<String>,
+    version: i64,
+    position: Option<i64>,
+}
+
+/// Starts enrolling an authenticator app; confirm with a code from it.
+#[utoipa::path(post, path = "/totp", tag = "me", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The secret to enrol", body = TotpEnrolment),
+        (status = 409, description = "`mfa_already_enabled`", body = ErrorBody),
+    ))]
 async fn start(
     State(app): State<App>,
     auth: AuthUser,
     RequestMeta(meta): RequestMeta,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
     let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
         .bind(auth.user_id)
         .fetch_optional(&app.pool)
@@ -60,17 +93,19 @@ async fn start(
     super::settle(&app, "User", &enrolment.committed).await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "secret": enrolment.secret,
-            "otpauth_url": enrolment.otpauth_url,
-            "version": enrolment.committed.version,
-            "position": enrolment.committed.position.map(|p| p.global_position),
-        })),
+        Json(TotpEnrolment {
+            secret: enrolment.secret,
+            otpauth_url: enrolment.otpauth_url,
+            version: enrolment.committed.version,
+            position: enrolment.committed.position.map(|p| p.global_position),
+        }),
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CodeBody {
+    /// A 6-digit code from the authenticator app, or (to remove TOTP) a recovery code.
+    #[schema(required = true, value_type = String)]
     code: Option<String>,
 }
 
@@ -83,12 +118,19 @@ fn code(body: &CodeBody) -> Result<&str, ApiError> {
 }
 
 /// A code from the app turns TOTP on; the answer carries the recovery codes, shown this once.
+#[utoipa::path(post, path = "/totp/confirm", tag = "me", security(("bearer" = [])),
+    request_body = CodeBody,
+    responses(
+        (status = 200, description = "TOTP is on", body = RecoveryCodes),
+        (status = 401, description = "`mfa_invalid`", body = ErrorBody),
+        (status = 409, description = "`no_pending_enrolment` or `mfa_already_enabled`", body = ErrorBody),
+    ))]
 async fn confirm(
     State(app): State<App>,
     auth: AuthUser,
     RequestMeta(meta): RequestMeta,
     ApiJson(body): ApiJson<CodeBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RecoveryCodes>, ApiError> {
     let code = code(&body)?;
     let confirmed = mfa::confirm(
         &app,
@@ -107,14 +149,21 @@ async fn confirm(
     };
     security_log::mfa_changed(auth.user_id, "enabled");
     super::settle(&app, "User", &committed).await;
-    Ok(Json(json!({
-        "recovery_codes": codes,
-        "version": committed.version,
-        "position": committed.position.map(|p| p.global_position),
-    })))
+    Ok(Json(RecoveryCodes {
+        recovery_codes: codes,
+        version: committed.version,
+        position: committed.position.map(|p| p.global_position),
+    }))
 }
 
 /// Turns TOTP off, given a current code or a recovery code; the owner is mailed.
+#[utoipa::path(delete, path = "/totp", tag = "me", security(("bearer" = [])),
+    request_body = CodeBody,
+    responses(
+        (status = 204, description = "TOTP is off"),
+        (status = 401, description = "`mfa_invalid`", body = ErrorBody),
+        (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),
+    ))]
 async fn disable(
     State(app): State<App>,
     auth: AuthUser,

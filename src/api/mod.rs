@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod guard;
@@ -22,7 +23,6 @@ use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -33,14 +33,12 @@ use crate::App;
 use error::ApiError;
 
 /// The whole HTTP API; what `serve` runs and what tests drive.
+/// Every route is registered with its OpenAPI description ([`docs::routes`]); the document
+/// served at `/openapi.json` is the one these routes produced.
 pub fn router(app: App) -> Router {
-    let routes = Router::new()
-        .nest("/api/auth", auth::router())
-        .nest("/api/me/mfa", mfa::router())
-        .nest("/api/me", me::router())
-        .nest("/api/plants", plants::router(&app))
-        .nest("/api/admin", admin::router())
-        .merge(ops::router());
+    let (routes, mut document) = docs::routes().split_for_parts();
+    docs::complete(&mut document);
+    let routes = routes.layer(axum::Extension(docs::Served::new(&document)));
     with_layers(routes, app)
 }
 
@@ -54,13 +52,21 @@ pub fn with_layers(routes: Router<App>, app: App) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
-            (
+            error::error_answer(
                 StatusCode::METHOD_NOT_ALLOWED,
-                Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this path"}})),
+                "method_not_allowed",
+                "method not allowed on this path",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), limits::rate_limit))
-        .layer(axum::extract::DefaultBodyLimit::max(app.config.max_json_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limits::rate_limit,
+        ))
+        // For route middleware that needs the app (idempotency): routes are built without it.
+        .layer(axum::Extension(app.clone()))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            app.config.max_json_body_bytes,
+        ))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(cors(&app.config.cors_allowed_origins))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -85,12 +91,17 @@ pub fn with_layers(routes: Router<App>, app: App) -> Router {
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
-        .layer(axum::middleware::from_fn_with_state(https, strict_transport))
+        .layer(axum::middleware::from_fn_with_state(
+            https,
+            strict_transport,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(app.config.request_timeout_secs),
             time_limit,
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_answer))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_answer,
+        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(move |request: &Request| {
                 // The path only: query strings can carry personal data (`?q=` on user lists).
@@ -191,11 +202,11 @@ async fn time_limit(
 ) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => (
+        Err(_) => error::error_answer(
             StatusCode::REQUEST_TIMEOUT,
-            Json(json!({"error": {"code": "request_timeout", "message": "the request took too long"}})),
-        )
-            .into_response(),
+            "request_timeout",
+            "the request took too long",
+        ),
     }
 }
 
@@ -253,14 +264,19 @@ pub async fn settle(app: &App, aggregate_type: &str, committed: &Committed) -> b
 
 /// 202 for a command whose read models have not caught up in time.
 pub fn accepted(id: uuid::Uuid, committed: &Committed) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "id": id,
-            "status": "pending",
-            "version": committed.version,
-            "position": committed.position.map(|p| p.global_position),
-        })),
-    )
-        .into_response()
+    let body = docs::Pending {
+        id,
+        status: "pending".into(),
+        version: committed.version,
+        position: committed.position.map(|p| p.global_position),
+    };
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// The resource a command produced, with the command's log position.
+pub fn positioned<T>(resource: T, committed: &Committed) -> docs::Positioned<T> {
+    docs::Positioned {
+        resource,
+        position: committed.position.map(|p| p.global_position),
+    }
 }

@@ -1,24 +1,68 @@
 //! `/health`, `/ready`, `/metrics`.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::docs::ErrorBody;
 use super::error::ApiError;
 use crate::App;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    status: String,
+}
+
+/// Alive: the process answers (nothing else is checked).
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    status: String,
+    postgres: bool,
+    redis: bool,
+    /// The log's last position (null when PostgreSQL does not answer).
+    log_head: Option<i64>,
+    /// Each projection's checkpoint, how many events it is behind, and how many it parked.
+    projections: BTreeMap<String, ProjectionLag>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionLag {
+    position: i64,
+    behind: i64,
+    parked: i64,
 }
 
 /// Ready when PostgreSQL and Redis answer; reports how far each projection lags behind the log and
 /// how many events it parked.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "PostgreSQL or Redis does not answer", body = Readiness),
+    ))]
 async fn ready(State(app): State<App>) -> impl IntoResponse {
     let database =
         sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(global_position), 0) FROM events")
@@ -27,17 +71,19 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
     let redis = app.sessions.ping().await;
     let checkpoints = crate::projections::runner::all_checkpoints(&app.pool).await;
     let head = database.as_ref().ok().copied();
-    let lag: serde_json::Map<String, serde_json::Value> = checkpoints
+    let lag: BTreeMap<String, ProjectionLag> = checkpoints
         .as_ref()
         .map(|all| {
             all.iter()
                 .map(|(name, state)| {
                     let position = state.position.global_position;
                     let behind = head.map(|h| (h - position).max(0)).unwrap_or(0);
-                    (
-                        name.clone(),
-                        json!({"position": position, "behind": behind, "parked": state.parked}),
-                    )
+                    let lag = ProjectionLag {
+                        position,
+                        behind,
+                        parked: state.parked,
+                    };
+                    (name.clone(), lag)
                 })
                 .collect()
         })
@@ -48,20 +94,24 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if ok { "ready" } else { "unavailable" },
-            "postgres": database.is_ok(),
-            "redis": redis.is_ok(),
-            "log_head": head,
-            "projections": lag,
-        })),
-    )
+    let readiness = Readiness {
+        status: if ok { "ready" } else { "unavailable" }.into(),
+        postgres: database.is_ok(),
+        redis: redis.is_ok(),
+        log_head: head,
+        projections: lag,
+    };
+    (status, Json(readiness))
 }
 
 /// Prometheus metrics, for the configured networks (`METRICS_ALLOWED_IPS`) or the holder of
 /// `METRICS_TOKEN`; anyone else gets 403.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String),
+        (status = 403, description = "`forbidden`: not from `METRICS_ALLOWED_IPS` and no valid `METRICS_TOKEN`", body = ErrorBody),
+    ))]
 async fn metrics(State(app): State<App>, request: axum::extract::Request) -> Response {
     let from_allowed = super::limits::client_addr(&request, &app.config.trusted_proxies)
         .is_some_and(|ip| {

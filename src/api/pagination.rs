@@ -2,20 +2,13 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::error::ApiError;
+pub use super::docs::Page;
 use crate::commands::values::FieldErrors;
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
-
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
 
 /// Parses `limit` (1..=100, default 20) and an opaque cursor (the last id seen).
 pub fn parse(
@@ -47,11 +40,7 @@ pub fn parse(
 }
 
 /// Builds a page from `limit + 1` fetched rows.
-pub fn page<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    id_of: impl Fn(&T) -> Uuid,
-) -> Result<Page<T>, ApiError> {
+pub fn page<T>(mut rows: Vec<T>, limit: i64, id_of: impl Fn(&T) -> Uuid) -> Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more {
@@ -60,10 +49,10 @@ pub fn page<T>(
     } else {
         None
     };
-    Ok(Page {
+    Page {
         items: rows,
         next_cursor,
-    })
+    }
 }
 
 /// `%` and `_` are literal in a search term.

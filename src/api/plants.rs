@@ -4,18 +4,20 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::docs::{ErrorBody, Page, Pending, Positioned};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use super::guard::{Can, Capability, ManagePlants, ReadAllPlants};
-use super::me::with_position;
-use super::pagination::{self, Page};
+use super::pagination;
 use super::token::AuthUser;
 use crate::commands::plant::{CarePatch, Plant, PlantCommand, PlantPatch};
 use crate::commands::values::{optional_text, watering_interval, FieldErrors, PlantName};
@@ -24,27 +26,23 @@ use crate::events::plant::Care;
 use crate::events::store::Committed;
 use crate::App;
 
-pub fn router(app: &App) -> Router<App> {
-    let create = post(create_plant).layer(axum::middleware::from_fn_with_state(
-        app.clone(),
-        super::idempotency::idempotent,
-    ));
-    Router::new()
-        .route("/", get(list_plants).merge(create))
-        .route(
-            "/{id}",
-            get(get_plant).patch(update_plant).delete(delete_plant),
-        )
+pub fn router() -> OpenApiRouter<App> {
+    let (schemas, paths, create) = routes!(create_plant);
+    let create = create.layer(axum::middleware::from_fn(super::idempotency::idempotent));
+    OpenApiRouter::new()
+        .routes(routes!(list_plants))
+        .routes((schemas, paths, create))
+        .routes(routes!(get_plant, update_plant, delete_plant))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CareView {
     pub watering_interval_days: Option<i32>,
     pub light: Option<String>,
     pub notes: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PlantView {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -117,24 +115,33 @@ async fn visible_plant(app: &App, auth: &AuthUser, id: Uuid) -> Result<PlantView
         .ok_or(ApiError::NotFound("plant"))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CareBody {
+pub struct CareBody {
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 365)]
     watering_interval_days: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 100)]
     light: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     notes: Option<Option<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A plant to create (`name` required) or the changes to one (every field optional; `null`
+/// clears).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlantBody {
+    /// Required when creating.
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 100)]
     name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 100)]
     species: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     description: Option<Option<String>>,
     #[serde(default)]
     care: Option<CareBody>,
@@ -180,10 +187,20 @@ async fn respond(
     let plant = load_plant(&app.pool, id)
         .await?
         .ok_or(ApiError::NotFound("plant"))?;
-    let position = committed.position.map(|p| p.global_position);
-    Ok((status, Json(with_position(&plant, position))).into_response())
+    Ok((status, Json(super::positioned(plant, committed))).into_response())
 }
 
+/// Adds a plant of the caller's.
+#[utoipa::path(post, path = "", tag = "plants", security(("bearer" = [])),
+    request_body = PlantBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
+    responses(
+        (status = 201, description = "The new plant", body = Positioned<PlantView>),
+        (status = 202, description = "Created; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: the role cannot own plants", body = ErrorBody),
+        (status = 409, description = "`idempotency_key_reused` (another body), or the first request with this key is still running", body = ErrorBody),
+    ))]
 async fn create_plant(
     State(app): State<App>,
     auth: Can<ManagePlants>,
@@ -218,14 +235,27 @@ async fn create_plant(
     respond(&app, id, &committed, StatusCode::CREATED).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only this owner's plants (BOTANIST, ADMIN; a USER always lists their own).
+    #[param(value_type = Option<Uuid>)]
     owner_id: Option<String>,
+    /// Search in names and species (case-insensitive, at most 100 characters).
     q: Option<String>,
 }
 
+/// USER: their own plants; BOTANIST and ADMIN: everyone's. Newest first.
+#[utoipa::path(get, path = "", tag = "plants", security(("bearer" = [])), params(ListParams),
+    responses(
+        (status = 200, description = "A page of plants", body = Page<PlantView>),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
 async fn list_plants(
     State(app): State<App>,
     auth: AuthUser,
@@ -272,9 +302,16 @@ async fn list_plants(
     .fetch_all(&app.pool)
     .await?;
     let views = rows.into_iter().map(PlantView::from).collect();
-    Ok(Json(pagination::page(views, limit, |p: &PlantView| p.id)?))
+    Ok(Json(pagination::page(views, limit, |p: &PlantView| p.id)))
 }
 
+/// One plant the caller may see.
+#[utoipa::path(get, path = "/{id}", tag = "plants", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plant's id")),
+    responses(
+        (status = 200, description = "The plant", body = PlantView),
+        (status = 404, description = "No such plant, or not one the caller may see", body = ErrorBody),
+    ))]
 async fn get_plant(
     State(app): State<App>,
     auth: AuthUser,
@@ -283,6 +320,17 @@ async fn get_plant(
     visible_plant(&app, &auth, id).await.map(Json)
 }
 
+/// Changes a plant (its owner, or an ADMIN).
+#[utoipa::path(patch, path = "/{id}", tag = "plants", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plant's id")),
+    request_body = PlantBody,
+    responses(
+        (status = 200, description = "The plant as changed", body = Positioned<PlantView>),
+        (status = 202, description = "Changed; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: the role cannot manage plants", body = ErrorBody),
+        (status = 404, description = "No such plant of the caller's", body = ErrorBody),
+        (status = 409, description = "`concurrent_modification`", body = ErrorBody),
+    ))]
 async fn update_plant(
     State(app): State<App>,
     auth: Can<ManagePlants>,
@@ -306,6 +354,16 @@ async fn update_plant(
     respond(&app, id, &committed, StatusCode::OK).await
 }
 
+/// Deletes a plant (its owner, or an ADMIN).
+#[utoipa::path(delete, path = "/{id}", tag = "plants", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plant's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 202, description = "Deleted; the read model is catching up", body = Pending),
+        (status = 403, description = "`forbidden`: the role cannot manage plants", body = ErrorBody),
+        (status = 404, description = "No such plant of the caller's", body = ErrorBody),
+        (status = 409, description = "`concurrent_modification`", body = ErrorBody),
+    ))]
 async fn delete_plant(
     State(app): State<App>,
     auth: Can<ManagePlants>,

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
     pub _projectors: Option<BackgroundTasks>,
+    /// The documented operations whose answers were checked against the document.
+    pub checked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
 }
 
 pub struct Reply {
@@ -96,10 +98,20 @@ impl TestApp {
             app,
             pool,
             _projectors: projectors,
+            checked: Default::default(),
         }
     }
 
+    /// The documented operations answered so far, as (path template, lowercase method).
+    pub fn checked(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.checked.lock().expect("checked").clone()
+    }
+
+    /// Sends a request through the router. Every answer on a documented route must match the
+    /// OpenAPI document (status, content type, schema): see `contract.rs`.
     pub async fn raw(&self, request: Request<Body>) -> Reply {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
         let response = self
             .router
             .clone()
@@ -114,6 +126,22 @@ impl TestApp {
             .await
             .expect("body")
             .to_bytes();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match crate::contract::check(&method, &path, status, content_type, &bytes) {
+            None => {}
+            Some(Ok(())) => {
+                if let Some(template) = crate::contract::template_of(&path) {
+                    self.checked
+                        .lock()
+                        .expect("checked")
+                        .insert((template, method.as_str().to_ascii_lowercase()));
+                }
+            }
+            Some(Err(drift)) => panic!("the answer drifts from the OpenAPI document: {drift}"),
+        }
         let body = if bytes.is_empty() {
             Value::Null
         } else {

@@ -3,6 +3,7 @@
 
 mod access;
 mod auth;
+mod contract;
 mod edge;
 mod event_order;
 mod hardening;
