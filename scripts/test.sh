@@ -6,4 +6,9 @@ cd "$(dirname "$0")/.."
 ./scripts/services.sh
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-exec cargo test --locked "$@"
+cargo test --locked "$@"
+# With no filter given (the whole suite): a TypeScript client generated from the document must
+# type-check too.
+if [ "$#" -eq 0 ]; then
+    ./scripts/check-client.sh
+fi

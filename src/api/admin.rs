@@ -334,7 +334,7 @@ async fn change_role(
 }
 
 /// Disables an account: its sessions are revoked and it cannot log in.
-#[utoipa::path(post, path = "/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/users/{id}/disable", operation_id = "disable_user", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = USER_ID)),
     responses(
         (status = 200, description = "The account, disabled", body = Positioned<UserView>),
@@ -362,7 +362,7 @@ async fn disable(
 }
 
 /// Enables a disabled account.
-#[utoipa::path(post, path = "/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+#[utoipa::path(post, path = "/users/{id}/enable", operation_id = "enable_user", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = USER_ID)),
     responses(
         (status = 200, description = "The account, enabled", body = Positioned<UserView>),

@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<App> {
 
 /// Step-up: a fresh code proves the user is still there; sensitive actions (a role change) then
 /// pass for 5 minutes.
-#[utoipa::path(post, path = "/verify", tag = "me", security(("bearer" = [])),
+#[utoipa::path(post, path = "/verify", operation_id = "verify_totp", tag = "me", security(("bearer" = [])),
     request_body = CodeBody,
     responses(
         (status = 204, description = "Verified: sensitive actions pass for 5 minutes"),
@@ -74,7 +74,7 @@ pub struct RecoveryCodes {
 }
 
 /// Starts enrolling an authenticator app; confirm with a code from it.
-#[utoipa::path(post, path = "/totp", tag = "me", security(("bearer" = [])),
+#[utoipa::path(post, path = "/totp", operation_id = "start_totp", tag = "me", security(("bearer" = [])),
     responses(
         (status = 201, description = "The secret to enrol", body = TotpEnrolment),
         (status = 409, description = "`mfa_already_enabled`", body = ErrorBody),
@@ -118,7 +118,7 @@ fn code(body: &CodeBody) -> Result<&str, ApiError> {
 }
 
 /// A code from the app turns TOTP on; the answer carries the recovery codes, shown this once.
-#[utoipa::path(post, path = "/totp/confirm", tag = "me", security(("bearer" = [])),
+#[utoipa::path(post, path = "/totp/confirm", operation_id = "confirm_totp", tag = "me", security(("bearer" = [])),
     request_body = CodeBody,
     responses(
         (status = 200, description = "TOTP is on", body = RecoveryCodes),
@@ -157,7 +157,7 @@ async fn confirm(
 }
 
 /// Turns TOTP off, given a current code or a recovery code; the owner is mailed.
-#[utoipa::path(delete, path = "/totp", tag = "me", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/totp", operation_id = "disable_totp", tag = "me", security(("bearer" = [])),
     request_body = CodeBody,
     responses(
         (status = 204, description = "TOTP is off"),

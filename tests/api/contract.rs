@@ -313,9 +313,15 @@ fn every_operation_documents_its_parameters_security_and_errors() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    let mut operation_ids = BTreeSet::new();
     for (path, method) in documented_operations() {
         let operation = &doc["paths"][&path][&method];
         let name = format!("{method} {path}");
+        let id = operation["operationId"].as_str().unwrap_or_default();
+        assert!(
+            operation_ids.insert(id.to_string()),
+            "{name}: operationId `{id}` is not unique (client generators need it)"
+        );
         assert!(operation["summary"].is_string(), "{name}: no summary");
         assert!(
             operation["tags"].as_array().is_some_and(|t| !t.is_empty()),
