@@ -29,7 +29,10 @@ fn now_ms() -> u64 {
 }
 
 impl Redis {
-    /// Connects (Redis must answer at start-up) with the given per-call deadline.
+    /// Connects with the given per-call deadline. Redis must answer a `PING` at start-up, within
+    /// a few deadlines: a server that wants a password REDIS_URL lacks (`NOAUTH`), refuses the
+    /// one it has (`WRONGPASS`), or does not answer, stops the start with that reason instead of
+    /// hanging or starting an API whose every session call fails.
     pub async fn connect(url: &str, deadline: Duration) -> RedisResult<Redis> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -37,8 +40,27 @@ impl Redis {
             .set_response_timeout(deadline)
             .set_number_of_retries(1)
             .set_max_delay(1000);
+        let start_up = (deadline * 3).max(Duration::from_secs(3));
+        let no_answer =
+            || RedisError::from((ErrorKind::IoError, "Redis did not answer at start-up"));
+        let conn =
+            tokio::time::timeout(start_up, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| no_answer())??;
+        let mut probe = conn.clone();
+        let pong: String =
+            tokio::time::timeout(start_up, redis::cmd("PING").query_async(&mut probe))
+                .await
+                .map_err(|_| no_answer())??;
+        if pong != "PONG" {
+            return Err(RedisError::from((
+                ErrorKind::ResponseError,
+                "Redis answered PING with something else",
+                pong,
+            )));
+        }
         Ok(Redis {
-            conn: ConnectionManager::new_with_config(client, config).await?,
+            conn,
             deadline,
             open_until_ms: Arc::new(AtomicU64::new(0)),
         })

@@ -223,17 +223,24 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(port: u16) -> OwnRedis {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> OwnRedis {
+        let port_arg = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend_from_slice(extra);
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/services.sh installs it)");
@@ -249,10 +256,12 @@ impl OwnRedis {
                     return false;
                 };
                 match client.get_multiplexed_async_connection().await {
-                    Ok(mut conn) => redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok(),
+                    // A server that wants a password answers too.
+                    Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await
+                    {
+                        Ok(_) => true,
+                        Err(err) => err.code() == Some("NOAUTH"),
+                    },
                     Err(_) => false,
                 }
             }
@@ -375,4 +384,61 @@ async fn without_redis_authentication_fails_closed_before_any_password_is_checke
     // Elsewhere the limiter still fails open: the plant list needs no Redis but the session.
     let plants = t.get("/api/plants", &token).await;
     assert_eq!(plants.code(), "sessions_unavailable", "{plants:?}");
+}
+
+#[sqlx::test]
+async fn a_redis_wanting_a_password_stops_the_start_with_the_reason_not_a_hang(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let port = free_port();
+    let password = "redis-pass-for-this-test-only";
+    let redis = OwnRedis::start_with(port, &["--requirepass", password]);
+    redis.ready().await;
+    let pool = crate::helpers::pool(options, connect).await;
+
+    let mut without = config();
+    without.redis_url = arosaje::config::ConnectionUrl::new(format!("redis://127.0.0.1:{port}"));
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        arosaje::App::with_pool(without, pool.clone()),
+    )
+    .await
+    .expect("the start must not hang");
+    let Err(err) = outcome else {
+        panic!("an app started on a Redis that refuses it");
+    };
+    let reason = format!("{err:#}");
+    assert!(
+        reason.contains("REDIS_URL") && reason.contains("NOAUTH"),
+        "{reason}"
+    );
+
+    let mut wrong = config();
+    wrong.redis_url =
+        arosaje::config::ConnectionUrl::new(format!("redis://:not-the-password@127.0.0.1:{port}"));
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        arosaje::App::with_pool(wrong, pool.clone()),
+    )
+    .await
+    .expect("the start must not hang");
+    let reason = format!("{:#}", outcome.err().expect("a wrong password is refused"));
+    assert!(
+        !reason.contains("not-the-password"),
+        "the password leaked: {reason}"
+    );
+    assert!(
+        reason.contains("WRONGPASS") || reason.to_lowercase().contains("authentication failed"),
+        "{reason}"
+    );
+
+    let mut with = config();
+    with.redis_url =
+        arosaje::config::ConnectionUrl::new(format!("redis://:{password}@127.0.0.1:{port}"));
+    let app = arosaje::App::with_pool(with, pool)
+        .await
+        .expect("starts with the password");
+    app.sessions.ping().await.expect("Redis answers the app");
+    drop(redis);
 }
