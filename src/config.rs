@@ -215,6 +215,9 @@ pub struct Config {
     /// Whether sittings require a verified e-mail address (false: local demos skip it).
     #[arg(long, env = "REQUIRE_EMAIL_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_email_verification: bool,
+    /// The longest sitting, in days.
+    #[arg(long, env = "MAX_SITTING_DAYS", default_value_t = 90)]
+    pub max_sitting_days: i64,
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,

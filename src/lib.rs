@@ -175,13 +175,17 @@ impl App {
 }
 
 /// Names of every projector `serve` runs (read models, then the mail outbox).
-pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "mailer"];
+pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "sittings", "mailer"];
 
 /// Every read model of the service, in rebuild order (users before what refers to them).
 pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn Projection>> {
     vec![
-        Arc::new(projections::users::UsersProjection::new(keys, email_index)),
+        Arc::new(projections::users::UsersProjection::new(
+            keys.clone(),
+            email_index,
+        )),
         Arc::new(projections::plants::PlantsProjection),
+        Arc::new(projections::sittings::SittingsProjection::new(keys)),
     ]
 }
 

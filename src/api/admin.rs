@@ -214,6 +214,8 @@ pub struct AdminStats {
     disabled_users: i64,
     pending_botanist_verifications: i64,
     plants: i64,
+    /// Sittings by status (`open`, `accepted`, `in_progress`, `completed`, `cancelled`).
+    sittings: BTreeMap<String, i64>,
     /// The log's last position.
     events: i64,
 }
@@ -246,7 +248,18 @@ async fn stats(
         .map(|role| (role.to_string(), 0))
         .collect();
     users.extend(by_role);
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM sittings GROUP BY status")
+            .fetch_all(&app.pool)
+            .await?;
+    let mut sittings: BTreeMap<String, i64> =
+        ["open", "accepted", "in_progress", "completed", "cancelled"]
+            .into_iter()
+            .map(|status| (status.to_string(), 0))
+            .collect();
+    sittings.extend(by_status);
     Ok(Json(AdminStats {
+        sittings,
         users,
         disabled_users: disabled,
         pending_botanist_verifications: pending,

@@ -7,7 +7,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use uuid::Uuid;
+
 use crate::commands::plant::PlantError;
+use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
 use crate::events::store::CommandError;
@@ -206,6 +209,50 @@ impl DomainError for PlantError {
         match self {
             PlantError::AlreadyExists => ApiError::conflict("already_exists", self.to_string()),
             PlantError::NotFound => ApiError::NotFound("plant"),
+        }
+    }
+}
+
+impl DomainError for SittingError {
+    fn into_api(self) -> ApiError {
+        let message = self.to_string();
+        let conflict = |code| ApiError::conflict(code, message.clone());
+        let forbidden = |code| ApiError::Forbidden {
+            code,
+            message: message.clone(),
+        };
+        match self {
+            SittingError::AlreadyExists => conflict("already_exists"),
+            SittingError::NotFound => ApiError::NotFound("sitting"),
+            SittingError::NoPlants => {
+                ApiError::invalid("plant_ids", "must name at least one plant")
+            }
+            SittingError::PlantsNotOwned(ids) => {
+                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                ApiError::invalid(
+                    "plant_ids",
+                    format!("must be plants of yours: not {}", ids.join(", ")),
+                )
+            }
+            SittingError::OwnSitting => conflict("own_sitting"),
+            SittingError::NotOpen => conflict("sitting_not_open"),
+            SittingError::AlreadyApplied => conflict("already_applied"),
+            SittingError::NotApplied => conflict("not_applied"),
+            SittingError::NotTheOwner => forbidden("not_the_owner"),
+            SittingError::NotAnApplicant => conflict("not_an_applicant"),
+            SittingError::SitterUnavailable => conflict("sitter_unavailable"),
+            SittingError::NotAccepted => conflict("sitting_not_accepted"),
+            SittingError::TooEarly(_) => conflict("sitting_not_started_yet"),
+            SittingError::NotInProgress => conflict("sitting_not_in_progress"),
+            SittingError::NotTheSitter => forbidden("not_the_sitter"),
+            SittingError::NotAParticipant => forbidden("not_a_participant"),
+            SittingError::PlantNotInSitting => {
+                ApiError::invalid("plant_id", "is not a plant of this sitting")
+            }
+            SittingError::InProgress => conflict("sitting_in_progress"),
+            SittingError::Closed => conflict("sitting_closed"),
+            SittingError::NotCompleted => conflict("sitting_not_completed"),
+            SittingError::AlreadyReviewed => conflict("already_reviewed"),
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod ops;
 pub mod pagination;
 pub mod plants;
 pub mod security_log;
+pub mod sittings;
 pub mod token;
+pub mod users;
 
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 //! before dispatch and carried in the command.
 
 pub mod plant;
+pub mod sitting;
 pub mod user;
 pub mod values;
 

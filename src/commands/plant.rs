@@ -64,6 +64,11 @@ pub struct Plant {
 }
 
 impl Plant {
+    /// The owner of a plant that exists (not deleted).
+    pub fn owner_id(&self) -> Option<Uuid> {
+        self.owner_id.filter(|_| !self.deleted)
+    }
+
     fn exists(&self) -> bool {
         self.owner_id.is_some() && !self.deleted
     }

@@ -216,6 +216,104 @@ pub fn watering_interval(days: i64) -> Result<i32, String> {
     }
 }
 
+/// Bounded free text of several lines (instructions, messages, notes, comments).
+pub fn text(value: &str, min: usize, max: usize) -> Result<String, String> {
+    bounded(value, min, max, true)
+}
+
+/// The days of a sitting: from `starts_on` to `ends_on` included, starting today at the
+/// earliest, at most `max_days` long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SittingPeriod {
+    starts_on: chrono::NaiveDate,
+    ends_on: chrono::NaiveDate,
+}
+
+impl SittingPeriod {
+    /// `today` is the caller's clock (UTC), passed in so the rule is testable.
+    pub fn parse(
+        starts_on: chrono::NaiveDate,
+        ends_on: chrono::NaiveDate,
+        today: chrono::NaiveDate,
+        max_days: i64,
+    ) -> Result<SittingPeriod, (&'static str, String)> {
+        if starts_on < today {
+            return Err(("starts_on", "must be today or later".into()));
+        }
+        if ends_on < starts_on {
+            return Err(("ends_on", "must be on or after starts_on".into()));
+        }
+        let days = (ends_on - starts_on).num_days() + 1;
+        if days > max_days {
+            return Err((
+                "ends_on",
+                format!("a sitting lasts at most {max_days} days"),
+            ));
+        }
+        Ok(SittingPeriod { starts_on, ends_on })
+    }
+
+    pub fn starts_on(&self) -> chrono::NaiveDate {
+        self.starts_on
+    }
+
+    pub fn ends_on(&self) -> chrono::NaiveDate {
+        self.ends_on
+    }
+}
+
+/// A point on Earth in degrees (WGS 84).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoPoint {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl GeoPoint {
+    pub fn parse(lat: f64, lon: f64) -> Result<GeoPoint, (&'static str, String)> {
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(("lat", "must be a latitude from -90 to 90".into()));
+        }
+        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+            return Err(("lon", "must be a longitude from -180 to 180".into()));
+        }
+        Ok(GeoPoint { lat, lon })
+    }
+
+    /// About 1 km: what strangers see of where a sitting is. Rounded to a grid of 0.01 degree of
+    /// latitude (1.1 km) and the longitude step that spans as much at this latitude, so a
+    /// stranger cannot tell places within one cell apart.
+    pub fn approximate(&self) -> GeoPoint {
+        let lat_step = 0.01;
+        let lat = (self.lat / lat_step).round() * lat_step;
+        let cos = lat.to_radians().cos().abs().max(0.01);
+        let lon_step = (lat_step / cos).min(1.0);
+        let lon = ((self.lon / lon_step).round() * lon_step).clamp(-180.0, 180.0);
+        GeoPoint {
+            lat: (lat * 1e6).round() / 1e6,
+            lon: (lon * 1e6).round() / 1e6,
+        }
+    }
+}
+
+/// A review's rating: 1 to 5 stars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rating(u8);
+
+impl Rating {
+    pub fn parse(value: i64) -> Result<Rating, String> {
+        if (1..=5).contains(&value) {
+            Ok(Rating(value as u8))
+        } else {
+            Err("must be an integer from 1 to 5".into())
+        }
+    }
+
+    pub fn value(&self) -> u8 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,12 @@
 //! encryption of personal data inside events.
 
 pub mod append;
+pub mod bookings;
 pub mod crypto;
 pub mod group_commit;
 pub mod metadata;
 pub mod plant;
+pub mod sitting;
 pub mod store;
 pub mod upcast;
 pub mod user;

@@ -136,6 +136,78 @@ impl EventStore {
         append::<A>(conn, aggregate_id, 0, &events, metadata).await
     }
 
+    /// Runs a command whose events must commit together with a write-side guard: `guard` runs in
+    /// the append's transaction, before the append takes the commit-order lock, and sees the
+    /// aggregate's state before the command and the events it decided. A guard error (a sitter
+    /// already booked) rolls everything back; a concurrent change of the aggregate, or a guard
+    /// that reports `Conflict` (its transaction lost a deadlock), is retried like any command.
+    pub async fn execute_guarded<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+        guard: &(dyn Guard<A> + '_),
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Versioned,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            let (mut aggregate, sequence) = self.load::<A>(aggregate_id).await?;
+            let sink = EventSink::<A>::default();
+            aggregate
+                .handle(command.clone(), services, &sink)
+                .await
+                .map_err(CommandError::Domain)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed {
+                    version: sequence as i64,
+                    position: None,
+                });
+            }
+            let mut tx = self.pool.begin().await.map_err(internal)?;
+            let appended = match guard
+                .check(&mut tx, aggregate_id, &aggregate, &events)
+                .await
+            {
+                Ok(()) => append::<A>(&mut tx, aggregate_id, sequence, &events, metadata).await,
+                Err(err) => Err(err),
+            };
+            match appended {
+                Ok(committed) => {
+                    tx.commit().await.map_err(internal)?;
+                    self.appended(A::TYPE);
+                    return Ok(committed);
+                }
+                Err(CommandError::Conflict) if attempt < self.retries => {
+                    drop(tx);
+                    attempt += 1;
+                    metrics::counter!("command_conflicts_total", "aggregate_type" => A::TYPE)
+                        .increment(1);
+                    let max_ms = 2u64 << attempt.min(6);
+                    let pause = rand::thread_rng().gen_range(0..=max_ms);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// An aggregate's current state, from its events (for facts a command on another aggregate
+    /// needs: who owns a plant). `None` when it has no events.
+    pub async fn load_state<A: Versioned>(&self, aggregate_id: &str) -> anyhow::Result<Option<A>> {
+        match self.load::<A>(aggregate_id).await {
+            Ok((_, 0)) => Ok(None),
+            Ok((aggregate, _)) => Ok(Some(aggregate)),
+            Err(CommandError::Conflict) => Err(anyhow::anyhow!("loading {aggregate_id}: conflict")),
+            Err(CommandError::Internal(err)) => Err(err),
+            Err(CommandError::Domain(_)) => Err(anyhow::anyhow!("loading {aggregate_id}")),
+        }
+    }
+
     /// Tells projectors (here and on other instances) that events of `aggregate_type` were
     /// committed.
     pub fn appended(&self, aggregate_type: &str) {
@@ -220,6 +292,19 @@ pub(super) fn internal<E: std::error::Error>(err: impl Into<anyhow::Error>) -> C
 }
 
 /// Runs the aggregate's `handle` and collects the events it decided on.
+/// A write-side check that must commit atomically with a command's events (see
+/// [`EventStore::execute_guarded`]).
+#[async_trait::async_trait]
+pub trait Guard<A: Aggregate>: Send + Sync {
+    async fn check(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        before: &A,
+        events: &[A::Event],
+    ) -> Result<(), CommandError<A::Error>>;
+}
+
 async fn decide<A: Aggregate>(
     mut aggregate: A,
     command: A::Command,

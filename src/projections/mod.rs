@@ -3,6 +3,7 @@
 pub mod mailer;
 pub mod plants;
 pub mod runner;
+pub mod sittings;
 pub mod users;
 
 use async_trait::async_trait;

@@ -685,6 +685,30 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
     )
     .await;
     t.post("/api/auth/logout", Some(&token), json!({})).await;
+    // Sittings: the whole lifecycle, then an application withdrawn and a sitting cancelled.
+    let lifecycle = crate::sittings::full_lifecycle(&t).await;
+    t.get(&format!("/api/sittings/{lifecycle}"), &admin).await;
+    let (_, owner, plants) = crate::sittings::owner_with_plants(&t, 1).await;
+    let (_, sitter) = t.verified_user(&unique_email("tour-sitter")).await;
+    let body = crate::sittings::sitting_body(&plants, 2, 4, crate::sittings::LYON, "Lyon");
+    let open = crate::sittings::request(&t, &owner, body).await.body["id"]
+        .as_str()
+        .expect("sitting")
+        .to_string();
+    t.post(
+        &format!("/api/sittings/{open}/applications"),
+        Some(&sitter),
+        json!({}),
+    )
+    .await;
+    t.delete(&format!("/api/sittings/{open}/applications/mine"), &sitter)
+        .await;
+    t.post(
+        &format!("/api/sittings/{open}/cancel"),
+        Some(&owner),
+        json!({"reason": "Trip off"}),
+    )
+    .await;
     for path in [
         "/health",
         "/ready",

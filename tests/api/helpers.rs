@@ -230,6 +230,22 @@ impl TestApp {
         )
     }
 
+    /// A user whose e-mail address is verified (through the link's token, as a user would);
+    /// returns (user id, access token).
+    pub async fn verified_user(&self, email: &str) -> (Uuid, String) {
+        let (id, token) = self.user(email).await;
+        let link = self
+            .app
+            .tokens
+            .issue(arosaje::infra::tokens::Purpose::VerifyEmail, id, 0)
+            .expect("token");
+        let verified = self
+            .post("/api/auth/verify-email", None, json!({ "token": link }))
+            .await;
+        assert_eq!(verified.status, StatusCode::NO_CONTENT, "{verified:?}");
+        (id, token)
+    }
+
     /// An ADMIN, created the way `arosaje admin create` does; returns (id, access token).
     pub async fn admin(&self) -> (Uuid, String) {
         let email = unique_email("admin");

@@ -14,5 +14,6 @@ mod mail;
 mod mfa;
 mod ops;
 mod plants;
+mod sittings;
 mod smtp;
 mod upcasting;

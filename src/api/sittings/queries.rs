@@ -1,0 +1,399 @@
+//! Reads of sittings: browse and search near a place, one sitting, its applications and reports.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sqlx::PgPool;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::views::{self, SittingRow, SittingView, COLUMNS};
+use super::{ApplicationView, ReportView, SITTING_ID};
+use crate::api::docs::{ErrorBody, Page};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiPath, ApiQuery};
+use crate::api::pagination;
+use crate::api::token::AuthUser;
+use crate::api::users::PublicProfile;
+use crate::commands::sitting::Status;
+use crate::commands::values::{FieldErrors, GeoPoint};
+use crate::events::user::Role;
+use crate::App;
+
+/// The widest search around a place.
+const MAX_RADIUS_KM: f64 = 200.0;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SittingListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `open` (default when browsing), `accepted`, `in_progress`, `completed`, `cancelled`.
+    /// Browsing (no `role`) shows USERs open sittings only.
+    status: Option<String>,
+    /// `lat,lon`: nearest first, within `radius_km`.
+    near: Option<String>,
+    /// Kilometres around `near`, up to 200 (default 10).
+    #[param(value_type = Option<f64>)]
+    radius_km: Option<String>,
+    /// Sittings that end on or after this day.
+    #[param(value_type = Option<NaiveDate>)]
+    from: Option<String>,
+    /// Sittings that start on or before this day.
+    #[param(value_type = Option<NaiveDate>)]
+    to: Option<String>,
+    /// `owner`: the caller's own sittings; `sitter`: those the caller sits. Any status.
+    role: Option<String>,
+}
+
+fn parse_near(raw: &str) -> Result<GeoPoint, String> {
+    let (lat, lon) = raw
+        .split_once(',')
+        .ok_or_else(|| "must be `lat,lon`".to_string())?;
+    let lat: f64 = lat
+        .trim()
+        .parse()
+        .map_err(|_| "must be `lat,lon`".to_string())?;
+    let lon: f64 = lon
+        .trim()
+        .parse()
+        .map_err(|_| "must be `lat,lon`".to_string())?;
+    GeoPoint::parse(lat, lon).map_err(|(_, message)| message)
+}
+
+fn parse_date(raw: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| "must be a date (YYYY-MM-DD)".into())
+}
+
+/// Browses sittings (open ones by default, soonest first), searches near a place (nearest
+/// first), or lists the caller's own (`role=owner|sitter`).
+#[utoipa::path(get, path = "", tag = "sittings", security(("bearer" = [])), params(SittingListParams),
+    responses(
+        (status = 200, description = "A page of sittings", body = Page<SittingView>),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
+pub async fn list_sittings(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiQuery(params): ApiQuery<SittingListParams>,
+) -> Result<Json<Page<SittingView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let cursor = nonempty(&params.cursor).and_then(|raw| {
+        let decoded = views::decode_cursor(&raw);
+        if decoded.is_none() {
+            errors.add("cursor", "is not a cursor this API returned");
+        }
+        decoded
+    });
+    let role = match nonempty(&params.role).as_deref() {
+        None => None,
+        Some(r @ ("owner" | "sitter")) => Some(r.to_string()),
+        Some(_) => {
+            errors.add("role", "must be `owner` or `sitter`");
+            None
+        }
+    };
+    let status = match nonempty(&params.status) {
+        None => (role.is_none()).then_some(Status::Open),
+        Some(raw) => {
+            let status = Status::parse(&raw);
+            if status.is_none() {
+                errors.add(
+                    "status",
+                    "must be open, accepted, in_progress, completed or cancelled",
+                );
+            }
+            status
+        }
+    };
+    let reads_all = matches!(auth.role, Role::Botanist | Role::Admin);
+    if role.is_none() && !reads_all && status.is_some_and(|s| s != Status::Open) {
+        errors.add(
+            "status",
+            "browsing shows open sittings only; use role=owner or role=sitter for yours",
+        );
+    }
+    let near = nonempty(&params.near).and_then(|raw| errors.check("near", parse_near(&raw)));
+    let radius_km = match nonempty(&params.radius_km) {
+        None => 10.0,
+        Some(raw) => match raw.trim().parse::<f64>() {
+            Ok(r) if r > 0.0 && r <= MAX_RADIUS_KM => r,
+            _ => {
+                errors.add(
+                    "radius_km",
+                    format!("must be a number above 0, up to {MAX_RADIUS_KM}"),
+                );
+                10.0
+            }
+        },
+    };
+    if params.radius_km.is_some() && near.is_none() && !errors.0.contains_key("near") {
+        errors.add("near", "is required with radius_km");
+    }
+    let from = nonempty(&params.from).and_then(|raw| errors.check("from", parse_date(&raw)));
+    let to = nonempty(&params.to).and_then(|raw| errors.check("to", parse_date(&raw)));
+    if let (Some(from), Some(to)) = (from, to) {
+        if to < from {
+            errors.add("to", "must be on or after from");
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    // Status values come from `Status` (a fixed set), inlined so that the partial index of open
+    // sittings applies whatever plan PostgreSQL caches.
+    let mut filters = vec!["TRUE".to_string()];
+    if let Some(status) = status {
+        filters.push(format!("s.status = '{}'", status.as_str()));
+    }
+    match role.as_deref() {
+        Some("owner") => filters.push("s.owner_id = $1".into()),
+        Some("sitter") => filters.push("s.sitter_id = $1".into()),
+        _ => {}
+    }
+    filters.push("($2::date IS NULL OR s.ends_on >= $2)".into());
+    filters.push("($3::date IS NULL OR s.starts_on <= $3)".into());
+    let rows: Vec<SittingRow> = match near {
+        Some(center) => {
+            // Chord distance (`<->`, metres) orders nearest first through the GiST index; the
+            // box and `earth_distance` keep what is within the radius.
+            let sql = format!(
+                "SELECT * FROM ( \
+                   SELECT {COLUMNS}, \
+                          (ll_to_earth(s.approx_lat, s.approx_lon) <-> ll_to_earth($4, $5)) AS distance_m \
+                     FROM sittings s \
+                    WHERE {filters} \
+                      AND earth_box(ll_to_earth($4, $5), $6) @> ll_to_earth(s.approx_lat, s.approx_lon) \
+                      AND earth_distance(ll_to_earth($4, $5), ll_to_earth(s.approx_lat, s.approx_lon)) <= $6 \
+                    ORDER BY ll_to_earth(s.approx_lat, s.approx_lon) <-> ll_to_earth($4, $5), s.id \
+                 ) found \
+                 WHERE ($7::float8 IS NULL OR (distance_m, id) > ($7, $8)) \
+                 ORDER BY distance_m, id LIMIT $9",
+                filters = filters.join(" AND ")
+            );
+            sqlx::query_as(&sql)
+                .bind(auth.user_id)
+                .bind(from)
+                .bind(to)
+                .bind(center.lat)
+                .bind(center.lon)
+                .bind(radius_km * 1000.0)
+                .bind(cursor.map(|c| c.0))
+                .bind(cursor.map(|c| c.1))
+                .bind(limit + 1)
+                .fetch_all(&app.pool)
+                .await?
+        }
+        None => {
+            let sql = format!(
+                "SELECT {COLUMNS}, (s.starts_on - DATE '2000-01-01')::float8 AS distance_m \
+                   FROM sittings s \
+                  WHERE {filters} \
+                    AND ($4::float8 IS NULL OR ((s.starts_on - DATE '2000-01-01')::float8, s.id) > ($4, $5)) \
+                  ORDER BY s.starts_on, s.id LIMIT $6",
+                filters = filters.join(" AND ")
+            );
+            sqlx::query_as(&sql)
+                .bind(auth.user_id)
+                .bind(from)
+                .bind(to)
+                .bind(cursor.map(|c| c.0))
+                .bind(cursor.map(|c| c.1))
+                .bind(limit + 1)
+                .fetch_all(&app.pool)
+                .await?
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut next_cursor = None;
+    for (index, row) in rows.into_iter().enumerate() {
+        if index as i64 == limit {
+            break;
+        }
+        let key = row.distance_m.unwrap_or(0.0);
+        if more && index as i64 == limit - 1 {
+            next_cursor = Some(views::encode_cursor(key, row.id));
+        }
+        let mut view = row.view_for(&auth);
+        if near.is_some() {
+            view.distance_km = Some((key / 100.0).round() / 10.0);
+        }
+        items.push(view);
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One sitting: open ones for everyone; others for their owner, applicants and sitter,
+/// botanists and admins.
+#[utoipa::path(get, path = "/{id}", tag = "sittings", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = SITTING_ID)),
+    responses(
+        (status = 200, description = "The sitting", body = SittingView),
+        (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
+    ))]
+pub async fn get_sitting(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<SittingView>, ApiError> {
+    let row = views::visible(&app.pool, &auth, id).await?;
+    Ok(Json(row.view_for(&auth)))
+}
+
+#[derive(sqlx::FromRow)]
+struct ApplicationRow {
+    sitting_id: Uuid,
+    applicant_id: uuid::Uuid,
+    message: Option<String>,
+    applied_at: chrono::DateTime<chrono::Utc>,
+    key: f64,
+}
+
+/// The pending applications of a sitting, oldest first, with each applicant's public profile
+/// (its owner and admins).
+#[utoipa::path(get, path = "/{id}/applications", tag = "sittings", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = SITTING_ID), ReportListParams),
+    responses(
+        (status = 200, description = "A page of applications", body = Page<ApplicationView>),
+        (status = 403, description = "`not_the_owner`", body = ErrorBody),
+        (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
+    ))]
+pub async fn list_applications(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(params): ApiQuery<ReportListParams>,
+) -> Result<Json<Page<ApplicationView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
+    let cursor = params
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .and_then(|raw| {
+            let decoded = views::decode_cursor(raw);
+            if decoded.is_none() {
+                errors.add("cursor", "is not a cursor this API returned");
+            }
+            decoded
+        });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let row = views::visible(&app.pool, &auth, id).await?;
+    if row.owner_id != auth.user_id && auth.role != Role::Admin {
+        return Err(ApiError::Forbidden {
+            code: "not_the_owner",
+            message: "only the owner of the sitting sees its applications".into(),
+        });
+    }
+    // Keyset on (applied_at in microseconds, applicant): exact in a float8 for 285 years.
+    let rows: Vec<ApplicationRow> = sqlx::query_as(
+        "SELECT sitting_id, applicant_id, message, applied_at, \
+                (extract(epoch FROM applied_at) * 1000000)::float8 AS key \
+           FROM sitting_applications \
+          WHERE sitting_id = $1 \
+            AND ($2::float8 IS NULL \
+                 OR ((extract(epoch FROM applied_at) * 1000000)::float8, applicant_id) > ($2, $3)) \
+          ORDER BY applied_at, applicant_id LIMIT $4",
+    )
+    .bind(id)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut next_cursor = None;
+    for (index, row) in rows.into_iter().enumerate().take(limit as usize) {
+        if more && index as i64 == limit - 1 {
+            next_cursor = Some(views::encode_cursor(row.key, row.applicant_id));
+        }
+        let Some(applicant) = PublicProfile::load(&app.pool, row.applicant_id, 0).await? else {
+            continue;
+        };
+        items.push(ApplicationView {
+            sitting_id: row.sitting_id,
+            applicant,
+            message: row.message,
+            applied_at: row.applied_at,
+        });
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+const REPORT_COLUMNS: &str =
+    "id, sitting_id, plant_id, sitter_id, note, before_photo_id, after_photo_id, created_at";
+
+pub async fn load_report(pool: &PgPool, id: Uuid) -> Result<Option<ReportView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {REPORT_COLUMNS} FROM care_reports WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The care reports of a sitting, oldest first (owner, sitter, botanists, admins).
+#[utoipa::path(get, path = "/{id}/reports", tag = "sittings", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = SITTING_ID), ReportListParams),
+    responses(
+        (status = 200, description = "A page of reports", body = Page<ReportView>),
+        (status = 403, description = "`not_a_participant`", body = ErrorBody),
+        (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
+    ))]
+pub async fn list_reports(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(params): ApiQuery<ReportListParams>,
+) -> Result<Json<Page<ReportView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, cursor) = pagination::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let row = views::visible(&app.pool, &auth, id).await?;
+    let may_read = row.owner_id == auth.user_id
+        || row.sitter_id == Some(auth.user_id)
+        || matches!(auth.role, Role::Botanist | Role::Admin);
+    if !may_read {
+        return Err(ApiError::Forbidden {
+            code: "not_a_participant",
+            message: "care reports are for the owner, the sitter and botanists".into(),
+        });
+    }
+    let rows: Vec<ReportView> = sqlx::query_as(&format!(
+        "SELECT {REPORT_COLUMNS} FROM care_reports \
+          WHERE sitting_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    ))
+    .bind(id)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(Json(pagination::page(rows, limit, |r: &ReportView| r.id)))
+}

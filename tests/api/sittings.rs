@@ -1,0 +1,775 @@
+//! Sittings end to end over HTTP: the lifecycle, its refusals, validation, no double booking,
+//! location privacy and search near a place.
+
+use axum::http::StatusCode;
+use chrono::{Duration as Days, Utc};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::helpers::{unique_email, Reply, TestApp};
+
+/// Lyon, place Bellecour (exact).
+pub const LYON: (f64, f64) = (45.757_814, 4.832_011);
+
+pub fn today_plus(days: i64) -> String {
+    (Utc::now().date_naive() + Days::days(days)).to_string()
+}
+
+/// An owner with a verified address and `n` plants; returns (id, token, plant ids).
+pub async fn owner_with_plants(t: &TestApp, n: usize) -> (Uuid, String, Vec<String>) {
+    let (id, token) = t.verified_user(&unique_email("owner")).await;
+    let mut plants = Vec::new();
+    for i in 0..n {
+        let plant = t.create_plant(&token, &format!("Plant {i}")).await;
+        assert_eq!(plant.status, StatusCode::CREATED, "{plant:?}");
+        plants.push(plant.body["id"].as_str().expect("id").to_string());
+    }
+    (id, token, plants)
+}
+
+pub fn sitting_body(plants: &[String], from: i64, to: i64, at: (f64, f64), city: &str) -> Value {
+    json!({
+        "plant_ids": plants,
+        "starts_on": today_plus(from),
+        "ends_on": today_plus(to),
+        "location": {"lat": at.0, "lon": at.1, "city": city},
+        "instructions": "Key under the blue pot; code 4812",
+    })
+}
+
+pub async fn request(t: &TestApp, token: &str, body: Value) -> Reply {
+    t.post("/api/sittings", Some(token), body).await
+}
+
+fn id_of(reply: &Reply) -> String {
+    reply.body["id"].as_str().expect("id").to_string()
+}
+
+async fn act(t: &TestApp, token: &str, sitting: &str, action: &str, body: Value) -> Reply {
+    t.post(
+        &format!("/api/sittings/{sitting}/{action}"),
+        Some(token),
+        body,
+    )
+    .await
+}
+
+/// Runs a sitting from request to both reviews; returns its id. Used by the tour of the API too.
+pub async fn full_lifecycle(t: &TestApp) -> String {
+    let (owner_id, owner, plants) = owner_with_plants(t, 2).await;
+    let (sitter_id, sitter) = t.verified_user(&unique_email("sitter")).await;
+    let created = request(t, &owner, sitting_body(&plants, 0, 6, LYON, "Lyon")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(created.body["status"], "open");
+    assert_eq!(created.body["location"]["approximate"], false);
+    assert!(created.body["position"].as_i64().is_some());
+    let sitting = id_of(&created);
+
+    let applied = act(
+        t,
+        &sitter,
+        &sitting,
+        "applications",
+        json!({"message": "I love ferns"}),
+    )
+    .await;
+    assert_eq!(applied.status, StatusCode::CREATED, "{applied:?}");
+    assert_eq!(applied.body["applications"], 1);
+    let applications = t
+        .get(&format!("/api/sittings/{sitting}/applications"), &owner)
+        .await;
+    assert_eq!(applications.status, StatusCode::OK, "{applications:?}");
+    assert_eq!(
+        applications.body["items"][0]["applicant"]["id"],
+        sitter_id.to_string()
+    );
+    assert_eq!(applications.body["items"][0]["message"], "I love ferns");
+
+    let accepted = act(
+        t,
+        &owner,
+        &sitting,
+        "accept",
+        json!({"sitter_id": sitter_id}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
+    assert_eq!(accepted.body["status"], "accepted");
+    assert_eq!(accepted.body["sitter_id"], sitter_id.to_string());
+    let started = act(t, &sitter, &sitting, "start", json!({})).await;
+    assert_eq!(started.status, StatusCode::OK, "{started:?}");
+    assert_eq!(started.body["status"], "in_progress");
+
+    let report = act(
+        t,
+        &sitter,
+        &sitting,
+        "reports",
+        json!({"plant_id": plants[0], "note": "Watered, new leaf"}),
+    )
+    .await;
+    assert_eq!(report.status, StatusCode::CREATED, "{report:?}");
+    assert_eq!(report.body["note"], "Watered, new leaf");
+    let reports = t
+        .get(&format!("/api/sittings/{sitting}/reports"), &owner)
+        .await;
+    assert_eq!(reports.status, StatusCode::OK);
+    assert_eq!(reports.body["items"].as_array().map(Vec::len), Some(1));
+
+    let completed = act(t, &owner, &sitting, "complete", json!({})).await;
+    assert_eq!(completed.status, StatusCode::OK, "{completed:?}");
+    assert_eq!(completed.body["status"], "completed");
+    let review = act(
+        t,
+        &owner,
+        &sitting,
+        "reviews",
+        json!({"rating": 5, "comment": "Perfect"}),
+    )
+    .await;
+    assert_eq!(review.status, StatusCode::CREATED, "{review:?}");
+    let review = act(t, &sitter, &sitting, "reviews", json!({"rating": 4})).await;
+    assert_eq!(review.status, StatusCode::CREATED, "{review:?}");
+
+    let profile = t.get(&format!("/api/users/{sitter_id}"), &owner).await;
+    assert_eq!(profile.status, StatusCode::OK, "{profile:?}");
+    assert_eq!(profile.body["average_rating"], 5.0);
+    assert_eq!(profile.body["completed_sittings"], 1);
+    assert_eq!(profile.body["recent_reviews"][0]["comment"], "Perfect");
+    assert!(
+        profile.body.get("email").is_none(),
+        "a public profile has no e-mail"
+    );
+    let owner_profile = t.get(&format!("/api/users/{owner_id}"), &sitter).await;
+    assert_eq!(owner_profile.body["average_rating"], 4.0);
+    let mine = t.get("/api/sittings?role=sitter", &sitter).await;
+    assert_eq!(mine.body["items"][0]["id"], sitting.as_str());
+    let owned = t
+        .get("/api/sittings?role=owner&status=completed", &owner)
+        .await;
+    assert_eq!(owned.body["items"][0]["id"], sitting.as_str());
+    sitting
+}
+
+#[sqlx::test]
+async fn a_sitting_goes_from_request_to_reviews(options: PgPoolOptions, connect: PgConnectOptions) {
+    let t = TestApp::spawn(options, connect).await;
+    full_lifecycle(&t).await;
+    let (_, admin) = t.admin().await;
+    let stats = t.get("/api/admin/stats", &admin).await;
+    assert_eq!(stats.body["sittings"]["completed"], 1, "{stats:?}");
+    assert_eq!(stats.body["sittings"]["open"], 0);
+}
+
+#[sqlx::test]
+async fn each_illegal_transition_answers_409_with_its_own_code(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (sitter_id, sitter) = t.verified_user(&unique_email("sitter")).await;
+    let (other_id, other) = t.verified_user(&unique_email("other")).await;
+    let sitting = id_of(&request(&t, &owner, sitting_body(&plants, 0, 3, LYON, "Lyon")).await);
+    let expect = |reply: Reply, status: StatusCode, code: &str| {
+        assert_eq!((reply.status, reply.code()), (status, code), "{reply:?}");
+    };
+    let conflict = StatusCode::CONFLICT;
+    let forbidden = StatusCode::FORBIDDEN;
+
+    expect(
+        act(&t, &owner, &sitting, "applications", json!({})).await,
+        conflict,
+        "own_sitting",
+    );
+    expect(
+        act(&t, &sitter, &sitting, "start", json!({})).await,
+        forbidden,
+        "not_a_participant",
+    );
+    expect(
+        act(&t, &owner, &sitting, "start", json!({})).await,
+        conflict,
+        "sitting_not_accepted",
+    );
+    expect(
+        act(
+            &t,
+            &owner,
+            &sitting,
+            "accept",
+            json!({"sitter_id": sitter_id}),
+        )
+        .await,
+        conflict,
+        "not_an_applicant",
+    );
+    let withdraw = t
+        .delete(
+            &format!("/api/sittings/{sitting}/applications/mine"),
+            &sitter,
+        )
+        .await;
+    expect(withdraw, conflict, "not_applied");
+    assert_eq!(
+        act(&t, &sitter, &sitting, "applications", json!({}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    expect(
+        act(&t, &sitter, &sitting, "applications", json!({})).await,
+        conflict,
+        "already_applied",
+    );
+    assert_eq!(
+        act(&t, &other, &sitting, "applications", json!({}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let withdrawn = t
+        .delete(
+            &format!("/api/sittings/{sitting}/applications/mine"),
+            &other,
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::NO_CONTENT, "{withdrawn:?}");
+    expect(
+        act(
+            &t,
+            &other,
+            &sitting,
+            "accept",
+            json!({"sitter_id": sitter_id}),
+        )
+        .await,
+        forbidden,
+        "not_the_owner",
+    );
+    expect(
+        act(
+            &t,
+            &owner,
+            &sitting,
+            "accept",
+            json!({"sitter_id": other_id}),
+        )
+        .await,
+        conflict,
+        "not_an_applicant",
+    );
+    // A withdrawn applicant may apply again, and stays an applicant.
+    let again = act(&t, &other, &sitting, "applications", json!({})).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+    expect(
+        act(&t, &sitter, &sitting, "cancel", json!({"reason": "no"})).await,
+        forbidden,
+        "not_a_participant",
+    );
+    expect(
+        act(&t, &owner, &sitting, "reviews", json!({"rating": 3})).await,
+        conflict,
+        "sitting_not_completed",
+    );
+    assert_eq!(
+        act(
+            &t,
+            &owner,
+            &sitting,
+            "accept",
+            json!({"sitter_id": sitter_id})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    expect(
+        act(&t, &other, &sitting, "applications", json!({})).await,
+        conflict,
+        "sitting_not_open",
+    );
+    expect(
+        act(
+            &t,
+            &sitter,
+            &sitting,
+            "reports",
+            json!({"plant_id": plants[0], "note": "hi"}),
+        )
+        .await,
+        conflict,
+        "sitting_not_in_progress",
+    );
+    expect(
+        act(&t, &owner, &sitting, "complete", json!({})).await,
+        conflict,
+        "sitting_not_in_progress",
+    );
+    assert_eq!(
+        act(&t, &owner, &sitting, "start", json!({})).await.status,
+        StatusCode::OK
+    );
+    expect(
+        act(
+            &t,
+            &owner,
+            &sitting,
+            "reports",
+            json!({"plant_id": plants[0], "note": "hi"}),
+        )
+        .await,
+        forbidden,
+        "not_the_sitter",
+    );
+    let elsewhere = Uuid::now_v7();
+    let wrong_plant = act(
+        &t,
+        &sitter,
+        &sitting,
+        "reports",
+        json!({"plant_id": elsewhere, "note": "hi"}),
+    )
+    .await;
+    expect(
+        wrong_plant,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    expect(
+        act(&t, &owner, &sitting, "cancel", json!({"reason": "no"})).await,
+        conflict,
+        "sitting_in_progress",
+    );
+    expect(
+        act(&t, &owner, &sitting, "start", json!({})).await,
+        conflict,
+        "sitting_not_accepted",
+    );
+    assert_eq!(
+        act(&t, &sitter, &sitting, "complete", json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    expect(
+        act(&t, &owner, &sitting, "complete", json!({})).await,
+        conflict,
+        "sitting_closed",
+    );
+    expect(
+        act(&t, &owner, &sitting, "cancel", json!({"reason": "no"})).await,
+        conflict,
+        "sitting_closed",
+    );
+    expect(
+        act(&t, &other, &sitting, "reviews", json!({"rating": 3})).await,
+        forbidden,
+        "not_a_participant",
+    );
+    assert_eq!(
+        act(&t, &owner, &sitting, "reviews", json!({"rating": 3}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    expect(
+        act(&t, &owner, &sitting, "reviews", json!({"rating": 5})).await,
+        conflict,
+        "already_reviewed",
+    );
+
+    // Cancelling: the accepted sitter may back out; the owner may cancel an open one.
+    let second = id_of(&request(&t, &owner, sitting_body(&plants, 10, 12, LYON, "Lyon")).await);
+    assert_eq!(
+        act(&t, &sitter, &second, "applications", json!({}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        act(
+            &t,
+            &owner,
+            &second,
+            "accept",
+            json!({"sitter_id": sitter_id})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    expect(
+        act(&t, &owner, &second, "start", json!({})).await,
+        conflict,
+        "sitting_not_started_yet",
+    );
+    let cancelled = act(
+        &t,
+        &sitter,
+        &second,
+        "cancel",
+        json!({"reason": "I broke my leg"}),
+    )
+    .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    assert_eq!(cancelled.body["status"], "cancelled");
+    assert_eq!(cancelled.body["cancel_reason"], "I broke my leg");
+    let third = id_of(&request(&t, &owner, sitting_body(&plants, 1, 2, LYON, "Lyon")).await);
+    let cancelled = act(
+        &t,
+        &owner,
+        &third,
+        "cancel",
+        json!({"reason": "Trip cancelled"}),
+    )
+    .await;
+    assert_eq!(cancelled.body["status"], "cancelled", "{cancelled:?}");
+}
+
+#[sqlx::test]
+async fn dates_places_plants_and_searches_are_validated(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (_, _, others) = owner_with_plants(&t, 1).await;
+    let invalid = |reply: &Reply, field: &str| {
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{reply:?}");
+        assert!(
+            reply.body["error"]["fields"].get(field).is_some(),
+            "{field}: {reply:?}"
+        );
+    };
+    invalid(
+        &request(&t, &owner, sitting_body(&plants, -1, 3, LYON, "Lyon")).await,
+        "starts_on",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&plants, 5, 3, LYON, "Lyon")).await,
+        "ends_on",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&plants, 1, 100, LYON, "Lyon")).await,
+        "ends_on",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&plants, 1, 3, (91.0, 4.8), "Lyon")).await,
+        "location.lat",
+    );
+    invalid(
+        &request(
+            &t,
+            &owner,
+            sitting_body(&plants, 1, 3, (45.0, 181.0), "Lyon"),
+        )
+        .await,
+        "location.lon",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&plants, 1, 3, LYON, "  ")).await,
+        "location.city",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&[], 1, 3, LYON, "Lyon")).await,
+        "plant_ids",
+    );
+    invalid(
+        &request(&t, &owner, sitting_body(&others, 1, 3, LYON, "Lyon")).await,
+        "plant_ids",
+    );
+    let mut missing = sitting_body(&plants, 1, 3, LYON, "Lyon");
+    missing.as_object_mut().expect("object").remove("location");
+    invalid(&request(&t, &owner, missing).await, "location");
+    let bad_date = json!({"plant_ids": plants, "starts_on": "tomorrow", "ends_on": today_plus(3),
+        "location": {"lat": LYON.0, "lon": LYON.1, "city": "Lyon"}});
+    let reply = request(&t, &owner, bad_date).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{reply:?}");
+
+    // An address not yet verified may not ask for a sitting.
+    let (_, unverified) = t.user(&unique_email("unverified")).await;
+    let plant = t.create_plant(&unverified, "Unverified fern").await.body["id"].clone();
+    let refused = request(
+        &t,
+        &unverified,
+        json!({"plant_ids": [plant], "starts_on": today_plus(1),
+        "ends_on": today_plus(2), "location": {"lat": LYON.0, "lon": LYON.1, "city": "Lyon"}}),
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::FORBIDDEN, "email_not_verified")
+    );
+
+    for (query, field) in [
+        ("near=45.7", "near"),
+        ("near=95,4", "near"),
+        ("near=45.7,4.8&radius_km=500", "radius_km"),
+        ("radius_km=5", "near"),
+        ("status=lost", "status"),
+        ("status=completed", "status"),
+        ("from=2027-13-01", "from"),
+        ("from=2027-06-10&to=2027-06-01", "to"),
+        ("role=boss", "role"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        invalid(
+            &t.get(&format!("/api/sittings?{query}"), &owner).await,
+            field,
+        );
+    }
+}
+
+#[sqlx::test]
+async fn two_owners_accepting_one_sitter_for_overlapping_days_cannot_both_win(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, first, first_plants) = owner_with_plants(&t, 1).await;
+    let (_, second, second_plants) = owner_with_plants(&t, 1).await;
+    for round in 0..12 {
+        let (sitter_id, sitter) = t
+            .verified_user(&unique_email(&format!("sitter{round}")))
+            .await;
+        // Overlapping by one day at least, shifted each round.
+        let a = id_of(&request(&t, &first, sitting_body(&first_plants, 1, 5, LYON, "Lyon")).await);
+        let b = id_of(
+            &request(
+                &t,
+                &second,
+                sitting_body(&second_plants, 5, 8, LYON, "Lyon"),
+            )
+            .await,
+        );
+        for sitting in [&a, &b] {
+            assert_eq!(
+                act(&t, &sitter, sitting, "applications", json!({}))
+                    .await
+                    .status,
+                StatusCode::CREATED
+            );
+        }
+        let body = json!({"sitter_id": sitter_id});
+        let (one, two) = tokio::join!(
+            act(&t, &first, &a, "accept", body.clone()),
+            act(&t, &second, &b, "accept", body.clone()),
+        );
+        let mut outcomes = [
+            (one.status, one.code().to_string()),
+            (two.status, two.code().to_string()),
+        ];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                (StatusCode::OK, String::new()),
+                (StatusCode::CONFLICT, "sitter_unavailable".into())
+            ],
+            "round {round}: {one:?} / {two:?}"
+        );
+    }
+    // Days that do not overlap are fine; a cancellation frees the days.
+    let (sitter_id, sitter) = t.verified_user(&unique_email("free")).await;
+    let a = id_of(
+        &request(
+            &t,
+            &first,
+            sitting_body(&first_plants, 20, 22, LYON, "Lyon"),
+        )
+        .await,
+    );
+    let b = id_of(
+        &request(
+            &t,
+            &second,
+            sitting_body(&second_plants, 23, 25, LYON, "Lyon"),
+        )
+        .await,
+    );
+    let c = id_of(
+        &request(
+            &t,
+            &second,
+            sitting_body(&second_plants, 21, 21, LYON, "Lyon"),
+        )
+        .await,
+    );
+    for sitting in [&a, &b, &c] {
+        act(&t, &sitter, sitting, "applications", json!({})).await;
+    }
+    let body = json!({"sitter_id": sitter_id});
+    assert_eq!(
+        act(&t, &first, &a, "accept", body.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(&t, &second, &b, "accept", body.clone()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(&t, &second, &c, "accept", body.clone()).await.code(),
+        "sitter_unavailable"
+    );
+    assert_eq!(
+        act(&t, &first, &a, "cancel", json!({"reason": "changed plans"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(&t, &second, &c, "accept", body).await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test]
+async fn strangers_never_see_the_exact_location_or_the_instructions(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (sitter_id, sitter) = t.verified_user(&unique_email("sitter")).await;
+    let (_, stranger) = t.verified_user(&unique_email("stranger")).await;
+    let (_, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+    let sitting = id_of(&request(&t, &owner, sitting_body(&plants, 0, 3, LYON, "Lyon")).await);
+    let exact = |reply: &Reply| {
+        let location = &reply.body["location"];
+        assert_eq!(location["approximate"], false, "{reply:?}");
+        assert_eq!(
+            (location["lat"].as_f64(), location["lon"].as_f64()),
+            (Some(LYON.0), Some(LYON.1))
+        );
+        assert_eq!(
+            reply.body["instructions"],
+            "Key under the blue pot; code 4812"
+        );
+    };
+    let approximate = |reply: &Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        let text = reply.body.to_string();
+        assert!(
+            !text.contains("4.832011") && !text.contains("45.757814"),
+            "exact point leaked: {text}"
+        );
+        assert!(!text.contains("4812"), "instructions leaked: {text}");
+        let location = &reply.body["location"];
+        assert_eq!(location["approximate"], true);
+        assert_eq!(location["city"], "Lyon");
+        let (lat, lon) = (
+            location["lat"].as_f64().expect("lat"),
+            location["lon"].as_f64().expect("lon"),
+        );
+        // Within about a kilometre, but not the place itself.
+        assert!(
+            (lat - LYON.0).abs() < 0.01 && (lon - LYON.1).abs() < 0.015,
+            "{location}"
+        );
+        assert!(reply.body["instructions"].is_null());
+    };
+    let url = format!("/api/sittings/{sitting}");
+    exact(&t.get(&url, &owner).await);
+    exact(&t.get(&url, &admin).await);
+    approximate(&t.get(&url, &stranger).await);
+    approximate(&t.get(&url, &botanist).await);
+    let browse = t
+        .get(
+            &format!("/api/sittings?near={},{}&radius_km=5", LYON.0, LYON.1),
+            &stranger,
+        )
+        .await;
+    assert_eq!(browse.status, StatusCode::OK, "{browse:?}");
+    let found = &browse.body["items"][0];
+    approximate(&Reply {
+        status: StatusCode::OK,
+        body: found.clone(),
+        headers: Default::default(),
+    });
+    assert!(
+        found["distance_km"].as_f64().is_some_and(|d| d < 1.0),
+        "{found}"
+    );
+
+    act(&t, &sitter, &sitting, "applications", json!({})).await;
+    approximate(&t.get(&url, &sitter).await);
+    act(
+        &t,
+        &owner,
+        &sitting,
+        "accept",
+        json!({"sitter_id": sitter_id}),
+    )
+    .await;
+    exact(&t.get(&url, &sitter).await);
+    // Once it is no longer open, strangers do not see it at all.
+    let gone = t.get(&url, &stranger).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{gone:?}");
+    let listed = t.get("/api/sittings", &stranger).await;
+    assert_eq!(
+        listed.body["items"].as_array().map(Vec::len),
+        Some(0),
+        "{listed:?}"
+    );
+}
+
+#[sqlx::test]
+async fn search_near_a_place_finds_what_is_within_the_radius_nearest_first(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (_, visitor) = t.verified_user(&unique_email("visitor")).await;
+    let places = [
+        ("Villeurbanne", (45.771_944, 4.890_171)),
+        ("Paris", (48.856_613, 2.352_222)),
+        ("Lyon", LYON),
+        ("Vénissieux", (45.697_2, 4.886_7)),
+    ];
+    for (city, at) in places {
+        let reply = request(&t, &owner, sitting_body(&plants, 1, 2, at, city)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    }
+    let near = format!("/api/sittings?near={},{}&radius_km=20", LYON.0, LYON.1);
+    let found = t.get(&near, &visitor).await;
+    let cities: Vec<&str> = found.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|s| s["location"]["city"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(cities, ["Lyon", "Villeurbanne", "Vénissieux"], "{found:?}");
+    // Pages follow the same order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{near}&limit=1&cursor={c}"),
+            None => format!("{near}&limit=1"),
+        };
+        let page = t.get(&url, &visitor).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        for item in page.body["items"].as_array().expect("items") {
+            seen.push(item["location"]["city"].as_str().unwrap_or("").to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, cities);
+    let everywhere = t.get("/api/sittings?limit=10", &visitor).await;
+    assert_eq!(everywhere.body["items"].as_array().map(Vec::len), Some(4));
+    let dated = t
+        .get(&format!("/api/sittings?from={}", today_plus(3)), &visitor)
+        .await;
+    assert_eq!(
+        dated.body["items"].as_array().map(Vec::len),
+        Some(0),
+        "{dated:?}"
+    );
+}
