@@ -516,3 +516,137 @@ async fn botanist_accounts_wait_for_an_admin_to_approve_or_reject_them(
         StatusCode::FORBIDDEN
     );
 }
+
+/// The sitting routes, walked by every kind of caller in turn (each row can change the state the
+/// next one sees: an application made, withdrawn, the sitting cancelled last).
+#[sqlx::test]
+async fn every_sitting_route_answers_each_role_as_the_matrix_says(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (owner_id, owner, plants) = crate::sittings::owner_with_plants(&t, 1).await;
+    let (other_id, other) = t.verified_user(&unique_email("other")).await;
+    let (_, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let body = crate::sittings::sitting_body(&plants, 1, 3, crate::sittings::LYON, "Lyon");
+    let sitting = crate::sittings::request(&t, &owner, body.clone())
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let callers: [Option<&str>; 6] = [
+        None,
+        Some(&owner),
+        Some(&other),
+        Some(&botanist),
+        Some(&admin),
+        Some(&auditor),
+    ];
+    let s = format!("/api/sittings/{sitting}");
+    let table: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
+        // Another user's plants are not the caller's to put in a sitting; botanists and
+        // auditors do not ask for sittings; the admin's address is not verified.
+        (
+            Method::POST,
+            "/api/sittings".into(),
+            Some(body),
+            [401, 201, 422, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/api/sittings".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (Method::GET, s.clone(), None, [401, 200, 200, 200, 200, 200]),
+        (
+            Method::GET,
+            format!("{s}/applications"),
+            None,
+            [401, 200, 403, 403, 200, 403],
+        ),
+        (
+            Method::GET,
+            format!("{s}/reports"),
+            None,
+            [401, 200, 403, 200, 200, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/applications"),
+            Some(json!({"message": "Me!"})),
+            [401, 409, 201, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/accept"),
+            Some(json!({"sitter_id": owner_id})),
+            [401, 409, 403, 403, 403, 403],
+        ),
+        (
+            Method::DELETE,
+            format!("{s}/applications/mine"),
+            None,
+            [401, 409, 204, 409, 409, 409],
+        ),
+        (
+            Method::POST,
+            format!("{s}/accept"),
+            Some(json!({"sitter_id": other_id})),
+            [401, 409, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/start"),
+            None,
+            [401, 409, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/complete"),
+            None,
+            [401, 409, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/reports"),
+            Some(json!({"plant_id": plants[0], "note": "Watered"})),
+            [401, 403, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("{s}/reviews"),
+            Some(json!({"rating": 5})),
+            [401, 409, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/api/users/{owner_id}"),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        // Cancelled by its owner: strangers no longer see it; botanists and admins find it closed.
+        (
+            Method::POST,
+            format!("{s}/cancel"),
+            Some(json!({"reason": "Trip cancelled"})),
+            [401, 200, 404, 409, 409, 404],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in &table {
+        for (column, caller) in callers.iter().enumerate() {
+            let reply = t.call(method.clone(), path, *caller, body.clone()).await;
+            if reply.status.as_u16() != expected[column] {
+                failures.push(format!(
+                    "{method} {path} as caller #{column}: expected {}, got {reply:?}",
+                    expected[column]
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
