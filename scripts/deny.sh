@@ -12,5 +12,8 @@ if ! [ -x "$DENY" ] || ! "$DENY" --version | grep -q "$VERSION"; then
     cargo install cargo-deny --version "$VERSION" --locked --root "$TOOLS" \
         --target-dir "$TOOLS/target" --quiet
 fi
+# cargo-deny reads `cargo metadata` of every platform: fetch the crates of all of them first
+# (from the registry, or the local cache when offline).
+cargo fetch --locked --quiet 2>/dev/null || cargo fetch --locked --offline --quiet
 # Errors only (duplicate versions are warnings: see deny.toml).
 exec "$DENY" --offline --log-level error check licenses bans sources

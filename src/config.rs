@@ -194,6 +194,20 @@ pub struct Config {
     /// Largest accepted JSON request body, in bytes.
     #[arg(long, env = "MAX_JSON_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_json_body_bytes: usize,
+    /// Largest accepted photo upload, in bytes.
+    #[arg(long, env = "MAX_PHOTO_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_photo_bytes: usize,
+    /// Largest photo in pixels (width x height); more is refused (413) before decoding, so a
+    /// decompression bomb never takes the memory.
+    #[arg(long, env = "MAX_PHOTO_PIXELS", default_value_t = 40_000_000)]
+    pub max_photo_pixels: u64,
+    /// Where photos are stored when `STORAGE_URL` is unset: a local directory.
+    #[arg(long, env = "STORAGE_DIR", default_value = "data/photos")]
+    pub storage_dir: String,
+    /// An object store for photos instead of `STORAGE_DIR`: `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the usual `AWS_*` variables, e.g. `AWS_ENDPOINT` for MinIO).
+    #[arg(long, env = "STORAGE_URL")]
+    pub storage_url: Option<String>,
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,

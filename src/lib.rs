@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod infra;
+pub mod photos;
 pub mod projections;
 
 use std::ops::Deref;
@@ -49,6 +50,10 @@ pub struct AppInner {
     pub jwt: JwtKeys,
     pub tokens: Arc<ActionTokens>,
     pub metrics: PrometheusHandle,
+    /// Where plant photos are kept.
+    pub photos: infra::storage::PhotoStore,
+    /// Photo decodes running at once (each holds an image in memory).
+    pub photo_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Deref for App {
@@ -138,7 +143,13 @@ impl App {
         if config.group_commit_writers > 0 {
             store = store.with_group_commit(config.group_commit_writers, config.group_commit_max);
         }
+        let photos = infra::storage::PhotoStore::from_config(
+            config.storage_url.as_deref(),
+            &config.storage_dir,
+        )?;
         let inner = AppInner {
+            photos,
+            photo_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             store,
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
@@ -165,6 +176,7 @@ impl App {
         if run_projectors {
             tasks.extend(self.projections.spawn());
         }
+        tasks.push(tokio::spawn(photos::run_sweeper(self.clone())));
         BackgroundTasks(tasks)
     }
 
@@ -184,7 +196,7 @@ pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn 
             keys.clone(),
             email_index,
         )),
-        Arc::new(projections::plants::PlantsProjection),
+        Arc::new(projections::plants::PlantsProjection::new(keys.clone())),
         Arc::new(projections::sittings::SittingsProjection::new(keys)),
     ]
 }

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequestMeta};
 use super::guard::{Administer, Can};
 use super::me::{load_user, UserView, USER_COLUMNS};
-use super::pagination::{self, Page};
+use super::pagination::{self, Page, PageParams};
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::FieldErrors;
 use crate::events::user::Role;
@@ -48,16 +48,6 @@ pub struct UserListParams {
     role: Option<String>,
     /// Search in e-mail addresses and display names (at most 254 characters).
     q: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageParams {
-    /// Page size, 1 to 100 (default 20).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
-    limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
 }
 
 const USER_ID: &str = "The user's id";

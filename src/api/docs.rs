@@ -46,7 +46,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "auth", description = "Registration, login, tokens, e-mail verification, password reset"),
         (name = "me", description = "The caller's own account: profile, sessions, password, MFA"),
-        (name = "plants", description = "Plants and their care"),
+        (name = "plants", description = "Plants, their care and their photos"),
         (name = "sittings", description = "Sitting requests (gardes): applications, acceptance, care reports, reviews"),
         (name = "users", description = "Public profiles"),
         (name = "admin", description = "User administration (ADMIN)"),
@@ -109,6 +109,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .nest("/api/me/mfa", super::mfa::router())
         .nest("/api/me", super::me::router())
         .nest("/api/plants", super::plants::router())
+        .nest("/api/photos", super::photos::router())
         .nest("/api/sittings", super::sittings::router())
         .nest("/api/users", super::users::router())
         .nest("/api/admin", super::admin::router())

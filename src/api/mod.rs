@@ -12,6 +12,7 @@ pub mod me;
 pub mod mfa;
 pub mod ops;
 pub mod pagination;
+pub mod photos;
 pub mod plants;
 pub mod security_log;
 pub mod sittings;

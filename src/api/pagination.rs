@@ -5,6 +5,17 @@ use base64::Engine;
 use uuid::Uuid;
 
 pub use super::docs::Page;
+
+/// `?limit=&cursor=` of a list with nothing else to filter.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
 use crate::commands::values::FieldErrors;
 
 pub const DEFAULT_LIMIT: i64 = 20;

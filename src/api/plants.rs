@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<App> {
         .routes(routes!(list_plants))
         .routes((schemas, paths, create))
         .routes(routes!(get_plant, update_plant, delete_plant))
+        .merge(super::photos::plant_routes())
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -94,7 +95,7 @@ const COLUMNS: &str = "id, owner_id, name, species, description, watering_interv
                        care_notes, created_at, updated_at, version";
 
 /// Whether the caller reads every plant, not only their own.
-fn reads_all(auth: &AuthUser) -> bool {
+pub fn reads_all(auth: &AuthUser) -> bool {
     ReadAllPlants::allows(auth.role)
 }
 
@@ -107,12 +108,20 @@ async fn load_plant(pool: &PgPool, id: Uuid) -> Result<Option<PlantView>, sqlx::
     Ok(row.map(PlantView::from))
 }
 
-/// The plant if the caller may see it; 404 otherwise (whether or not it exists).
+/// The plant if the caller may see it (its owner, botanists and admins, the sitter of an
+/// accepted or running sitting of it); 404 otherwise (whether or not it exists).
 async fn visible_plant(app: &App, auth: &AuthUser, id: Uuid) -> Result<PlantView, ApiError> {
-    load_plant(&app.pool, id)
+    let plant = load_plant(&app.pool, id)
         .await?
-        .filter(|plant| plant.owner_id == auth.user_id || reads_all(auth))
-        .ok_or(ApiError::NotFound("plant"))
+        .ok_or(ApiError::NotFound("plant"))?;
+    if plant.owner_id == auth.user_id
+        || reads_all(auth)
+        || crate::photos::is_active_sitter(app, auth.user_id, id).await?
+    {
+        Ok(plant)
+    } else {
+        Err(ApiError::NotFound("plant"))
+    }
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

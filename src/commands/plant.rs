@@ -42,6 +42,18 @@ pub enum PlantCommand {
     DeletePlant {
         actor: Actor,
     },
+    /// A photo stored under these (sealed) keys. Its owner adds photos, and so does the sitter of
+    /// an accepted or running sitting of the plant (`by_active_sitter`, looked up first).
+    AddPhoto {
+        actor: Actor,
+        by_active_sitter: bool,
+        photo_id: Uuid,
+        object_key: crate::events::crypto::Sealed,
+        thumbnail_key: crate::events::crypto::Sealed,
+        width: u32,
+        height: u32,
+        bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +164,32 @@ impl Aggregate for Plant {
                 }
                 sink.write(PlantEvent::PlantDeleted, self).await;
             }
+            PlantCommand::AddPhoto {
+                actor,
+                by_active_sitter,
+                photo_id,
+                object_key,
+                thumbnail_key,
+                width,
+                height,
+                bytes,
+            } => {
+                let allowed =
+                    self.exists() && (self.owner_id == Some(actor.id) || by_active_sitter);
+                if !allowed {
+                    return Err(PlantError::NotFound);
+                }
+                let event = PlantEvent::PhotoAdded {
+                    photo_id,
+                    object_key,
+                    thumbnail_key,
+                    width,
+                    height,
+                    bytes,
+                    uploaded_by: actor.id,
+                };
+                sink.write(event, self).await;
+            }
         }
         Ok(())
     }
@@ -186,6 +224,7 @@ impl Aggregate for Plant {
                 }
             }
             PlantEvent::PlantDeleted => self.deleted = true,
+            PlantEvent::PhotoAdded { .. } => {}
         }
     }
 }
@@ -195,6 +234,7 @@ mod tests {
     use cqrs_es::test::TestFramework;
 
     use super::*;
+    use crate::events::crypto::Sealed;
     use crate::events::user::Role;
 
     type PlantTest = TestFramework<Plant>;
@@ -341,6 +381,57 @@ mod tests {
                 actor: owner(),
                 patch: PlantPatch::default(),
             })
+            .then_expect_error(PlantError::NotFound);
+    }
+
+    fn add_photo(actor: Actor, by_active_sitter: bool, keys: (&Sealed, &Sealed)) -> PlantCommand {
+        PlantCommand::AddPhoto {
+            actor,
+            by_active_sitter,
+            photo_id: Uuid::from_u128(50),
+            object_key: keys.0.clone(),
+            thumbnail_key: keys.1.clone(),
+            width: 800,
+            height: 600,
+            bytes: 52_000,
+        }
+    }
+
+    #[test]
+    fn the_owner_or_an_active_sitter_adds_photos_and_no_one_else() {
+        let cipher = crate::events::crypto::Cipher::for_tests();
+        let (photo, thumb) = (
+            cipher.seal("photos/a.jpg"),
+            cipher.seal("photos/a.thumb.jpg"),
+        );
+        let stranger = Actor {
+            id: STRANGER,
+            role: Role::User,
+        };
+        let added = |by| PlantEvent::PhotoAdded {
+            photo_id: Uuid::from_u128(50),
+            object_key: photo.clone(),
+            thumbnail_key: thumb.clone(),
+            width: 800,
+            height: 600,
+            bytes: 52_000,
+            uploaded_by: by,
+        };
+        PlantTest::with(())
+            .given(vec![created()])
+            .when(add_photo(owner(), false, (&photo, &thumb)))
+            .then_expect_events(vec![added(OWNER)]);
+        PlantTest::with(())
+            .given(vec![created()])
+            .when(add_photo(stranger, true, (&photo, &thumb)))
+            .then_expect_events(vec![added(STRANGER)]);
+        PlantTest::with(())
+            .given(vec![created()])
+            .when(add_photo(stranger, false, (&photo, &thumb)))
+            .then_expect_error(PlantError::NotFound);
+        PlantTest::with(())
+            .given(vec![created(), PlantEvent::PlantDeleted])
+            .when(add_photo(owner(), false, (&photo, &thumb)))
             .then_expect_error(PlantError::NotFound);
     }
 }

@@ -1,8 +1,11 @@
-//! Events of the `Plant` aggregate. Plant data describes plants, not people: stored in clear.
+//! Events of the `Plant` aggregate. Plant data describes plants, not people: stored in clear;
+//! where a plant's photos are stored is sealed (photos show someone's home).
 
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use super::crypto::Sealed;
 
 /// Care instructions of a plant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,19 @@ pub enum PlantEvent {
     PlantUpdated { changes: PlantChanges },
     /// Version 1.
     PlantDeleted,
+    /// Version 1. A photo of the plant, stored re-encoded (no metadata) with a thumbnail. Where
+    /// it is stored is sealed under the owner's key (photos show someone's home).
+    PhotoAdded {
+        photo_id: Uuid,
+        /// Object key of the photo, sealed.
+        object_key: Sealed,
+        /// Object key of the thumbnail, sealed.
+        thumbnail_key: Sealed,
+        width: u32,
+        height: u32,
+        bytes: u64,
+        uploaded_by: Uuid,
+    },
 }
 
 impl DomainEvent for PlantEvent {
@@ -61,6 +77,7 @@ impl DomainEvent for PlantEvent {
             PlantEvent::PlantCreated { .. } => "PlantCreated",
             PlantEvent::PlantUpdated { .. } => "PlantUpdated",
             PlantEvent::PlantDeleted => "PlantDeleted",
+            PlantEvent::PhotoAdded { .. } => "PhotoAdded",
         }
         .to_string()
     }

@@ -1,7 +1,9 @@
 //! Adapters to infrastructure other than the event store.
 
+pub mod images;
 pub mod mail;
 pub mod rate_limit;
 pub mod redis;
 pub mod sessions;
+pub mod storage;
 pub mod tokens;

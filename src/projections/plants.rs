@@ -1,5 +1,7 @@
 //! Read model `plants`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -7,10 +9,19 @@ use uuid::Uuid;
 
 use super::Projection;
 use crate::commands::plant::Plant;
+use crate::events::crypto::{CryptoError, KeyStore};
 use crate::events::plant::PlantEvent;
 use crate::events::StoredEvent;
 
-pub struct PlantsProjection;
+pub struct PlantsProjection {
+    keys: Arc<KeyStore>,
+}
+
+impl PlantsProjection {
+    pub fn new(keys: Arc<KeyStore>) -> Self {
+        PlantsProjection { keys }
+    }
+}
 
 #[async_trait]
 impl Projection for PlantsProjection {
@@ -86,6 +97,45 @@ impl Projection for PlantsProjection {
                         .bind(plant_id)
                         .execute(&mut *conn)
                         .await?;
+                }
+                PlantEvent::PhotoAdded {
+                    photo_id,
+                    object_key,
+                    thumbnail_key,
+                    width,
+                    height,
+                    bytes,
+                    uploaded_by,
+                } => {
+                    created.flush(conn).await?;
+                    let owner: Option<Uuid> =
+                        sqlx::query_scalar("SELECT owner_id FROM plants WHERE id = $1")
+                            .bind(plant_id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    // A plant gone, or an owner erased: nothing of the photo is shown.
+                    let Some(owner) = owner else { continue };
+                    let cipher = match self.keys.cipher(owner).await {
+                        Ok(cipher) => cipher,
+                        Err(CryptoError::KeyMissing(_)) => continue,
+                        Err(err) => return Err(err.into()),
+                    };
+                    sqlx::query(
+                        "INSERT INTO plant_photos (id, plant_id, object_key, thumbnail_key, width, \
+                                                   height, bytes, uploaded_by, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(photo_id)
+                    .bind(plant_id)
+                    .bind(cipher.open(&object_key)?)
+                    .bind(cipher.open(&thumbnail_key)?)
+                    .bind(i32::try_from(width)?)
+                    .bind(i32::try_from(height)?)
+                    .bind(i64::try_from(bytes)?)
+                    .bind(uploaded_by)
+                    .bind(event.timestamp)
+                    .execute(&mut *conn)
+                    .await?;
                 }
             }
         }

@@ -685,6 +685,32 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
     )
     .await;
     t.post("/api/auth/logout", Some(&token), json!({})).await;
+    // Photos: an upload, the list, the image and its thumbnail.
+    let (_, photographer) = t.user(&unique_email("photographer")).await;
+    let plant = t.create_plant(&photographer, "Photo fern").await.body["id"]
+        .as_str()
+        .expect("plant")
+        .to_string();
+    let photo = crate::photos::upload(
+        &t,
+        &photographer,
+        &plant,
+        "a.jpg",
+        &crate::photos::jpeg(64, 48),
+    )
+    .await;
+    assert_eq!(photo.status, StatusCode::CREATED, "{photo:?}");
+    t.get(&format!("/api/plants/{plant}/photos"), &photographer)
+        .await;
+    for key in ["url", "thumbnail_url"] {
+        let uri = photo.body[key].as_str().expect("url");
+        let request = Request::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {photographer}"))
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(t.raw(request).await.status, StatusCode::OK);
+    }
     // Sittings: the whole lifecycle, then an application withdrawn and a sitting cancelled.
     let lifecycle = crate::sittings::full_lifecycle(&t).await;
     t.get(&format!("/api/sittings/{lifecycle}"), &admin).await;

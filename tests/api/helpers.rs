@@ -72,6 +72,11 @@ pub fn config() -> Config {
     // Test admins have no authenticator app; `tests/api/mfa.rs` covers `required`.
     config.admin_mfa = arosaje::config::MfaPolicy::Optional;
     config.projection_poll_ms = 200;
+    // Photos of each test app in a directory of its own.
+    config.storage_dir = std::env::temp_dir()
+        .join(format!("arosaje-test-photos-{}", Uuid::new_v4()))
+        .to_string_lossy()
+        .into_owned();
     config.read_your_writes_timeout_ms = 10_000;
     config
 }

@@ -13,6 +13,7 @@ mod limits;
 mod mail;
 mod mfa;
 mod ops;
+mod photos;
 mod plants;
 mod sittings;
 mod smtp;

@@ -13,7 +13,7 @@ use super::{ApplicationView, ReportView, SITTING_ID};
 use crate::api::docs::{ErrorBody, Page};
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiPath, ApiQuery};
-use crate::api::pagination;
+use crate::api::pagination::{self, PageParams};
 use crate::api::token::AuthUser;
 use crate::api::users::PublicProfile;
 use crate::commands::sitting::Status;
@@ -260,7 +260,7 @@ struct ApplicationRow {
 /// The pending applications of a sitting, oldest first, with each applicant's public profile
 /// (its owner and admins).
 #[utoipa::path(get, path = "/{id}/applications", tag = "sittings", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = SITTING_ID), ReportListParams),
+    params(("id" = Uuid, Path, description = SITTING_ID), PageParams),
     responses(
         (status = 200, description = "A page of applications", body = Page<ApplicationView>),
         (status = 403, description = "`not_the_owner`", body = ErrorBody),
@@ -270,7 +270,7 @@ pub async fn list_applications(
     State(app): State<App>,
     auth: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(params): ApiQuery<ReportListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<ApplicationView>>, ApiError> {
     let mut errors = FieldErrors::new();
     let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
@@ -343,19 +343,9 @@ pub async fn load_report(pool: &PgPool, id: Uuid) -> Result<Option<ReportView>, 
     .await
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ReportListParams {
-    /// Page size, 1 to 100 (default 20).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
-    limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// The care reports of a sitting, oldest first (owner, sitter, botanists, admins).
 #[utoipa::path(get, path = "/{id}/reports", tag = "sittings", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = SITTING_ID), ReportListParams),
+    params(("id" = Uuid, Path, description = SITTING_ID), PageParams),
     responses(
         (status = 200, description = "A page of reports", body = Page<ReportView>),
         (status = 403, description = "`not_a_participant`", body = ErrorBody),
@@ -365,7 +355,7 @@ pub async fn list_reports(
     State(app): State<App>,
     auth: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(params): ApiQuery<ReportListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<ReportView>>, ApiError> {
     let mut errors = FieldErrors::new();
     let (limit, cursor) = pagination::parse(
