@@ -439,4 +439,41 @@ async fn the_sitter_of_a_running_sitting_adds_photos_and_sees_the_plant(
     assert_eq!(added.body["uploaded_by"], sitter_id.to_string());
     let url = added.body["url"].as_str().expect("url");
     assert_eq!(fetch(&t, &owner, url).await.0, StatusCode::OK);
+
+    // A care report names photos of its plant, and only those.
+    let started = t
+        .post(
+            &format!("/api/sittings/{sitting}/start"),
+            Some(&sitter),
+            json!({}),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{started:?}");
+    let photo_id = added.body["id"].as_str().expect("photo");
+    let report = t
+        .post(
+            &format!("/api/sittings/{sitting}/reports"),
+            Some(&sitter),
+            json!({"plant_id": plant, "note": "Repotted", "after_photo_id": photo_id}),
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::CREATED, "{report:?}");
+    assert_eq!(report.body["after_photo_id"], photo_id);
+    // A photo of another plant, or no photo at all, is refused.
+    let (_, neighbour, theirs) = crate::sittings::owner_with_plants(&t, 1).await;
+    let foreign = upload(&t, &neighbour, &theirs[0], "x.jpg", &photo).await;
+    assert_eq!(foreign.status, StatusCode::CREATED, "{foreign:?}");
+    for wrong_photo in [foreign.body["id"].clone(), json!(Uuid::now_v7())] {
+        let wrong = t
+            .post(
+                &format!("/api/sittings/{sitting}/reports"),
+                Some(&sitter),
+                json!({"plant_id": plant, "note": "x", "before_photo_id": wrong_photo}),
+            )
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY, "{wrong:?}");
+        assert!(wrong.body["error"]["fields"]
+            .get("before_photo_id")
+            .is_some());
+    }
 }

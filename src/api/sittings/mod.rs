@@ -508,6 +508,10 @@ pub struct ReportBody {
     plant_id: Option<Uuid>,
     #[schema(required = true, value_type = String, min_length = 1, max_length = 2000)]
     note: Option<String>,
+    /// A photo of this plant (`POST /api/plants/{id}/photos`) from before the care.
+    before_photo_id: Option<Uuid>,
+    /// A photo of this plant from after the care.
+    after_photo_id: Option<Uuid>,
 }
 
 /// A care report on one plant of a sitting.
@@ -557,6 +561,26 @@ async fn report_care(
         return Err(ApiError::Validation(errors));
     };
     ensure_visible(&app, &auth, id).await?;
+    // Photos named in a report are photos of its plant (a fact from the photos read model).
+    for (field, photo) in [
+        ("before_photo_id", body.before_photo_id),
+        ("after_photo_id", body.after_photo_id),
+    ] {
+        let Some(photo) = photo else { continue };
+        let of_plant: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM plant_photos WHERE id = $1 AND plant_id = $2)",
+        )
+        .bind(photo)
+        .bind(plant_id)
+        .fetch_one(&app.pool)
+        .await?;
+        if !of_plant {
+            errors.add(field, "must be a photo of this plant");
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let note = app
         .keys
         .cipher(auth.user_id)
@@ -569,8 +593,8 @@ async fn report_care(
         report_id,
         plant_id,
         note,
-        before_photo_id: None,
-        after_photo_id: None,
+        before_photo_id: body.before_photo_id,
+        after_photo_id: body.after_photo_id,
     };
     let committed = app
         .store
