@@ -50,6 +50,8 @@ pub struct AppInner {
     pub jwt: JwtKeys,
     pub tokens: Arc<ActionTokens>,
     pub metrics: PrometheusHandle,
+    /// Answers of hot public reads, in Redis.
+    pub cache: infra::cache::QueryCache,
     /// Where plant photos are kept.
     pub photos: infra::storage::PhotoStore,
     /// Photo decodes running at once (each holds an image in memory).
@@ -153,6 +155,7 @@ impl App {
             store,
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
+            cache: infra::cache::QueryCache::new(redis.clone()),
             sessions: Sessions::new(redis, config.session_lifetimes()),
             jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
             tokens,

@@ -22,7 +22,7 @@ pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new().routes(routes!(public_profile))
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema, sqlx::FromRow)]
 pub struct ReviewView {
     pub sitting_id: Uuid,
     pub author_id: Uuid,
@@ -33,7 +33,7 @@ pub struct ReviewView {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct PublicProfile {
     pub id: Uuid,
     pub display_name: String,
@@ -112,7 +112,8 @@ impl PublicProfile {
     }
 }
 
-/// A user's public profile.
+/// A user's public profile (from the query cache while the read models it comes from have not
+/// changed).
 #[utoipa::path(get, path = "/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The user's id")),
     responses(
@@ -124,8 +125,14 @@ async fn public_profile(
     _auth: AuthUser,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<PublicProfile>, ApiError> {
-    PublicProfile::load(&app.pool, id, 10)
+    let versions = crate::infra::cache::versions(&app.pool, &["users", "sittings"]).await?;
+    let key = crate::infra::cache::QueryCache::key("profile", &versions, &id.to_string());
+    if let Some(profile) = app.cache.get::<PublicProfile>("public_profile", &key).await {
+        return Ok(Json(profile));
+    }
+    let profile = PublicProfile::load(&app.pool, id, 10)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("user"))
+        .ok_or(ApiError::NotFound("user"))?;
+    app.cache.put(&key, &profile).await;
+    Ok(Json(profile))
 }

@@ -1,5 +1,6 @@
 //! Adapters to infrastructure other than the event store.
 
+pub mod cache;
 pub mod images;
 pub mod mail;
 pub mod rate_limit;

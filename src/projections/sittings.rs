@@ -60,6 +60,9 @@ impl Projection for SittingsProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        if !events.is_empty() {
+            crate::infra::cache::bump(conn, "sittings").await?;
+        }
         for event in events {
             let id: Uuid = event.aggregate_id.parse()?;
             let at = event.timestamp;

@@ -39,6 +39,9 @@ impl Projection for UsersProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        if !events.is_empty() {
+            crate::infra::cache::bump(conn, "users").await?;
+        }
         for event in events {
             let user_id: Uuid = event.aggregate_id.parse()?;
             let cipher = match self.keys.cipher(user_id).await {

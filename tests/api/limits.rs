@@ -442,3 +442,34 @@ async fn a_redis_wanting_a_password_stops_the_start_with_the_reason_not_a_hang(
     app.sessions.ping().await.expect("Redis answers the app");
     drop(redis);
 }
+
+#[tokio::test]
+async fn a_redis_outage_makes_the_query_cache_miss_never_fail() {
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let connection = arosaje::infra::redis::Redis::connect(
+        &format!("redis://127.0.0.1:{port}"),
+        Duration::from_millis(300),
+    )
+    .await
+    .expect("redis");
+    let cache = arosaje::infra::cache::QueryCache::new(connection);
+    cache.put("cache:test:v1:abc", &vec![1, 2, 3]).await;
+    assert_eq!(
+        cache.get::<Vec<i32>>("test", "cache:test:v1:abc").await,
+        Some(vec![1, 2, 3])
+    );
+    redis.stop();
+    // A miss, not an error, and no hang (each call is bounded by the Redis deadline).
+    let outage = async {
+        assert_eq!(
+            cache.get::<Vec<i32>>("test", "cache:test:v1:abc").await,
+            None
+        );
+        cache.put("cache:test:v1:abc", &vec![4]).await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), outage)
+        .await
+        .expect("the cache must not hang on a dead Redis");
+}

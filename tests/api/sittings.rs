@@ -773,3 +773,100 @@ async fn search_near_a_place_finds_what_is_within_the_radius_nearest_first(
         "{dated:?}"
     );
 }
+
+/// The redis keys of cached answers of one kind.
+async fn cached_keys(kind: &str) -> Vec<String> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("KEYS")
+        .arg(format!("cache:{kind}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys")
+}
+
+fn hits(metrics: &str, cache: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("cache_requests_total")
+                && l.contains(cache)
+                && l.contains("result=\"hit\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[sqlx::test]
+async fn a_cached_browse_shows_a_new_sitting_right_after_its_creation_answered(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (visitor_id, visitor) = t.verified_user(&unique_email("visitor")).await;
+    // A place of this test's own, so other tests' sittings do not share its answers.
+    let here = (
+        43.0 + f64::from(rand_octet()) / 300.0,
+        1.0 + f64::from(rand_octet()) / 300.0,
+    );
+    let near = format!("/api/sittings?near={},{}&radius_km=3", here.0, here.1);
+    let first = request(&t, &owner, sitting_body(&plants, 1, 2, here, "Toulouse")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let before = t.get(&near, &visitor).await;
+    assert_eq!(before.body["items"].as_array().map(Vec::len), Some(1));
+    let metrics_before = metrics(&t).await;
+    let again = t.get(&near, &visitor).await;
+    assert_eq!(again.body, before.body, "the cached answer is the same");
+    assert!(
+        hits(&metrics(&t).await, "sittings_browse") > hits(&metrics_before, "sittings_browse"),
+        "the second browse was a cache hit"
+    );
+    assert!(!cached_keys("sittings").await.is_empty());
+
+    // A new sitting shows at once, to its owner and to everyone else.
+    let second = request(&t, &owner, sitting_body(&plants, 3, 4, here, "Toulouse")).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    for token in [&visitor, &owner] {
+        let after = t.get(&near, token).await;
+        assert_eq!(
+            after.body["items"].as_array().map(Vec::len),
+            Some(2),
+            "{after:?}"
+        );
+    }
+    // The owner's own view of a cached page is still exact; a stranger's is not.
+    let own = t.get(&near, &owner).await;
+    assert_eq!(own.body["items"][0]["location"]["approximate"], false);
+    let theirs = t.get(&near, &visitor).await;
+    assert_eq!(theirs.body["items"][0]["location"]["approximate"], true);
+
+    // Profiles too: a review shows at once although the profile was cached before it.
+    let profile = t.get(&format!("/api/users/{visitor_id}"), &owner).await;
+    assert_eq!(profile.body["reviews"], 0);
+    let cached = t.get(&format!("/api/users/{visitor_id}"), &owner).await;
+    assert_eq!(cached.body, profile.body);
+    let renamed = t
+        .patch("/api/me", &visitor, json!({"display_name": "Vera"}))
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+    let fresh = t.get(&format!("/api/users/{visitor_id}"), &owner).await;
+    assert_eq!(fresh.body["display_name"], "Vera", "{fresh:?}");
+}
+
+async fn metrics(t: &TestApp) -> String {
+    t.call(axum::http::Method::GET, "/metrics", None, None)
+        .await
+        .body
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn rand_octet() -> u8 {
+    (Uuid::new_v4().as_u128() % 251) as u8
+}

@@ -160,6 +160,80 @@ pub async fn list_sittings(
     }
     filters.push("($2::date IS NULL OR s.ends_on >= $2)".into());
     filters.push("($3::date IS NULL OR s.starts_on <= $3)".into());
+    // Browsing (no `role`) is the same for everyone: answered from the query cache. The rows
+    // carry no caller-specific part (`applied` is computed for nobody); each caller's view of
+    // them is made below.
+    let browsing = role.is_none();
+    let viewer = if browsing { Uuid::nil() } else { auth.user_id };
+    let cache_key = if browsing {
+        let versions = crate::infra::cache::versions(&app.pool, &["sittings"]).await?;
+        let parameters = format!(
+            "{:?}|{:?}|{radius_km}|{from:?}|{to:?}|{limit}|{cursor:?}",
+            status.map(|s| s.as_str()),
+            near.map(|p| (p.lat, p.lon)),
+        );
+        Some(crate::infra::cache::QueryCache::key(
+            "sittings",
+            &versions,
+            &parameters,
+        ))
+    } else {
+        None
+    };
+    let cached = match &cache_key {
+        Some(key) => {
+            app.cache
+                .get::<Vec<SittingRow>>("sittings_browse", key)
+                .await
+        }
+        None => None,
+    };
+    let rows: Vec<SittingRow> = match cached {
+        Some(rows) => rows,
+        None => {
+            let rows = fetch_rows(
+                &app, viewer, &filters, near, radius_km, from, to, cursor, limit,
+            )
+            .await?;
+            if let Some(key) = &cache_key {
+                app.cache.put(key, &rows).await;
+            }
+            rows
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut next_cursor = None;
+    for (index, row) in rows.into_iter().enumerate() {
+        if index as i64 == limit {
+            break;
+        }
+        let key = row.distance_m.unwrap_or(0.0);
+        if more && index as i64 == limit - 1 {
+            next_cursor = Some(views::encode_cursor(key, row.id));
+        }
+        let mut view = row.view_for(&auth);
+        if near.is_some() {
+            view.distance_km = Some((key / 100.0).round() / 10.0);
+        }
+        items.push(view);
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// The rows of one page of sittings, nearest first around `near`, else soonest first.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_rows(
+    app: &App,
+    viewer: Uuid,
+    filters: &[String],
+    near: Option<GeoPoint>,
+    radius_km: f64,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    cursor: Option<(f64, Uuid)>,
+    limit: i64,
+) -> Result<Vec<SittingRow>, sqlx::Error> {
     let rows: Vec<SittingRow> = match near {
         Some(center) => {
             // Chord distance (`<->`, metres) orders nearest first through the GiST index; the
@@ -179,7 +253,7 @@ pub async fn list_sittings(
                 filters = filters.join(" AND ")
             );
             sqlx::query_as(&sql)
-                .bind(auth.user_id)
+                .bind(viewer)
                 .bind(from)
                 .bind(to)
                 .bind(center.lat)
@@ -201,7 +275,7 @@ pub async fn list_sittings(
                 filters = filters.join(" AND ")
             );
             sqlx::query_as(&sql)
-                .bind(auth.user_id)
+                .bind(viewer)
                 .bind(from)
                 .bind(to)
                 .bind(cursor.map(|c| c.0))
@@ -211,24 +285,7 @@ pub async fn list_sittings(
                 .await?
         }
     };
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut next_cursor = None;
-    for (index, row) in rows.into_iter().enumerate() {
-        if index as i64 == limit {
-            break;
-        }
-        let key = row.distance_m.unwrap_or(0.0);
-        if more && index as i64 == limit - 1 {
-            next_cursor = Some(views::encode_cursor(key, row.id));
-        }
-        let mut view = row.view_for(&auth);
-        if near.is_some() {
-            view.distance_km = Some((key / 100.0).round() / 10.0);
-        }
-        items.push(view);
-    }
-    Ok(Json(Page { items, next_cursor }))
+    Ok(rows)
 }
 
 /// One sitting: open ones for everyone; others for their owner, applicants and sitter,

@@ -53,7 +53,7 @@ pub struct SittingView {
     pub version: i64,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, Serialize, serde::Deserialize)]
 pub struct SittingRow {
     pub id: Uuid,
     pub owner_id: Uuid,
