@@ -11,10 +11,11 @@ RUN cargo build --release --locked --bin arosaje
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 arosaje
+    && useradd --system --uid 10001 arosaje \
+    && mkdir -p /var/lib/arosaje/photos && chown arosaje /var/lib/arosaje/photos
 COPY --from=build /src/target/release/arosaje /usr/local/bin/arosaje
 USER arosaje
-ENV BIND_ADDR=0.0.0.0:8000 RUST_LOG=info
+ENV BIND_ADDR=0.0.0.0:8000 RUST_LOG=info STORAGE_DIR=/var/lib/arosaje/photos
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8000/health || exit 1
 ENTRYPOINT ["arosaje"]
