@@ -25,6 +25,13 @@ async fn every_route_answers_each_role_as_the_matrix_says(
         .unwrap()
         .to_string();
 
+    let photo = crate::photos::upload(&t, &owner, &plant, "a.jpg", &crate::photos::jpeg(64, 48))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     // Columns: anonymous, USER (owner), USER (someone else), BOTANIST, ADMIN, AUDITOR.
     let callers: [Option<&str>; 6] = [
         None,
@@ -82,6 +89,31 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             "/api/plants/{fresh}".into(),
             None,
             [401, 204, 404, 403, 204, 403],
+        ),
+        (
+            Method::GET,
+            format!("/api/plants/{plant}/photos"),
+            None,
+            [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            // Not multipart: refused as such once the caller may add photos at all.
+            Method::POST,
+            format!("/api/plants/{plant}/photos"),
+            Some(json!({})),
+            [401, 415, 404, 403, 403, 404],
+        ),
+        (
+            Method::GET,
+            format!("/api/photos/{photo}"),
+            None,
+            [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            Method::GET,
+            format!("/api/photos/{photo}/thumbnail"),
+            None,
+            [401, 200, 404, 200, 200, 404],
         ),
         (
             Method::GET,
