@@ -143,6 +143,70 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?,
         );
+        // With TOTP: each code works once, so each account logs in once with the code of the
+        // next time step (the one confirming enrolment used the current one).
+        let accounts = n.clamp(10, 40);
+        let (mut plain, mut with_totp) = (Vec::new(), Vec::new());
+        for i in 0..accounts {
+            let email = format!("bench-totp-{i}@example.com");
+            let login = common::account(&http, &base, &email).await?;
+            let token = login["access_token"].as_str().context("token")?.to_string();
+            let started = Instant::now();
+            let r = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"email": email, "password": common::PASSWORD}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "{}", r.status());
+            r.bytes().await?;
+            plain.push(started.elapsed());
+            let enrolment: serde_json::Value = http
+                .post(format!("{base}/api/me/mfa/totp"))
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let secret = enrolment["secret"].as_str().context("secret")?.to_string();
+            let code = |steps: i64| -> anyhow::Result<String> {
+                let bytes = totp_rs::Secret::Encoded(secret.clone())
+                    .to_bytes()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let totp = totp_rs::TOTP::new_unchecked(
+                    totp_rs::Algorithm::SHA1,
+                    6,
+                    1,
+                    30,
+                    bytes,
+                    None,
+                    String::new(),
+                );
+                Ok(totp.generate((chrono::Utc::now().timestamp() + steps * 30) as u64))
+            };
+            let confirmed = http
+                .post(format!("{base}/api/me/mfa/totp/confirm"))
+                .bearer_auth(&token)
+                .json(&json!({"code": code(0)?}))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                confirmed.status().is_success(),
+                "confirm: {}",
+                confirmed.status()
+            );
+            let started = Instant::now();
+            let r = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"email": email, "password": common::PASSWORD, "totp_code": code(1)?}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "totp login: {}", r.status());
+            r.bytes().await?;
+            with_totp.push(started.elapsed());
+        }
+        report("POST /api/auth/login, no TOTP (same accounts)", plain);
+        report("POST /api/auth/login with a TOTP code", with_totp);
         report(
             "  argon2id hash alone",
             time(logins, || async {
