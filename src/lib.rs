@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod identity;
 pub mod infra;
+pub mod messaging;
 pub mod photos;
 pub mod projections;
 
@@ -50,6 +51,8 @@ pub struct AppInner {
     pub jwt: JwtKeys,
     pub tokens: Arc<ActionTokens>,
     pub metrics: PrometheusHandle,
+    /// Per-message data keys.
+    pub message_keys: Arc<events::crypto::MessageKeys>,
     /// Answers of hot public reads, in Redis.
     pub cache: infra::cache::QueryCache,
     /// Where plant photos are kept.
@@ -110,6 +113,7 @@ impl App {
         .context("cannot connect to Redis (REDIS_URL)")?;
         let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
+        let message_keys = Arc::new(events::crypto::MessageKeys::new(pool.clone()));
         let email_index = EmailIndex::new(config.email_pepper());
         let tokens = Arc::new(ActionTokens::new(config.jwt_secret()));
         let mailer = infra::mail::from_config(
@@ -125,7 +129,7 @@ impl App {
             public_url: config.public_url.clone(),
             max_age: chrono::Duration::hours(24),
         };
-        let mut models = read_models(keys.clone(), email_index.clone());
+        let mut models = read_models(keys.clone(), message_keys.clone(), email_index.clone());
         models.push(Arc::new(outbox));
         let projections = Projections::new(
             pool.clone(),
@@ -156,6 +160,7 @@ impl App {
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
             cache: infra::cache::QueryCache::new(redis.clone()),
+            message_keys,
             sessions: Sessions::new(redis, config.session_lifetimes()),
             jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
             tokens,
@@ -190,10 +195,14 @@ impl App {
 }
 
 /// Names of every projector `serve` runs (read models, then the mail outbox).
-pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "sittings", "mailer"];
+pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "sittings", "messaging", "mailer"];
 
 /// Every read model of the service, in rebuild order (users before what refers to them).
-pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn Projection>> {
+pub fn read_models(
+    keys: Arc<KeyStore>,
+    message_keys: Arc<events::crypto::MessageKeys>,
+    email_index: EmailIndex,
+) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(projections::users::UsersProjection::new(
             keys.clone(),
@@ -201,6 +210,9 @@ pub fn read_models(keys: Arc<KeyStore>, email_index: EmailIndex) -> Vec<Arc<dyn 
         )),
         Arc::new(projections::plants::PlantsProjection::new(keys.clone())),
         Arc::new(projections::sittings::SittingsProjection::new(keys)),
+        Arc::new(projections::messaging::MessagingProjection::new(
+            message_keys,
+        )),
     ]
 }
 

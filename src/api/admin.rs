@@ -206,6 +206,8 @@ pub struct AdminStats {
     plants: i64,
     /// Sittings by status (`open`, `accepted`, `in_progress`, `completed`, `cancelled`).
     sittings: BTreeMap<String, i64>,
+    conversations: i64,
+    messages: i64,
     /// The log's last position.
     events: i64,
 }
@@ -225,11 +227,20 @@ async fn stats(
         sqlx::query_as("SELECT role, count(*) FROM users GROUP BY role ORDER BY role")
             .fetch_all(&app.pool)
             .await?;
-    let (disabled, pending, plants, events): (i64, i64, i64, i64) = sqlx::query_as(
+    let (disabled, pending, plants, events, conversations, messages): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM users WHERE status = 'disabled'), \
                 (SELECT count(*) FROM users WHERE botanist_status = 'pending'), \
                 (SELECT count(*) FROM plants), \
-                (SELECT COALESCE(max(global_position), 0) FROM events)",
+                (SELECT COALESCE(max(global_position), 0) FROM events), \
+                (SELECT count(*) FROM messaging.conversations), \
+                (SELECT count(*) FROM messaging.messages)",
     )
     .fetch_one(&app.pool)
     .await?;
@@ -250,6 +261,8 @@ async fn stats(
     sittings.extend(by_status);
     Ok(Json(AdminStats {
         sittings,
+        conversations,
+        messages,
         users,
         disabled_users: disabled,
         pending_botanist_verifications: pending,

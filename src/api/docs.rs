@@ -49,6 +49,7 @@ pub const BEARER: &str = "bearer";
         (name = "plants", description = "Plants, their care and their photos"),
         (name = "sittings", description = "Sitting requests (gardes): applications, acceptance, care reports, reviews"),
         (name = "users", description = "Public profiles"),
+        (name = "messaging", description = "Conversations, messages, read marks, search"),
         (name = "admin", description = "User administration (ADMIN)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
@@ -109,6 +110,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .nest("/api/me/mfa", super::mfa::router())
         .nest("/api/me", super::me::router())
         .nest("/api/plants", super::plants::router())
+        .nest("/api/conversations", super::conversations::router())
+        .nest("/api/messages", super::conversations::search_router())
         .nest("/api/photos", super::photos::router())
         .nest("/api/sittings", super::sittings::router())
         .nest("/api/users", super::users::router())

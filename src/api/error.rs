@@ -9,6 +9,7 @@ use axum::Json;
 
 use uuid::Uuid;
 
+use crate::commands::conversation::ConversationError;
 use crate::commands::plant::PlantError;
 use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
@@ -209,6 +210,32 @@ impl DomainError for PlantError {
         match self {
             PlantError::AlreadyExists => ApiError::conflict("already_exists", self.to_string()),
             PlantError::NotFound => ApiError::NotFound("plant"),
+        }
+    }
+}
+
+impl DomainError for ConversationError {
+    fn into_api(self) -> ApiError {
+        let message = self.to_string();
+        match self {
+            ConversationError::AlreadyExists => ApiError::conflict("already_exists", message),
+            ConversationError::NotFound | ConversationError::NotAParticipant => {
+                ApiError::NotFound("conversation")
+            }
+            ConversationError::NoOneElse | ConversationError::TooManyParticipants => {
+                ApiError::invalid("participant_ids", message)
+            }
+            ConversationError::UnknownParticipants(ids) => {
+                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                ApiError::invalid(
+                    "participant_ids",
+                    format!("no such users: {}", ids.join(", ")),
+                )
+            }
+            ConversationError::NotTheSittingsParties => ApiError::Forbidden {
+                code: "not_the_sittings_parties",
+                message,
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod conversations;
 pub mod docs;
 pub mod error;
 pub mod extract;

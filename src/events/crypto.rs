@@ -190,6 +190,48 @@ mod tests {
     }
 }
 
+/// Per-message data keys (`message_keys`): a message's text is sealed under a key of its own, so
+/// retention (`MESSAGE_RETENTION_DAYS`) and the erasure of its sender make exactly that text
+/// unreadable, in the log and everywhere it was copied, by deleting keys. Not cached: each text
+/// is opened once, by the projector.
+pub struct MessageKeys {
+    pool: PgPool,
+}
+
+impl MessageKeys {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates the key of a new message in the caller's transaction (the one appending it).
+    pub async fn create_in(
+        &self,
+        conn: &mut PgConnection,
+        message_id: Uuid,
+        sender_id: Uuid,
+    ) -> Result<Cipher, CryptoError> {
+        let key = zeroize::Zeroizing::new(Aes256Gcm::generate_key(&mut OsRng).to_vec());
+        sqlx::query("INSERT INTO message_keys (message_id, sender_id, key) VALUES ($1, $2, $3)")
+            .bind(message_id)
+            .bind(sender_id)
+            .bind(key.as_slice())
+            .execute(conn)
+            .await?;
+        Cipher::new(message_id, key.as_slice())
+    }
+
+    /// The cipher of a message, or `KeyMissing` once its key is gone.
+    pub async fn cipher(&self, message_id: Uuid) -> Result<Cipher, CryptoError> {
+        let key: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM message_keys WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let key = zeroize::Zeroizing::new(key.ok_or(CryptoError::KeyMissing(message_id))?);
+        Cipher::new(message_id, &key)
+    }
+}
+
 #[cfg(test)]
 impl Cipher {
     /// A cipher with a random key, for unit tests of aggregates.

@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod bookings;
+pub mod conversation;
 pub mod crypto;
 pub mod group_commit;
 pub mod metadata;

@@ -1,6 +1,7 @@
 //! Read models, built by projectors that follow the event log in its global order.
 
 pub mod mailer;
+pub mod messaging;
 pub mod plants;
 pub mod runner;
 pub mod sittings;

@@ -32,6 +32,27 @@ async fn every_route_answers_each_role_as_the_matrix_says(
         .unwrap()
         .to_string();
 
+    let conversation = t
+        .post(
+            "/api/conversations",
+            Some(&owner),
+            json!({"participant_ids": [target]}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let message = t
+        .post(
+            &format!("/api/conversations/{conversation}/messages"),
+            Some(&owner),
+            json!({"body": "Bonjour"}),
+        )
+        .await
+        .body["id"]
+        .clone();
+
     // Columns: anonymous, USER (owner), USER (someone else), BOTANIST, ADMIN, AUDITOR.
     let callers: [Option<&str>; 6] = [
         None,
@@ -114,6 +135,42 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             format!("/api/photos/{photo}/thumbnail"),
             None,
             [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            Method::GET,
+            "/api/conversations".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/conversations".into(),
+            Some(json!({"participant_ids": [target]})),
+            [401, 201, 201, 201, 201, 201],
+        ),
+        (
+            Method::GET,
+            "/api/messages/search?q=plante".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/conversations/{conversation}/messages"),
+            None,
+            [401, 200, 404, 404, 404, 404],
+        ),
+        (
+            Method::POST,
+            format!("/api/conversations/{conversation}/messages"),
+            Some(json!({"body": "Arrosée ce matin"})),
+            [401, 201, 404, 404, 404, 404],
+        ),
+        (
+            Method::POST,
+            format!("/api/conversations/{conversation}/read"),
+            Some(json!({"up_to": message})),
+            [401, 204, 404, 404, 404, 404],
         ),
         (
             Method::GET,

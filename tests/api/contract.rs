@@ -685,6 +685,38 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
     )
     .await;
     t.post("/api/auth/logout", Some(&token), json!({})).await;
+    // Messaging: a conversation, a message, the lists, a read mark, a search.
+    let (_, talker) = t.user(&unique_email("talker")).await;
+    let (listener, _) = t.user(&unique_email("listener")).await;
+    let conversation = t
+        .post(
+            "/api/conversations",
+            Some(&talker),
+            json!({"participant_ids": [listener]}),
+        )
+        .await;
+    assert_eq!(conversation.status, StatusCode::CREATED, "{conversation:?}");
+    let conversation = conversation.body["id"].as_str().expect("id").to_string();
+    let said = t
+        .post(
+            &format!("/api/conversations/{conversation}/messages"),
+            Some(&talker),
+            json!({"body": "Bonjour"}),
+        )
+        .await;
+    t.get("/api/conversations", &talker).await;
+    t.get(
+        &format!("/api/conversations/{conversation}/messages"),
+        &talker,
+    )
+    .await;
+    t.post(
+        &format!("/api/conversations/{conversation}/read"),
+        Some(&talker),
+        json!({"up_to": said.body["id"]}),
+    )
+    .await;
+    t.get("/api/messages/search?q=bonjour", &talker).await;
     // Photos: an upload, the list, the image and its thumbnail.
     let (_, photographer) = t.user(&unique_email("photographer")).await;
     let plant = t.create_plant(&photographer, "Photo fern").await.body["id"]

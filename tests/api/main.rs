@@ -11,6 +11,7 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod mail;
+mod messaging;
 mod mfa;
 mod ops;
 mod photos;

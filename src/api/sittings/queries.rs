@@ -85,7 +85,7 @@ pub async fn list_sittings(
     let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
     let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let cursor = nonempty(&params.cursor).and_then(|raw| {
-        let decoded = views::decode_cursor(&raw);
+        let decoded = pagination::decode_keyset(&raw);
         if decoded.is_none() {
             errors.add("cursor", "is not a cursor this API returned");
         }
@@ -210,7 +210,7 @@ pub async fn list_sittings(
         }
         let key = row.distance_m.unwrap_or(0.0);
         if more && index as i64 == limit - 1 {
-            next_cursor = Some(views::encode_cursor(key, row.id));
+            next_cursor = Some(pagination::encode_keyset(key, row.id));
         }
         let mut view = row.view_for(&auth);
         if near.is_some() {
@@ -336,7 +336,7 @@ pub async fn list_applications(
         .as_deref()
         .filter(|c| !c.is_empty())
         .and_then(|raw| {
-            let decoded = views::decode_cursor(raw);
+            let decoded = pagination::decode_keyset(raw);
             if decoded.is_none() {
                 errors.add("cursor", "is not a cursor this API returned");
             }
@@ -373,7 +373,7 @@ pub async fn list_applications(
     let mut next_cursor = None;
     for (index, row) in rows.into_iter().enumerate().take(limit as usize) {
         if more && index as i64 == limit - 1 {
-            next_cursor = Some(views::encode_cursor(row.key, row.applicant_id));
+            next_cursor = Some(pagination::encode_keyset(row.key, row.applicant_id));
         }
         let Some(applicant) = PublicProfile::load(&app.pool, row.applicant_id, 0).await? else {
             continue;

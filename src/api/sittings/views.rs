@@ -5,8 +5,6 @@
 //! key is) only its owner, its accepted sitter and admins. Distances in search results are
 //! computed from the rounded point, so ordering by distance reveals nothing finer either.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -170,32 +168,4 @@ pub async fn visible(pool: &PgPool, viewer: &AuthUser, id: Uuid) -> Result<Sitti
         .await?
         .filter(|row| row.visible_to(viewer))
         .ok_or(ApiError::NotFound("sitting"))
-}
-
-/// Keyset cursor of sitting lists: the sort key (start day, or metres) and the last id.
-pub fn encode_cursor(key: f64, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{key}~{id}"))
-}
-
-pub fn decode_cursor(raw: &str) -> Option<(f64, Uuid)> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    let (key, id) = text.split_once('~')?;
-    let key: f64 = key.parse().ok().filter(|k: &f64| k.is_finite())?;
-    Some((key, id.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_refuse_garbage() {
-        let id = Uuid::now_v7();
-        assert_eq!(
-            decode_cursor(&encode_cursor(1234.5, id)),
-            Some((1234.5, id))
-        );
-        assert_eq!(decode_cursor("not a cursor"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("NaN~x")), None);
-    }
 }

@@ -1,0 +1,153 @@
+//! Read models `messaging.conversations`, `messaging.participants` and `messaging.messages`
+//! (with its full-text index), projection `messaging`. A message's text is opened with its own
+//! key; once that key is gone (retention, erasure) the text is stored as NULL.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Projection;
+use crate::commands::conversation::{Conversation, Message, ReadMark};
+use crate::events::conversation::{ConversationEvent, MessageEvent, ReadMarkEvent};
+use crate::events::crypto::{CryptoError, MessageKeys};
+use crate::events::StoredEvent;
+
+pub struct MessagingProjection {
+    keys: Arc<MessageKeys>,
+}
+
+impl MessagingProjection {
+    pub fn new(keys: Arc<MessageKeys>) -> Self {
+        MessagingProjection { keys }
+    }
+}
+
+#[async_trait]
+impl Projection for MessagingProjection {
+    fn name(&self) -> &'static str {
+        "messaging"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Conversation", "Message", "ReadMark"]
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        for event in events {
+            let id: Uuid = event.aggregate_id.parse()?;
+            let position = event.position.global_position;
+            match event.aggregate_type.as_str() {
+                "Conversation" => match event.decode::<Conversation>()? {
+                    ConversationEvent::ConversationStarted {
+                        started_by,
+                        participant_ids,
+                        sitting_id,
+                    } => {
+                        sqlx::query(
+                            "INSERT INTO messaging.conversations \
+                                 (id, sitting_id, started_by, created_at, last_position) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(sitting_id)
+                        .bind(started_by)
+                        .bind(event.timestamp)
+                        .bind(position)
+                        .execute(&mut *conn)
+                        .await?;
+                        // People erased since are left out.
+                        sqlx::query(
+                            "INSERT INTO messaging.participants (conversation_id, user_id) \
+                             SELECT $1, u.id FROM users u WHERE u.id = ANY($2) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(&participant_ids)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                },
+                "Message" => match event.decode::<Message>()? {
+                    MessageEvent::MessageSent {
+                        conversation_id,
+                        sender_id,
+                        body,
+                    } => {
+                        let body = match self.keys.cipher(id).await {
+                            Ok(cipher) => Some(cipher.open(&body)?),
+                            Err(CryptoError::KeyMissing(_)) => None,
+                            Err(err) => return Err(err.into()),
+                        };
+                        let inserted = sqlx::query(
+                            "INSERT INTO messaging.messages \
+                                 (id, conversation_id, sender_id, body, position, created_at) \
+                             SELECT $1, $2, $3, $4, $5, $6 \
+                              WHERE EXISTS (SELECT 1 FROM messaging.conversations WHERE id = $2) \
+                             ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(conversation_id)
+                        .bind(sender_id)
+                        .bind(body)
+                        .bind(position)
+                        .bind(event.timestamp)
+                        .execute(&mut *conn)
+                        .await?;
+                        if inserted.rows_affected() > 0 {
+                            sqlx::query(
+                                "UPDATE messaging.conversations \
+                                    SET last_position = GREATEST(last_position, $2), \
+                                        last_message_id = CASE WHEN $2 >= last_position THEN $3 \
+                                                               ELSE last_message_id END \
+                                  WHERE id = $1",
+                            )
+                            .bind(conversation_id)
+                            .bind(position)
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                            // Senders have read what they wrote.
+                            mark_read(conn, conversation_id, sender_id, position).await?;
+                        }
+                    }
+                },
+                "ReadMark" => match event.decode::<ReadMark>()? {
+                    ReadMarkEvent::MessagesRead {
+                        conversation_id,
+                        user_id,
+                        position,
+                        ..
+                    } => mark_read(conn, conversation_id, user_id, position).await?,
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read marks only move forward.
+async fn mark_read(
+    conn: &mut PgConnection,
+    conversation_id: Uuid,
+    user_id: Uuid,
+    position: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE messaging.participants \
+            SET last_read_position = GREATEST(last_read_position, $3) \
+          WHERE conversation_id = $1 AND user_id = $2",
+    )
+    .bind(conversation_id)
+    .bind(user_id)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
