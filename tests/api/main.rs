@@ -12,6 +12,7 @@ mod idempotency;
 mod limits;
 mod mail;
 mod mfa;
+mod notifications;
 mod ops;
 mod plants;
 mod sittings;
