@@ -232,6 +232,10 @@ pub struct Config {
     /// The longest sitting, in days.
     #[arg(long, env = "MAX_SITTING_DAYS", default_value_t = 90)]
     pub max_sitting_days: i64,
+    /// How often the start reminder job looks for sittings that start tomorrow, in seconds
+    /// (owner and sitter are mailed once, whatever the number of instances).
+    #[arg(long, env = "START_REMINDER_INTERVAL_SECS", default_value_t = 600)]
+    pub start_reminder_interval_secs: u64,
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,
@@ -345,6 +349,10 @@ impl Config {
                 i64::from(self.projection_max_attempts),
             ),
             ("PROJECTION_POLL_MS", self.projection_poll_ms as i64),
+            (
+                "START_REMINDER_INTERVAL_SECS",
+                self.start_reminder_interval_secs as i64,
+            ),
             ("MAX_JSON_BODY_BYTES", self.max_json_body_bytes as i64),
             ("REQUEST_TIMEOUT_SECS", self.request_timeout_secs as i64),
             ("REDIS_TIMEOUT_MS", self.redis_timeout_ms as i64),
@@ -448,6 +456,10 @@ impl Config {
 
     pub fn projection_poll(&self) -> Duration {
         Duration::from_millis(self.projection_poll_ms)
+    }
+
+    pub fn start_reminder_interval(&self) -> Duration {
+        Duration::from_secs(self.start_reminder_interval_secs)
     }
 
     /// Warnings an operator should see at start-up.

@@ -12,6 +12,7 @@ pub mod infra;
 pub mod messaging;
 pub mod photos;
 pub mod projections;
+pub mod reminders;
 
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
@@ -175,12 +176,17 @@ impl App {
     }
 
     /// Starts the background work of this process: the notifier that tells other instances of
-    /// appends and, with `run_projectors`, the projectors. They stop when the guard is dropped.
+    /// appends, the start reminder job (on every instance: the aggregate issues each reminder
+    /// once) and, with `run_projectors`, the projectors. They stop when the guard is dropped.
     pub fn start(&self, run_projectors: bool) -> BackgroundTasks {
         let mut tasks = vec![tokio::spawn(events::wakeups::run_notifier(
             self.pool.clone(),
             self.wakeups.clone(),
         ))];
+        tasks.push(tokio::spawn(reminders::run_scheduler(
+            self.clone(),
+            self.config.start_reminder_interval(),
+        )));
         if run_projectors {
             tasks.extend(self.projections.spawn());
         }
@@ -188,7 +194,7 @@ impl App {
         BackgroundTasks(tasks)
     }
 
-    /// Notifier and projectors (what `serve` runs by default).
+    /// Notifier, reminder job and projectors (what `serve` runs by default).
     pub fn start_projectors(&self) -> BackgroundTasks {
         self.start(true)
     }

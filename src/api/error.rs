@@ -280,6 +280,8 @@ impl DomainError for SittingError {
             SittingError::Closed => conflict("sitting_closed"),
             SittingError::NotCompleted => conflict("sitting_not_completed"),
             SittingError::AlreadyReviewed => conflict("already_reviewed"),
+            // Only the reminder job meets it; no route runs that command.
+            SittingError::NotStartingTomorrow(_) => conflict("sitting_not_starting_tomorrow"),
         }
     }
 }

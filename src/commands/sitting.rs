@@ -2,6 +2,7 @@
 //! while away, and its lifecycle.
 //!
 //! `open` -> `accepted` -> `in_progress` -> `completed`; `open` or `accepted` -> `cancelled`.
+//! The day before an accepted sitting starts, the reminder job issues its start reminder, once.
 //!
 //! Who may cancel, and when:
 //! - while `open`: the owner (or an admin), with a reason;
@@ -72,6 +73,11 @@ pub enum SittingCommand {
         rating: Rating,
         comment: Option<Sealed>,
     },
+    /// From the reminder job (`reminders`), not from a user: owner and sitter are to hear that
+    /// the sitting starts tomorrow. Issued once; asked again, it does nothing.
+    RemindStart {
+        today: NaiveDate,
+    },
 }
 
 /// Each refusal has its own code over HTTP (`api::error`).
@@ -119,6 +125,8 @@ pub enum SittingError {
     NotCompleted,
     #[error("you have already reviewed this sitting")]
     AlreadyReviewed,
+    #[error("the sitting starts on {0}, not tomorrow")]
+    NotStartingTomorrow(NaiveDate),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +176,9 @@ pub struct Sitting {
     applicants: BTreeSet<Uuid>,
     sitter_id: Option<Uuid>,
     reviewed_by: BTreeSet<Uuid>,
+    /// Whether the start reminder was issued (`SittingStartReminderIssued`).
+    #[serde(default)]
+    start_reminded: bool,
 }
 
 impl Sitting {
@@ -369,6 +380,22 @@ impl Sitting {
                     comment,
                 }
             }
+            C::RemindStart { today } => {
+                if self.status != Status::Accepted {
+                    return Err(self.closed_or(E::NotAccepted));
+                }
+                // Every instance's job may ask; the first one's event is the only one.
+                if self.start_reminded {
+                    return Ok(Vec::new());
+                }
+                let Some(starts_on) = self.starts_on else {
+                    return Err(E::NotFound);
+                };
+                if today.succ_opt() != Some(starts_on) {
+                    return Err(E::NotStartingTomorrow(starts_on));
+                }
+                Ev::SittingStartReminderIssued { starts_on }
+            }
         };
         Ok(vec![event])
     }
@@ -436,6 +463,7 @@ impl Aggregate for Sitting {
             SittingEvent::ReviewLeft { author_id, .. } => {
                 self.reviewed_by.insert(author_id);
             }
+            SittingEvent::SittingStartReminderIssued { .. } => self.start_reminded = true,
         }
     }
 }
@@ -846,6 +874,64 @@ mod tests {
             decided(in_progress(), review(OWNER)),
             Err(SittingError::NotCompleted)
         );
+    }
+
+    fn remind(today: NaiveDate) -> SittingCommand {
+        SittingCommand::RemindStart { today }
+    }
+
+    #[test]
+    fn the_start_reminder_is_issued_the_day_before_an_accepted_sitting_starts() {
+        SittingTest::with(())
+            .given(accepted())
+            .when(remind(day(9)))
+            .then_expect_events(vec![SittingEvent::SittingStartReminderIssued {
+                starts_on: day(10),
+            }]);
+    }
+
+    #[test]
+    fn the_start_reminder_is_issued_once() {
+        let mut reminded = accepted();
+        reminded.push(SittingEvent::SittingStartReminderIssued { starts_on: day(10) });
+        SittingTest::with(())
+            .given(reminded.clone())
+            .when(remind(day(9)))
+            .then_expect_events(vec![]);
+        // A reminded sitting goes on as before.
+        let start = SittingCommand::StartSitting {
+            actor: user(SITTER),
+            today: day(10),
+        };
+        assert_eq!(decided(reminded, start), Ok(vec!["SittingStarted".into()]));
+    }
+
+    #[test]
+    fn no_start_reminder_on_another_day() {
+        for today in [day(8), day(10), day(11)] {
+            assert_eq!(
+                decided(accepted(), remind(today)),
+                Err(SittingError::NotStartingTomorrow(day(10))),
+                "{today}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_start_reminder_without_an_accepted_sitter_or_once_over() {
+        assert_eq!(
+            decided(vec![requested(), applied(SITTER)], remind(day(9))),
+            Err(SittingError::NotAccepted)
+        );
+        assert_eq!(
+            decided(in_progress(), remind(day(9))),
+            Err(SittingError::NotAccepted)
+        );
+        assert_eq!(
+            decided(cancelled(), remind(day(9))),
+            Err(SittingError::Closed)
+        );
+        assert_eq!(decided(vec![], remind(day(9))), Err(SittingError::NotFound));
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum SittingEvent {
         /// Sealed under the author's key.
         comment: Option<Sealed>,
     },
+    /// Version 1. The accepted sitting starts tomorrow (`starts_on`): the mailer reminds the
+    /// owner and the sitter. Issued once per sitting, by the reminder job.
+    SittingStartReminderIssued { starts_on: NaiveDate },
 }
 
 impl DomainEvent for SittingEvent {
@@ -85,6 +88,7 @@ impl DomainEvent for SittingEvent {
             SittingEvent::SittingCompleted { .. } => "SittingCompleted",
             SittingEvent::SittingCancelled { .. } => "SittingCancelled",
             SittingEvent::ReviewLeft { .. } => "ReviewLeft",
+            SittingEvent::SittingStartReminderIssued { .. } => "SittingStartReminderIssued",
         }
         .to_string()
     }

@@ -241,6 +241,10 @@ impl Projection for SittingsProjection {
                     .await?;
                     touch(None).execute(&mut *conn).await?;
                 }
+                // Nothing to show; the version still follows the stream.
+                SittingEvent::SittingStartReminderIssued { .. } => {
+                    touch(None).execute(&mut *conn).await?;
+                }
             }
         }
         Ok(())

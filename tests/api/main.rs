@@ -13,6 +13,7 @@ mod limits;
 mod mail;
 mod messaging;
 mod mfa;
+mod notifications;
 mod ops;
 mod photos;
 mod plants;
