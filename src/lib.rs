@@ -58,6 +58,10 @@ pub struct AppInner {
     pub cache: infra::cache::QueryCache,
     /// Where plant photos are kept.
     pub photos: infra::storage::PhotoStore,
+    /// Redis, for WebSocket tickets and frames published by hand (typing).
+    pub redis: infra::redis::Redis,
+    /// The WebSocket clients of this instance.
+    pub hub: Arc<infra::hub::Hub>,
     /// Photo decodes running at once (each holds an image in memory).
     pub photo_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -132,6 +136,11 @@ impl App {
         };
         let mut models = read_models(keys.clone(), message_keys.clone(), email_index.clone());
         models.push(Arc::new(outbox));
+        models.push(Arc::new(projections::fanout::FanoutProjection {
+            redis: redis.clone(),
+            keys: message_keys.clone(),
+            max_age: chrono::Duration::minutes(5),
+        }));
         let projections = Projections::new(
             pool.clone(),
             ProjectorSettings {
@@ -161,6 +170,8 @@ impl App {
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
             cache: infra::cache::QueryCache::new(redis.clone()),
+            redis: redis.clone(),
+            hub: Arc::new(infra::hub::Hub::default()),
             message_keys,
             sessions: Sessions::new(redis, config.session_lifetimes()),
             jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
@@ -191,6 +202,10 @@ impl App {
             tasks.extend(self.projections.spawn());
         }
         tasks.push(tokio::spawn(photos::run_sweeper(self.clone())));
+        tasks.push(tokio::spawn(infra::hub::run_subscriber(
+            self.config.redis_url.as_str().to_string(),
+            self.hub.clone(),
+        )));
         BackgroundTasks(tasks)
     }
 
@@ -201,7 +216,14 @@ impl App {
 }
 
 /// Names of every projector `serve` runs (read models, then the mail outbox).
-pub const PROJECTION_NAMES: &[&str] = &["users", "plants", "sittings", "messaging", "mailer"];
+pub const PROJECTION_NAMES: &[&str] = &[
+    "users",
+    "plants",
+    "sittings",
+    "messaging",
+    "mailer",
+    "fanout",
+];
 
 /// Every read model of the service, in rebuild order (users before what refers to them).
 pub fn read_models(

@@ -50,6 +50,7 @@ pub const BEARER: &str = "bearer";
         (name = "sittings", description = "Sitting requests (gardes): applications, acceptance, care reports, reviews"),
         (name = "users", description = "Public profiles"),
         (name = "messaging", description = "Conversations, messages, read marks, search"),
+        (name = "live", description = "Live updates over WebSocket"),
         (name = "admin", description = "User administration (ADMIN)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
@@ -113,6 +114,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .nest("/api/conversations", super::conversations::router())
         .nest("/api/messages", super::conversations::search_router())
         .nest("/api/photos", super::photos::router())
+        .nest("/api/ws", super::ws::ticket_router())
+        .merge(super::ws::router())
         .nest("/api/sittings", super::sittings::router())
         .nest("/api/users", super::users::router())
         .nest("/api/admin", super::admin::router())

@@ -19,6 +19,7 @@ pub mod security_log;
 pub mod sittings;
 pub mod token;
 pub mod users;
+pub mod ws;
 
 use std::time::{Duration, Instant};
 

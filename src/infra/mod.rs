@@ -1,6 +1,7 @@
 //! Adapters to infrastructure other than the event store.
 
 pub mod cache;
+pub mod hub;
 pub mod images;
 pub mod mail;
 pub mod rate_limit;

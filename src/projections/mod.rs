@@ -1,5 +1,6 @@
 //! Read models, built by projectors that follow the event log in its global order.
 
+pub mod fanout;
 pub mod mailer;
 pub mod messaging;
 pub mod plants;

@@ -137,6 +137,12 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             [401, 200, 404, 200, 200, 404],
         ),
         (
+            Method::POST,
+            "/api/ws/ticket".into(),
+            None,
+            [401, 201, 201, 201, 201, 201],
+        ),
+        (
             Method::GET,
             "/api/conversations".into(),
             None,

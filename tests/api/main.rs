@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod idempotency;
 mod limits;
+mod live;
 mod mail;
 mod messaging;
 mod mfa;

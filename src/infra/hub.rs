@@ -1,0 +1,157 @@
+//! WebSocket fan-out across instances. Frames for a user are published on the Redis channel
+//! `user:{user_id}` (by the `fanout` projector after events commit, or straight away for typing);
+//! every instance subscribes to `user:*` and hands each frame to the sockets of that user it
+//! holds. Each socket has a bounded queue: a client too slow to drain it is dropped (and its
+//! socket closed with a code), so it cannot stall anyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::redis::Redis;
+
+/// Frames waiting for one socket before it counts as too slow.
+pub const QUEUE: usize = 256;
+
+struct Client {
+    id: u64,
+    tx: mpsc::Sender<Arc<str>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The sockets of this instance, by user.
+#[derive(Default)]
+pub struct Hub {
+    clients: RwLock<HashMap<Uuid, Vec<Client>>>,
+    next_id: AtomicU64,
+}
+
+/// One socket's end: its frames, and whether it was dropped for being too slow.
+pub struct Registration {
+    pub id: u64,
+    pub frames: mpsc::Receiver<Arc<str>>,
+    pub overflowed: Arc<AtomicBool>,
+}
+
+impl Hub {
+    pub fn register(&self, user: Uuid) -> Registration {
+        let (tx, frames) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        if let Ok(mut clients) = self.clients.write() {
+            clients.entry(user).or_default().push(Client {
+                id,
+                tx,
+                overflowed: overflowed.clone(),
+            });
+        }
+        metrics::gauge!("websocket_connections").increment(1.0);
+        Registration {
+            id,
+            frames,
+            overflowed,
+        }
+    }
+
+    pub fn unregister(&self, user: Uuid, id: u64) {
+        if let Ok(mut clients) = self.clients.write() {
+            if let Some(list) = clients.get_mut(&user) {
+                let before = list.len();
+                list.retain(|c| c.id != id);
+                if list.len() < before {
+                    metrics::gauge!("websocket_connections").decrement(1.0);
+                }
+                if list.is_empty() {
+                    clients.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Hands a frame to every socket of `user` here; drops those whose queue is full.
+    pub fn deliver(&self, user: Uuid, frame: Arc<str>) {
+        let mut slow = Vec::new();
+        if let Ok(clients) = self.clients.read() {
+            for client in clients.get(&user).into_iter().flatten() {
+                match client.tx.try_send(frame.clone()) {
+                    Ok(()) => metrics::counter!("websocket_frames_total", "result" => "queued")
+                        .increment(1),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        client.overflowed.store(true, Ordering::Relaxed);
+                        metrics::counter!("websocket_frames_total", "result" => "dropped")
+                            .increment(1);
+                        slow.push(client.id);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        for id in slow {
+            self.unregister(user, id);
+        }
+    }
+
+    /// Sockets open on this instance.
+    pub fn connections(&self) -> usize {
+        self.clients
+            .read()
+            .map(|c| c.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The channel of a user's frames.
+pub fn channel(user: Uuid) -> String {
+    format!("user:{user}")
+}
+
+/// Publishes a frame for `user` to every instance.
+pub async fn publish(redis: &Redis, user: Uuid, frame: &str) -> redis::RedisResult<()> {
+    let (channel, frame) = (channel(user), frame.to_string());
+    redis
+        .call(|mut conn| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(frame)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+}
+
+/// Follows `user:*` on Redis and hands frames to this instance's sockets; reconnects when Redis
+/// goes away (what was published meanwhile is recovered by clients with `resume`).
+pub async fn run_subscriber(redis_url: String, hub: Arc<Hub>) {
+    loop {
+        match subscribe(&redis_url, &hub).await {
+            Ok(()) => tracing::warn!("websocket fan-out: Redis subscription ended; resubscribing"),
+            Err(err) => tracing::warn!(error = %err, "websocket fan-out: Redis unavailable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn subscribe(redis_url: &str, hub: &Hub) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe("user:*").await?;
+    let mut messages = pubsub.on_message();
+    while let Some(message) = messages.next().await {
+        let Some(user) = message
+            .get_channel_name()
+            .strip_prefix("user:")
+            .and_then(|id| id.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        if let Ok(frame) = message.get_payload::<String>() {
+            hub.deliver(user, Arc::from(frame));
+        }
+    }
+    Ok(())
+}

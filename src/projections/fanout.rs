@@ -1,0 +1,133 @@
+//! Live updates: a side-effect projector that publishes each message and read mark, after it
+//! committed, to the Redis channels of the people who may see it (`user:{id}`, see
+//! `infra::hub`). Who takes part in a conversation comes from the log (its `ConversationStarted`
+//! event), not from a read model. Frames carry the event's log position: a frame published twice
+//! (a retried batch) is dropped by the socket, and a client that missed frames asks to `resume`
+//! after the last position it saw. Events older than `max_age` are not published: a projector
+//! started on an old log does not replay history to whoever is connected.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Mode, Projection, Transient};
+use crate::commands::conversation::{Message, ReadMark};
+use crate::events::conversation::{ConversationEvent, MessageEvent, ReadMarkEvent};
+use crate::events::crypto::{CryptoError, MessageKeys};
+use crate::events::StoredEvent;
+use crate::infra::redis::Redis;
+
+pub struct FanoutProjection {
+    pub redis: Redis,
+    pub keys: Arc<MessageKeys>,
+    pub max_age: chrono::Duration,
+}
+
+/// The participants of a conversation, from its first event.
+pub async fn participants(
+    conn: &mut PgConnection,
+    conversation: Uuid,
+) -> anyhow::Result<Vec<Uuid>> {
+    let first: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload FROM events \
+          WHERE aggregate_type = 'Conversation' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(conversation.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(
+        match first
+            .map(serde_json::from_value::<ConversationEvent>)
+            .transpose()?
+        {
+            Some(ConversationEvent::ConversationStarted {
+                participant_ids, ..
+            }) => participant_ids,
+            None => Vec::new(),
+        },
+    )
+}
+
+/// A frame as sockets send it.
+pub fn frame(kind: &str, position: i64, data: serde_json::Value) -> String {
+    json!({"type": kind, "position": position, "data": data}).to_string()
+}
+
+#[async_trait]
+impl Projection for FanoutProjection {
+    fn name(&self) -> &'static str {
+        "fanout"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Message", "ReadMark"]
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::SideEffects
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        for event in events {
+            if chrono::Utc::now() - event.timestamp > self.max_age {
+                continue;
+            }
+            let position = event.position.global_position;
+            let id: Uuid = event.aggregate_id.parse()?;
+            let (conversation, frame) = match event.aggregate_type.as_str() {
+                "Message" => match event.decode::<Message>()? {
+                    MessageEvent::MessageSent {
+                        conversation_id,
+                        sender_id,
+                        body,
+                    } => {
+                        let body = match self.keys.cipher(id).await {
+                            Ok(cipher) => Some(cipher.open(&body)?),
+                            Err(CryptoError::KeyMissing(_)) => None,
+                            Err(err) => return Err(err.into()),
+                        };
+                        let data = json!({
+                            "id": id, "conversation_id": conversation_id, "sender_id": sender_id,
+                            "body": body, "position": position, "created_at": event.timestamp,
+                        });
+                        (conversation_id, frame("message.created", position, data))
+                    }
+                },
+                "ReadMark" => match event.decode::<ReadMark>()? {
+                    ReadMarkEvent::MessagesRead {
+                        conversation_id,
+                        user_id,
+                        up_to,
+                        position: read_position,
+                    } => {
+                        let data = json!({
+                            "conversation_id": conversation_id, "user_id": user_id,
+                            "up_to": up_to, "up_to_position": read_position,
+                        });
+                        (conversation_id, frame("message.read", position, data))
+                    }
+                },
+                _ => continue,
+            };
+            for user in participants(conn, conversation).await? {
+                crate::infra::hub::publish(&self.redis, user, &frame)
+                    .await
+                    .map_err(|err| Transient(err.into()))?;
+            }
+            metrics::histogram!("websocket_publish_delay_seconds").record(
+                (chrono::Utc::now() - event.timestamp)
+                    .to_std()
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+        }
+        Ok(())
+    }
+}

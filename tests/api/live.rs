@@ -1,0 +1,229 @@
+//! Live updates over real WebSockets (`tokio-tungstenite` clients) against real servers on
+//! loopback ports: two instances sharing PostgreSQL and Redis, tickets, fan-out to participants
+//! only, typing, resume after reconnecting, and sockets closed when their session ends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::helpers::{config, unique_email, TestApp};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Serves an app on a loopback port; returns its address.
+async fn serve(app: arosaje::App) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = arosaje::api::router(app).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+async fn open_with_token(addr: SocketAddr, token: &str) -> Socket {
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn open_with_ticket(addr: SocketAddr, ticket: &str) -> Result<Socket, u16> {
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ticket={ticket}")).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// The next text frame, as JSON (pings skipped); panics after 10 s.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("open")
+            .expect("frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("json"),
+            Message::Close(frame) => {
+                return json!({"type": "closed", "code": frame.map(|f| u16::from(f.code))})
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// Waits until `from`'s typing reaches `to` over Redis: both instances' subscriptions work.
+async fn typing_arrives(from: &mut Socket, to: &mut Socket, conversation: &str) {
+    send(
+        from,
+        json!({"type": "typing", "conversation_id": conversation}),
+    )
+    .await;
+    let frame = next(to).await;
+    assert_eq!(frame["type"], "typing", "{frame}");
+    assert_eq!(frame["data"]["conversation_id"], conversation);
+}
+
+async fn conversation(t: &TestApp, token: &str, others: &[Uuid]) -> String {
+    let reply = t
+        .post(
+            "/api/conversations",
+            Some(token),
+            json!({"participant_ids": others}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply.body["id"].as_str().expect("id").to_string()
+}
+
+async fn say(t: &TestApp, token: &str, conversation: &str, body: &str) -> i64 {
+    let reply = t
+        .post(
+            &format!("/api/conversations/{conversation}/messages"),
+            Some(token),
+            json!({"body": body}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    reply.body["position"].as_i64().expect("position")
+}
+
+#[sqlx::test]
+async fn messages_reach_participants_on_another_instance_in_order_and_no_one_else(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let other = arosaje::App::with_pool(config(), t.pool.clone())
+        .await
+        .expect("instance B");
+    let _b_tasks = other.start(false);
+    let b = serve(other).await;
+    let (_, ana) = t.user(&unique_email("ana")).await;
+    let (ben_id, ben) = t.user(&unique_email("ben")).await;
+    let (_, cam) = t.user(&unique_email("cam")).await;
+    let talk = conversation(&t, &ana, &[ben_id]).await;
+
+    // A browser's way in: a ticket, good once.
+    let ticket = t.post("/api/ws/ticket", Some(&ana), json!({})).await;
+    assert_eq!(ticket.status, StatusCode::CREATED, "{ticket:?}");
+    let ticket = ticket.body["ticket"].as_str().expect("ticket").to_string();
+    let mut ana_on_a = open_with_ticket(a, &ticket)
+        .await
+        .expect("the ticket opens the socket");
+    assert_eq!(
+        open_with_ticket(a, &ticket).await.err(),
+        Some(401),
+        "a ticket works once"
+    );
+    assert_eq!(open_with_ticket(b, "not-a-ticket").await.err(), Some(401));
+    let mut ben_on_b = open_with_token(b, &ben).await;
+    let mut cam_on_b = open_with_token(b, &cam).await;
+    typing_arrives(&mut ana_on_a, &mut ben_on_b, &talk).await;
+    typing_arrives(&mut ben_on_b, &mut ana_on_a, &talk).await;
+
+    let mut positions = Vec::new();
+    for body in ["one", "two", "three"] {
+        positions.push(say(&t, &ana, &talk, body).await);
+    }
+    for (body, position) in ["one", "two", "three"].iter().zip(&positions) {
+        let frame = next(&mut ben_on_b).await;
+        assert_eq!(frame["type"], "message.created", "{frame}");
+        assert_eq!(frame["data"]["body"], *body);
+        assert_eq!(frame["position"], *position);
+    }
+    // Cam, on the same instance as Ben, got none of it: the first frame Cam sees is the answer
+    // to a ping, not a message.
+    send(&mut cam_on_b, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut cam_on_b).await["type"], "pong");
+}
+
+#[sqlx::test]
+async fn reconnecting_with_a_position_delivers_exactly_what_was_missed(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let (_, ana) = t.user(&unique_email("ana")).await;
+    let (ben_id, ben) = t.user(&unique_email("ben")).await;
+    let talk = conversation(&t, &ana, &[ben_id]).await;
+    let mut ben_socket = open_with_token(a, &ben).await;
+    let mut ana_socket = open_with_token(a, &ana).await;
+    typing_arrives(&mut ana_socket, &mut ben_socket, &talk).await;
+    let first = say(&t, &ana, &talk, "first").await;
+    assert_eq!(next(&mut ben_socket).await["position"], first);
+    ben_socket.close(None).await.expect("close");
+
+    let second = say(&t, &ana, &talk, "second").await;
+    let third = say(&t, &ana, &talk, "third").await;
+    let mut ben_socket = open_with_token(a, &ben).await;
+    send(&mut ben_socket, json!({"type": "resume", "after": first})).await;
+    let missed = [next(&mut ben_socket).await, next(&mut ben_socket).await];
+    assert_eq!(missed[0]["position"], second);
+    assert_eq!(missed[0]["data"]["body"], "second");
+    assert_eq!(missed[1]["position"], third);
+    // Then live, and nothing twice.
+    typing_arrives(&mut ana_socket, &mut ben_socket, &talk).await;
+    let fourth = say(&t, &ana, &talk, "fourth").await;
+    assert_eq!(next(&mut ben_socket).await["position"], fourth);
+    send(&mut ben_socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut ben_socket).await["type"], "pong");
+}
+
+#[sqlx::test]
+async fn a_socket_closes_when_its_session_ends(options: PgPoolOptions, connect: PgConnectOptions) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let (_, ben) = t.user(&unique_email("ben")).await;
+    let mut socket = open_with_token(a, &ben).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await["type"], "pong");
+    let out = t.post("/api/auth/logout", Some(&ben), json!({})).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    let closed = next(&mut socket).await;
+    assert_eq!(closed, json!({"type": "closed", "code": 4001}));
+    // And the ended session opens no new socket.
+    let mut request = format!("ws://{a}/ws")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ben}").parse().expect("header"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}
