@@ -236,6 +236,10 @@ pub struct Config {
     /// (owner and sitter are mailed once, whatever the number of instances).
     #[arg(long, env = "START_REMINDER_INTERVAL_SECS", default_value_t = 600)]
     pub start_reminder_interval_secs: u64,
+    /// Message texts become unreadable everywhere after this many days (the fact that a message
+    /// was sent stays).
+    #[arg(long, env = "MESSAGE_RETENTION_DAYS", default_value_t = 30)]
+    pub message_retention_days: u32,
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,

@@ -202,6 +202,7 @@ impl App {
             tasks.extend(self.projections.spawn());
         }
         tasks.push(tokio::spawn(photos::run_sweeper(self.clone())));
+        tasks.push(tokio::spawn(messaging::run_retention(self.clone())));
         tasks.push(tokio::spawn(infra::hub::run_subscriber(
             self.config.redis_url.as_str().to_string(),
             self.hub.clone(),

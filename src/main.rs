@@ -42,6 +42,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Make the texts of messages older than MESSAGE_RETENTION_DAYS unreadable now (`serve`
+    /// does it every hour by itself).
+    ExpireMessages {
+        #[command(flatten)]
+        config: Config,
+    },
     /// Create an ADMIN account (the first admin of a new deployment).
     Create {
         #[arg(long)]
@@ -100,6 +106,19 @@ async fn main() -> anyhow::Result<()> {
             let id =
                 arosaje::identity::create_admin(&app, &email, &password, &display_name).await?;
             println!("admin {id} created for {}", email.trim().to_lowercase());
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::ExpireMessages { config },
+        } => {
+            let days = config.message_retention_days;
+            let app = App::build(config).await?;
+            let expired = arosaje::messaging::expire_texts(
+                &app,
+                std::time::Duration::from_secs(u64::from(days) * 86_400),
+            )
+            .await?;
+            println!("{expired} message texts older than {days} days made unreadable");
             Ok(())
         }
         Command::Openapi => {

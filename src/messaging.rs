@@ -1,5 +1,7 @@
 //! Sending a message: its key and its event commit together (a message whose key is missing
-//! would be unreadable from birth; a key without a message is never used).
+//! would be unreadable from birth; a key without a message is never used). Retention: texts
+//! older than `MESSAGE_RETENTION_DAYS` lose their key, which makes them unreadable in the log,
+//! and are removed from the read model and its search index in the same transaction.
 
 use uuid::Uuid;
 
@@ -43,4 +45,44 @@ pub async fn send(
     tx.commit().await.map_err(|e| internal(e.into()))?;
     app.store.appended("Message");
     Ok((message_id, committed))
+}
+
+/// Makes the texts of messages sent before `older_than` ago unreadable everywhere: their keys
+/// are deleted (the sealed texts in the log can never be opened again) and the read model's
+/// copies (and so the search index) are cleared, in one transaction. Idempotent, so every
+/// instance may run it. Returns how many texts it made unreadable.
+pub async fn expire_texts(app: &App, older_than: std::time::Duration) -> anyhow::Result<u64> {
+    let mut tx = app.pool.begin().await?;
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "DELETE FROM message_keys WHERE created_at < now() - make_interval(secs => $1) \
+         RETURNING message_id",
+    )
+    .bind(older_than.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    if !expired.is_empty() {
+        sqlx::query("UPDATE messaging.messages SET body = NULL WHERE id = ANY($1)")
+            .bind(&expired)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !expired.is_empty() {
+        tracing::info!(count = expired.len(), "message texts expired");
+        metrics::counter!("message_texts_expired_total").increment(expired.len() as u64);
+    }
+    Ok(expired.len() as u64)
+}
+
+/// Runs [`expire_texts`] every hour (what `serve` starts).
+pub async fn run_retention(app: App) {
+    let retention =
+        std::time::Duration::from_secs(u64::from(app.config.message_retention_days) * 86_400);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        if let Err(err) = expire_texts(&app, retention).await {
+            tracing::warn!(error = %format!("{err:#}"), "message retention");
+        }
+    }
 }

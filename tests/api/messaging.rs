@@ -324,3 +324,66 @@ async fn eight_people_writing_at_once_lose_nothing_and_get_no_conflict(
     .expect("count");
     assert_eq!(conflicts, 0, "each message is one event of its own stream");
 }
+
+#[sqlx::test]
+async fn retention_makes_an_old_text_unreadable_everywhere_and_keeps_the_message(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, ana) = t.user(&unique_email("ana")).await;
+    let (ben_id, _) = t.user(&unique_email("ben")).await;
+    let talk = id(&start(&t, &ana, &[ben_id]).await);
+    let old = send(&t, &ana, &talk, "Le code du portail est 4812").await;
+    let recent = send(&t, &ana, &talk, "Les tomates sont mûres").await;
+    let old_id: Uuid = id(&old).parse().expect("uuid");
+    // The first one was sent 31 days ago.
+    sqlx::query(
+        "UPDATE message_keys SET created_at = now() - interval '31 days' WHERE message_id = $1",
+    )
+    .bind(old_id)
+    .execute(&t.pool)
+    .await
+    .expect("backdate");
+    let expired =
+        arosaje::messaging::expire_texts(&t.app, std::time::Duration::from_secs(30 * 86_400))
+            .await
+            .expect("retention");
+    assert_eq!(expired, 1);
+    assert_eq!(
+        arosaje::messaging::expire_texts(&t.app, std::time::Duration::from_secs(30 * 86_400))
+            .await
+            .expect("again"),
+        0,
+        "running it again (or on another instance) changes nothing"
+    );
+
+    // The read model, the search index and the log: the text is gone, the message stays.
+    let page = t
+        .get(&format!("/api/conversations/{talk}/messages"), &ana)
+        .await;
+    let items = page.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[1]["id"], old.body["id"]);
+    assert!(items[1]["body"].is_null(), "{page:?}");
+    assert_eq!(items[0]["body"], "Les tomates sont mûres");
+    let found = t.get("/api/messages/search?q=portail", &ana).await;
+    assert_eq!(
+        found.body["items"].as_array().map(Vec::len),
+        Some(0),
+        "{found:?}"
+    );
+    assert!(matches!(
+        t.app.message_keys.cipher(old_id).await,
+        Err(arosaje::events::crypto::CryptoError::KeyMissing(_))
+    ));
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'Message' AND aggregate_id = $1",
+    )
+    .bind(old_id.to_string())
+    .fetch_one(&t.pool)
+    .await
+    .expect("the event stays");
+    assert!(!payload.to_string().contains("4812"));
+    assert!(recent.body["body"].is_string());
+}
