@@ -1,5 +1,5 @@
-//! Live updates: a side-effect projector that publishes each message and read mark, after it
-//! committed, to the Redis channels of the people who may see it (`user:{id}`, see
+//! Live updates: a side-effect projector that publishes each message, read mark and sitting
+//! change, after it committed, to the Redis channels of the people who may see it (`user:{id}`, see
 //! `infra::hub`). Who takes part in a conversation comes from the log (its `ConversationStarted`
 //! event), not from a read model. Frames carry the event's log position: a frame published twice
 //! (a retried batch) is dropped by the socket, and a client that missed frames asks to `resume`
@@ -17,6 +17,7 @@ use super::{Mode, Projection, Transient};
 use crate::commands::conversation::{Message, ReadMark};
 use crate::events::conversation::{ConversationEvent, MessageEvent, ReadMarkEvent};
 use crate::events::crypto::{CryptoError, MessageKeys};
+use crate::events::sitting::SittingEvent;
 use crate::events::StoredEvent;
 use crate::infra::redis::Redis;
 
@@ -51,6 +52,79 @@ pub async fn participants(
     )
 }
 
+/// The owner and accepted sitter of a sitting, from its events.
+async fn sitting_parties(conn: &mut PgConnection, sitting: Uuid) -> anyhow::Result<Vec<Uuid>> {
+    let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'Sitting' AND aggregate_id = $1 \
+            AND event_type IN ('SittingRequested', 'SitterAccepted') ORDER BY sequence",
+    )
+    .bind(sitting.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut parties = Vec::new();
+    for payload in payloads {
+        match serde_json::from_value::<SittingEvent>(payload)? {
+            SittingEvent::SittingRequested { owner_id, .. } => parties.push(owner_id),
+            SittingEvent::SitterAccepted { sitter_id } => parties.push(sitter_id),
+            _ => {}
+        }
+    }
+    Ok(parties)
+}
+
+/// `sitting.updated` (and `report.created`) for the sitting's owner and sitter; the owner also
+/// hears of applications. `None` for events nobody is told of live.
+async fn sitting_frame(
+    conn: &mut PgConnection,
+    sitting: Uuid,
+    event: &StoredEvent,
+) -> anyhow::Result<Option<(Vec<Uuid>, String)>> {
+    let position = event.position.global_position;
+    let decoded = event.decode::<crate::commands::sitting::Sitting>()?;
+    let status = match &decoded {
+        SittingEvent::SitterAccepted { .. } => Some("accepted"),
+        SittingEvent::SittingStarted { .. } => Some("in_progress"),
+        SittingEvent::SittingCompleted { .. } => Some("completed"),
+        SittingEvent::SittingCancelled { .. } => Some("cancelled"),
+        _ => None,
+    };
+    let parties = sitting_parties(conn, sitting).await?;
+    Ok(match decoded {
+        SittingEvent::CareReported {
+            report_id,
+            plant_id,
+            sitter_id,
+            ..
+        } => Some((
+            parties,
+            frame(
+                "report.created",
+                position,
+                json!({"sitting_id": sitting, "report_id": report_id, "plant_id": plant_id,
+                       "sitter_id": sitter_id}),
+            ),
+        )),
+        SittingEvent::ApplicationSubmitted { applicant_id, .. } => Some((
+            parties.into_iter().take(1).collect(),
+            frame(
+                "sitting.updated",
+                position,
+                json!({"sitting_id": sitting, "event": event.event_type, "applicant_id": applicant_id}),
+            ),
+        )),
+        _ => status.map(|status| {
+            (
+                parties,
+                frame(
+                    "sitting.updated",
+                    position,
+                    json!({"sitting_id": sitting, "event": event.event_type, "status": status}),
+                ),
+            )
+        }),
+    })
+}
+
 /// A frame as sockets send it.
 pub fn frame(kind: &str, position: i64, data: serde_json::Value) -> String {
     json!({"type": kind, "position": position, "data": data}).to_string()
@@ -67,7 +141,7 @@ impl Projection for FanoutProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["Message", "ReadMark"]
+        &["Message", "ReadMark", "Sitting"]
     }
 
     fn mode(&self) -> Mode {
@@ -114,6 +188,17 @@ impl Projection for FanoutProjection {
                         (conversation_id, frame("message.read", position, data))
                     }
                 },
+                "Sitting" => {
+                    let Some((recipients, frame)) = sitting_frame(conn, id, event).await? else {
+                        continue;
+                    };
+                    for user in recipients {
+                        crate::infra::hub::publish(&self.redis, user, &frame)
+                            .await
+                            .map_err(|err| Transient(err.into()))?;
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             for user in participants(conn, conversation).await? {

@@ -227,3 +227,68 @@ async fn a_socket_closes_when_its_session_ends(options: PgPoolOptions, connect: 
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
+
+#[sqlx::test]
+async fn sitting_changes_and_reports_reach_its_owner_and_sitter_live(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let (_, owner, plants) = crate::sittings::owner_with_plants(&t, 1).await;
+    let (sitter_id, sitter) = t.verified_user(&unique_email("sitter")).await;
+    let (_, stranger) = t.verified_user(&unique_email("stranger")).await;
+    let body = crate::sittings::sitting_body(&plants, 0, 2, crate::sittings::LYON, "Lyon");
+    let sitting = crate::sittings::request(&t, &owner, body).await.body["id"]
+        .as_str()
+        .expect("sitting")
+        .to_string();
+    let mut owner_socket = open_with_token(a, &owner).await;
+    let mut sitter_socket = open_with_token(a, &sitter).await;
+    let mut stranger_socket = open_with_token(a, &stranger).await;
+    // Sockets registered: each answers a ping.
+    for socket in [&mut owner_socket, &mut sitter_socket, &mut stranger_socket] {
+        send(socket, json!({"type": "ping"})).await;
+        assert_eq!(next(socket).await["type"], "pong");
+    }
+    let url = |action: &str| format!("/api/sittings/{sitting}/{action}");
+    t.post(&url("applications"), Some(&sitter), json!({})).await;
+    let applied = next(&mut owner_socket).await;
+    assert_eq!(
+        (applied["type"].as_str(), applied["data"]["event"].as_str()),
+        (Some("sitting.updated"), Some("ApplicationSubmitted"))
+    );
+    t.post(
+        &url("accept"),
+        Some(&owner),
+        json!({"sitter_id": sitter_id}),
+    )
+    .await;
+    for socket in [&mut owner_socket, &mut sitter_socket] {
+        let frame = next(socket).await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["data"]["status"].as_str()),
+            (Some("sitting.updated"), Some("accepted")),
+            "{frame}"
+        );
+    }
+    t.post(&url("start"), Some(&sitter), json!({})).await;
+    t.post(
+        &url("reports"),
+        Some(&sitter),
+        json!({"plant_id": plants[0], "note": "Watered"}),
+    )
+    .await;
+    for socket in [&mut owner_socket, &mut sitter_socket] {
+        assert_eq!(next(socket).await["data"]["status"], "in_progress");
+        let report = next(socket).await;
+        assert_eq!(report["type"], "report.created", "{report}");
+        assert_eq!(report["data"]["plant_id"], plants[0].as_str());
+    }
+    send(&mut stranger_socket, json!({"type": "ping"})).await;
+    assert_eq!(
+        next(&mut stranger_socket).await["type"],
+        "pong",
+        "the stranger heard nothing"
+    );
+}
