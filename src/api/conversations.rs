@@ -58,10 +58,14 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ParticipantView {
     pub id: Uuid,
     pub display_name: String,
+    /// A live socket is open (refreshed every 10 s, expires after 30 s).
+    pub online: bool,
+    /// When a socket of theirs was last open.
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -94,7 +98,7 @@ const MESSAGE_COLUMNS: &str =
 
 /// The caller's conversations (all, or one), latest activity first.
 async fn conversations(
-    pool: &PgPool,
+    app: &App,
     user: Uuid,
     only: Option<Uuid>,
     cursor: Option<(f64, Uuid)>,
@@ -118,7 +122,7 @@ async fn conversations(
     .bind(cursor.map(|c| c.0))
     .bind(cursor.map(|c| c.1))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&app.pool)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let people: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
@@ -126,17 +130,33 @@ async fn conversations(
            JOIN users u ON u.id = p.user_id WHERE p.conversation_id = ANY($1) ORDER BY u.id",
     )
     .bind(&ids)
-    .fetch_all(pool)
+    .fetch_all(&app.pool)
     .await?;
+    let mut users: Vec<Uuid> = people.iter().map(|(_, id, _)| *id).collect();
+    users.sort();
+    users.dedup();
+    let presence = crate::infra::hub::presence(&app.redis, &users).await;
+    let presence_of = |user: &Uuid| {
+        users
+            .iter()
+            .position(|u| u == user)
+            .and_then(|i| presence.get(i).copied())
+            .unwrap_or((false, None))
+    };
     Ok(rows
         .into_iter()
         .map(|row| {
             let participants = people
                 .iter()
                 .filter(|(c, _, _)| *c == row.id)
-                .map(|(_, id, name)| ParticipantView {
-                    id: *id,
-                    display_name: name.clone(),
+                .map(|(_, id, name)| {
+                    let (online, last_seen) = presence_of(id);
+                    ParticipantView {
+                        id: *id,
+                        display_name: name.clone(),
+                        online,
+                        last_seen,
+                    }
                 })
                 .collect();
             let last_message = match (row.message_id, row.sender_id, row.position, row.sent_at) {
@@ -249,7 +269,7 @@ async fn start_conversation(
     if !super::settle(&app, "Conversation", &committed).await {
         return Ok(super::accepted(id, &committed));
     }
-    let (view, _) = conversations(&app.pool, auth.user_id, Some(id), None, 1)
+    let (view, _) = conversations(&app, auth.user_id, Some(id), None, 1)
         .await?
         .pop()
         .ok_or(ApiError::NotFound("conversation"))?;
@@ -274,7 +294,7 @@ async fn list_conversations(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut rows = conversations(&app.pool, auth.user_id, None, cursor, limit + 1).await?;
+    let mut rows = conversations(&app, auth.user_id, None, cursor, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = rows

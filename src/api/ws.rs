@@ -201,6 +201,8 @@ fn close(code: u16, reason: &'static str) -> Message {
 
 async fn serve_socket(app: App, socket: WebSocket, caller: Caller) {
     let mut registration = app.hub.register(caller.user_id);
+    let _ = crate::infra::hub::seen(&app.redis, caller.user_id, true).await;
+    let mut ticks: u64 = 0;
     let (mut sink, mut stream) = socket.split();
     let mut sent = Sent::default();
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -257,6 +259,10 @@ async fn serve_socket(app: App, socket: WebSocket, caller: Caller) {
                 Some(Ok(_)) => {}
             },
             _ = check.tick() => {
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    let _ = crate::infra::hub::seen(&app.redis, caller.user_id, true).await;
+                }
                 if let Ok(None) = app.sessions.get(caller.user_id, caller.session_id).await {
                     let _ = sink.send(close(CLOSE_SESSION_ENDED, "session ended")).await;
                     break;
@@ -270,6 +276,7 @@ async fn serve_socket(app: App, socket: WebSocket, caller: Caller) {
         }
     }
     app.hub.unregister(caller.user_id, registration.id);
+    let _ = crate::infra::hub::seen(&app.redis, caller.user_id, false).await;
 }
 
 /// Positions of the frames this socket sent (the latest 10,000): none goes out twice, whether it

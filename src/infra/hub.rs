@@ -155,3 +155,67 @@ async fn subscribe(redis_url: &str, hub: &Hub) -> redis::RedisResult<()> {
     }
     Ok(())
 }
+
+/// How long a socket's presence lasts without being refreshed.
+pub const PRESENCE_SECS: u64 = 30;
+
+/// Marks `user` online (for [`PRESENCE_SECS`]) and seen now; sockets refresh it while open.
+pub async fn seen(redis: &Redis, user: Uuid, online: bool) -> redis::RedisResult<()> {
+    let now = chrono::Utc::now().to_rfc3339();
+    redis
+        .call(|mut conn| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(format!("last_seen:{user}"))
+                .arg(&now)
+                .arg("EX")
+                .arg(30 * 86_400)
+                .ignore();
+            if online {
+                pipe.cmd("SET")
+                    .arg(format!("presence:{user}"))
+                    .arg(&now)
+                    .arg("EX")
+                    .arg(PRESENCE_SECS)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+}
+
+/// Whether each user is online, and when they were last seen (unknown when Redis fails).
+pub async fn presence(
+    redis: &Redis,
+    users: &[Uuid],
+) -> Vec<(bool, Option<chrono::DateTime<chrono::Utc>>)> {
+    if users.is_empty() {
+        return Vec::new();
+    }
+    let keys: Vec<String> = users
+        .iter()
+        .flat_map(|u| [format!("presence:{u}"), format!("last_seen:{u}")])
+        .collect();
+    let values: Vec<Option<String>> = redis
+        .call(|mut conn| async move {
+            redis::cmd("MGET")
+                .arg(keys)
+                .query_async::<Vec<Option<String>>>(&mut conn)
+                .await
+        })
+        .await
+        .unwrap_or_default();
+    users
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let online = values.get(2 * i).is_some_and(Option::is_some);
+            let last_seen = values
+                .get(2 * i + 1)
+                .and_then(|v| v.as_deref())
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            (online, last_seen)
+        })
+        .collect()
+}

@@ -292,3 +292,34 @@ async fn sitting_changes_and_reports_reach_its_owner_and_sitter_live(
         "the stranger heard nothing"
     );
 }
+
+#[sqlx::test]
+async fn conversations_show_who_is_online_and_when_others_were_last_seen(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let (ana_id, ana) = t.user(&unique_email("ana")).await;
+    let (ben_id, ben) = t.user(&unique_email("ben")).await;
+    conversation(&t, &ana, &[ben_id]).await;
+    let presence = |reply: &crate::helpers::Reply, who: Uuid| {
+        reply.body["items"][0]["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .find(|p| p["id"] == who.to_string())
+            .cloned()
+            .expect("participant")
+    };
+    let before = t.get("/api/conversations", &ana).await;
+    assert_eq!(presence(&before, ben_id)["online"], false, "{before:?}");
+    assert!(presence(&before, ben_id)["last_seen"].is_null());
+    let mut socket = open_with_token(a, &ben).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await["type"], "pong");
+    let during = t.get("/api/conversations", &ana).await;
+    assert_eq!(presence(&during, ben_id)["online"], true, "{during:?}");
+    assert!(presence(&during, ben_id)["last_seen"].is_string());
+    assert_eq!(presence(&during, ana_id)["online"], false);
+}
