@@ -2,8 +2,10 @@
 //! ticket (`POST /api/ws/ticket`: browsers cannot set headers on a WebSocket, and tokens never go
 //! in URLs) or by the bearer header.
 //!
-//! Server -> client frames `{"type", "position"?, "data"}`: `message.created`, `message.read`
-//! (from the `fanout` projector through Redis, see `infra::hub`), `typing`, `pong`. Client ->
+//! Server -> client frames `{"type", "position"?, "data"}`: `message.created`, `message.read`,
+//! `sitting.updated`, `report.created` (from the `fanout` projector through Redis, see
+//! `infra::hub`), `typing`, `pong`, and `resync` (this instance lost Redis for a while: send
+//! `resume`). Client ->
 //! server: `{"type": "ping"}`, `{"type": "typing", "conversation_id"}`,
 //! `{"type": "resume", "after": <position>}` (what the user missed after that position, from the
 //! read model, in order; then live frames, none twice: frames at or below the last position sent

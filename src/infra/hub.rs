@@ -96,6 +96,18 @@ impl Hub {
         }
     }
 
+    /// Hands a frame to every socket of this instance.
+    pub fn broadcast(&self, frame: Arc<str>) {
+        let users: Vec<Uuid> = self
+            .clients
+            .read()
+            .map(|c| c.keys().copied().collect())
+            .unwrap_or_default();
+        for user in users {
+            self.deliver(user, frame.clone());
+        }
+    }
+
     /// Sockets open on this instance.
     pub fn connections(&self) -> usize {
         self.clients
@@ -127,19 +139,29 @@ pub async fn publish(redis: &Redis, user: Uuid, frame: &str) -> redis::RedisResu
 /// Follows `user:*` on Redis and hands frames to this instance's sockets; reconnects when Redis
 /// goes away (what was published meanwhile is recovered by clients with `resume`).
 pub async fn run_subscriber(redis_url: String, hub: Arc<Hub>) {
+    let mut first = true;
     loop {
-        match subscribe(&redis_url, &hub).await {
+        match subscribe(&redis_url, &hub, first).await {
             Ok(()) => tracing::warn!("websocket fan-out: Redis subscription ended; resubscribing"),
             Err(err) => tracing::warn!(error = %err, "websocket fan-out: Redis unavailable"),
         }
+        first = false;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn subscribe(redis_url: &str, hub: &Hub) -> redis::RedisResult<()> {
+/// Sent to every socket here when the subscription comes back after a loss: frames published
+/// meanwhile did not reach this instance, so clients `resume` from their last position.
+pub const RESYNC: &str = r#"{"type":"resync"}"#;
+
+async fn subscribe(redis_url: &str, hub: &Hub, first: bool) -> redis::RedisResult<()> {
     let client = redis::Client::open(redis_url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.psubscribe("user:*").await?;
+    if !first {
+        tracing::info!("websocket fan-out: Redis subscription back; telling sockets to resume");
+        hub.broadcast(Arc::from(RESYNC));
+    }
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let Some(user) = message

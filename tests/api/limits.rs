@@ -216,13 +216,13 @@ async fn cors_allows_only_configured_origins_and_responses_carry_security_header
 }
 
 /// A Redis server of this test's own, so it can be stopped without disturbing other tests.
-struct OwnRedis {
+pub struct OwnRedis {
     port: u16,
     child: Child,
 }
 
 impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
+    pub fn start(port: u16) -> OwnRedis {
         Self::start_with(port, &[])
     }
 
@@ -247,7 +247,7 @@ impl OwnRedis {
         OwnRedis { port, child }
     }
 
-    async fn ready(&self) {
+    pub async fn ready(&self) {
         let url = format!("redis://127.0.0.1:{}", self.port);
         eventually("redis to answer", Duration::from_secs(10), || {
             let url = url.clone();
@@ -269,7 +269,7 @@ impl OwnRedis {
         .await;
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -282,7 +282,7 @@ impl Drop for OwnRedis {
 }
 
 /// An app whose Redis is a server of this test's own; returns it and its port.
-async fn app_on_own_redis(
+pub async fn app_on_own_redis(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) -> (TestApp, OwnRedis, u16) {

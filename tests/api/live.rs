@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use crate::helpers::{config, unique_email, TestApp};
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Serves an app on a loopback port; returns its address.
-async fn serve(app: arosaje::App) -> SocketAddr {
+pub async fn serve(app: arosaje::App) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -31,7 +31,7 @@ async fn serve(app: arosaje::App) -> SocketAddr {
     addr
 }
 
-async fn open_with_token(addr: SocketAddr, token: &str) -> Socket {
+pub async fn open_with_token(addr: SocketAddr, token: &str) -> Socket {
     let mut request = format!("ws://{addr}/ws")
         .into_client_request()
         .expect("request");
@@ -56,7 +56,7 @@ async fn open_with_ticket(addr: SocketAddr, ticket: &str) -> Result<Socket, u16>
 }
 
 /// The next text frame, as JSON (pings skipped); panics after 10 s.
-async fn next(socket: &mut Socket) -> Value {
+pub async fn next(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -73,7 +73,7 @@ async fn next(socket: &mut Socket) -> Value {
     }
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub async fn send(socket: &mut Socket, frame: Value) {
     socket
         .send(Message::Text(frame.to_string().into()))
         .await
@@ -322,4 +322,62 @@ async fn conversations_show_who_is_online_and_when_others_were_last_seen(
     assert_eq!(presence(&during, ben_id)["online"], true, "{during:?}");
     assert!(presence(&during, ben_id)["last_seen"].is_string());
     assert_eq!(presence(&during, ana_id)["online"], false);
+}
+
+#[sqlx::test]
+async fn after_redis_restarts_open_sockets_are_told_and_resume_loses_nothing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (t, mut redis, port) = crate::limits::app_on_own_redis(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let ana_email = unique_email("ana");
+    let ben_email = unique_email("ben");
+    let (_, ana) = t.user(&ana_email).await;
+    let (ben_id, ben) = t.user(&ben_email).await;
+    let talk = conversation(&t, &ana, &[ben_id]).await;
+    let mut socket = open_with_token(a, &ben).await;
+    let mut ana_socket = open_with_token(a, &ana).await;
+    typing_arrives(&mut ana_socket, &mut socket, &talk).await;
+    let seen = say(&t, &ana, &talk, "before").await;
+    assert_eq!(next(&mut socket).await["position"], seen);
+
+    redis.stop();
+    let redis = crate::limits::OwnRedis::start(port);
+    redis.ready().await;
+    // Told: a resync (sessions kept by a persistent Redis) or, as here (this Redis keeps nothing
+    // on disk, so the session is gone), the close of an ended session.
+    let told = next(&mut socket).await;
+    assert!(
+        told["type"] == "resync" || told == json!({"type": "closed", "code": 4001}),
+        "{told}"
+    );
+    // Back in (once the app's Redis connection has come back), and what was sent meanwhile
+    // comes with resume.
+    let log_in = |email: String| {
+        let t = &t;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let reply = t.login(&email, crate::helpers::PASSWORD).await;
+                if let Some(token) = reply.body["access_token"].as_str() {
+                    return token.to_string();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no login: {reply:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ana = log_in(ana_email.clone()).await;
+    let ben = log_in(ben_email.clone()).await;
+    let meanwhile = say(&t, &ana, &talk, "meanwhile").await;
+    let mut socket = open_with_token(a, &ben).await;
+    send(&mut socket, json!({"type": "resume", "after": seen})).await;
+    let missed = next(&mut socket).await;
+    assert_eq!(missed["position"], meanwhile, "{missed}");
+    assert_eq!(missed["data"]["body"], "meanwhile");
+    drop(redis);
 }
