@@ -233,8 +233,8 @@ pub struct RefreshBody {
     refresh_token: Option<String>,
 }
 
-/// Rotates the refresh token of a session and issues a new access token (see
-/// [`identity::refresh`]).
+/// Rotates the refresh token of a session and issues a new access token; reusing an old refresh
+/// token revokes the session.
 #[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshBody,
     responses(
         (status = 200, description = "A new pair; the old refresh token no longer works", body = TokenPair),

@@ -165,8 +165,10 @@ async fn openapi_json(Extension(document): Extension<Served>) -> Response {
 
 /// What the docs page may load: its own scripts, the styles Scalar injects, and calls to this
 /// API ("try it"); nothing from elsewhere, and it may not be framed.
+/// Checked in headless Chromium against Scalar 1.76: `'unsafe-inline'` styles are needed (Scalar
+/// styles itself from JavaScript); `eval` is not (its one probe for it is caught).
 pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-     img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; \
+     img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const DOCS_HTML: &str = r#"<!doctype html>
@@ -186,7 +188,7 @@ const DOCS_HTML: &str = r#"<!doctype html>
 
 /// Relative to the page, so the docs work behind a proxy that mounts the API under a prefix.
 const DOCS_INIT: &str = "Scalar.createApiReference('#app', {\n  url: 'openapi.json',\n  \
-    withDefaultFonts: false,\n  hideClientButton: true,\n  telemetry: false\n});\n";
+    withDefaultFonts: false,\n  hideClientButton: true,\n  showDeveloperTools: 'never',\n  telemetry: false\n});\n";
 
 fn with_docs_policy(mut response: Response) -> Response {
     response.headers_mut().insert(
