@@ -167,7 +167,8 @@ async fn openapi_json(Extension(document): Extension<Served>) -> Response {
 /// API ("try it"); nothing from elsewhere, and it may not be framed.
 /// Checked in headless Chromium against Scalar 1.76: `'unsafe-inline'` styles are needed (Scalar
 /// styles itself from JavaScript); `eval` is not (its one probe for it is caught).
-pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+pub const DOCS_CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
      img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
