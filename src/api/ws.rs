@@ -218,7 +218,8 @@ async fn serve_socket(app: App, socket: WebSocket, caller: Caller) {
                     }
                     break;
                 };
-                if let Some(position) = position_of(&frame) {
+                let (position, created_at) = position_of(&frame);
+                if let Some(position) = position {
                     if !sent.first_time(position) {
                         continue;
                     }
@@ -227,6 +228,10 @@ async fn serve_socket(app: App, socket: WebSocket, caller: Caller) {
                     break;
                 }
                 metrics::counter!("websocket_frames_total", "result" => "sent").increment(1);
+                if let Some(created_at) = created_at {
+                    let delay = (chrono::Utc::now() - created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("websocket_delivery_seconds").record(delay.as_secs_f64());
+                }
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
@@ -304,12 +309,18 @@ impl Sent {
     }
 }
 
-fn position_of(frame: &Arc<str>) -> Option<i64> {
-    serde_json::from_str::<serde_json::Value>(frame)
-        .ok()?
-        .get("position")?
-        .as_i64()
-        .filter(|p| *p > 0)
+/// A frame's log position, and when its event was committed (for the delivery latency: from the
+/// commit to the frame leaving this socket).
+fn position_of(frame: &Arc<str>) -> (Option<i64>, Option<chrono::DateTime<chrono::Utc>>) {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(frame) else {
+        return (None, None);
+    };
+    let position = value["position"].as_i64().filter(|p| *p > 0);
+    let created_at = value["data"]["created_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    (position, created_at)
 }
 
 /// Tells the other participants that `user` is typing (ephemeral: Redis only, no event).

@@ -241,3 +241,44 @@ pub async fn presence(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_that_does_not_drain_its_queue_is_dropped_and_told_why() {
+        let hub = Hub::default();
+        let (slow, quick) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut slow_end = hub.register(slow);
+        let mut quick_end = hub.register(quick);
+        for n in 0..QUEUE {
+            hub.deliver(slow, Arc::from(format!("{n}")));
+            hub.deliver(quick, Arc::from(format!("{n}")));
+            assert!(quick_end.frames.try_recv().is_ok());
+        }
+        assert!(!slow_end.overflowed.load(Ordering::Relaxed));
+        hub.deliver(slow, Arc::from("one too many"));
+        assert!(
+            slow_end.overflowed.load(Ordering::Relaxed),
+            "flagged as too slow"
+        );
+        assert_eq!(hub.connections(), 1, "and no longer served");
+        // What was queued is still there; then the queue ends (the socket closes with 4008).
+        let mut drained = 0;
+        while slow_end.frames.try_recv().is_ok() {
+            drained += 1;
+        }
+        assert_eq!(drained, QUEUE);
+        assert!(matches!(
+            slow_end.frames.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        // The other socket was not held up.
+        hub.deliver(quick, Arc::from("still here"));
+        assert_eq!(
+            quick_end.frames.try_recv().ok().as_deref(),
+            Some("still here")
+        );
+    }
+}

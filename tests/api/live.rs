@@ -165,6 +165,13 @@ async fn messages_reach_participants_on_another_instance_in_order_and_no_one_els
     // to a ping, not a message.
     send(&mut cam_on_b, json!({"type": "ping"})).await;
     assert_eq!(next(&mut cam_on_b).await["type"], "pong");
+    // Operators see the sockets and the delivery latency (commit to frame sent).
+    let metrics = t
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await;
+    let text = metrics.body.as_str().unwrap_or("");
+    assert!(text.contains("websocket_delivery_seconds"), "{text}");
+    assert!(text.contains("websocket_connections"));
 }
 
 #[sqlx::test]
