@@ -2,10 +2,10 @@
 //! 10, 1,000 and 10,000 messages, and live delivery to many open sockets (messages/s, latency
 //! from POST to frame received, memory per connection).
 //!
-//! `ulimit -n 65536; cargo bench --bench messaging` (PostgreSQL and Redis must listen).
+//! `cargo bench --bench messaging` (the sockets' client ends run in a child process) (PostgreSQL and Redis must listen).
 //! Settings: `BENCH_DATABASE_URL`, `REDIS_URL`, `BENCH_SOCKETS` (default `1000,10000`),
 //! `BENCH_LISTENERS` (users the sockets belong to, default 50), `BENCH_MESSAGES` (live messages
-//! per run, default 200).
+//! per run, default 200), `BENCH_SEND_COST=0` to skip the send-cost part.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,6 +128,72 @@ async fn send_cost(
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// What the client process is told (a JSON file named by `BENCH_CLIENT_SPEC`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClientSpec {
+    ws_base: String,
+    tokens: Vec<String>,
+    sockets: usize,
+    expected: usize,
+}
+
+/// The client process: opens the sockets (a process of its own, so that client and server ends
+/// each get this sandbox's 20,000 file descriptors), says READY, then prints each `live N`
+/// frame's arrival time as JSON once all expected frames came (or after 90 s).
+async fn client_process(spec_path: &str) -> anyhow::Result<()> {
+    let spec: ClientSpec = serde_json::from_str(&std::fs::read_to_string(spec_path)?)?;
+    let received = Arc::new(std::sync::Mutex::new(Vec::<(usize, u128)>::with_capacity(
+        spec.expected,
+    )));
+    let mut readers = Vec::new();
+    for i in 0..spec.sockets {
+        let mut request = format!("{}/ws", spec.ws_base).into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", spec.tokens[i % spec.tokens.len()]).parse()?,
+        );
+        let (mut socket, _): (Socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                    if frame["type"] == "message.created" {
+                        if let Some(n) = frame["data"]["body"]
+                            .as_str()
+                            .and_then(|b| b.strip_prefix("live "))
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
+                            if let Ok(mut r) = received.lock() {
+                                r.push((n, unix_nanos()));
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    println!("READY");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while received.lock().map(|r| r.len()).unwrap_or(0) < spec.expected && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = received.lock().map(|r| r.clone()).unwrap_or_default();
+    println!("{}", serde_json::to_string(&got)?);
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(())
+}
+
 async fn live(
     http: &reqwest::Client,
     base: &str,
@@ -136,55 +202,44 @@ async fn live(
     sockets: usize,
     messages: usize,
 ) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
     // One conversation per listener with the sender; sockets spread over the listeners.
     let mut talks = Vec::new();
     for (id, _) in listeners {
         talks.push(conversation(http, base, sender, id).await?);
     }
+    let expected: usize = (0..messages)
+        .map(|n| {
+            (0..sockets)
+                .filter(|i| i % listeners.len() == n % listeners.len())
+                .count()
+        })
+        .sum();
+    let spec = ClientSpec {
+        ws_base: base.replace("http://", "ws://"),
+        tokens: listeners.iter().map(|(_, t)| t.clone()).collect(),
+        sockets,
+        expected,
+    };
+    let spec_path =
+        std::env::temp_dir().join(format!("arosaje-bench-clients-{}.json", std::process::id()));
+    std::fs::write(&spec_path, serde_json::to_vec(&spec)?)?;
     let before = rss_mib();
-    let ws_base = base.replace("http://", "ws://");
-    let mut opened: Vec<(usize, Socket)> = Vec::with_capacity(sockets);
-    for i in 0..sockets {
-        let listener = i % listeners.len();
-        let mut request = format!("{ws_base}/ws").into_client_request()?;
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", listeners[listener].1).parse()?,
-        );
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
-        opened.push((listener, socket));
-    }
-    let after = rss_mib();
-    let received = Arc::new(std::sync::Mutex::new(Vec::<(usize, Instant)>::new()));
-    let mut readers = Vec::new();
-    for (listener, mut socket) in opened {
-        let received = received.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(message)) = socket.next().await {
-                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-                    let frame: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-                    if frame["type"] == "message.created" {
-                        let n: usize = frame["data"]["body"]
-                            .as_str()
-                            .and_then(|b| b.strip_prefix("live "))
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(usize::MAX);
-                        if let Ok(mut r) = received.lock() {
-                            r.push((n, Instant::now()));
-                        }
-                    }
-                }
-            }
-            let _ = listener;
-        }));
-    }
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env("BENCH_CLIENT_SPEC", &spec_path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let ready = lines.next_line().await?.unwrap_or_default();
+    anyhow::ensure!(ready == "READY", "client process: {ready}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let per_listener = sockets.div_ceil(listeners.len());
+    let after = rss_mib();
     let start = Instant::now();
     let mut sent_at = Vec::with_capacity(messages);
     for n in 0..messages {
         let talk = &talks[n % talks.len()];
-        sent_at.push(Instant::now());
+        sent_at.push(unix_nanos());
         post(
             http,
             format!("{base}/api/conversations/{talk}/messages"),
@@ -194,46 +249,44 @@ async fn live(
         .await?;
     }
     let sending = start.elapsed();
-    // Every socket of the addressed listener gets each message.
-    let expected: usize = (0..messages)
-        .map(|n| {
-            let listener = n % listeners.len();
-            (0..sockets)
-                .filter(|i| i % listeners.len() == listener)
-                .count()
-        })
-        .sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received.lock().map(|r| r.len()).unwrap_or(0) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let report = lines.next_line().await?.unwrap_or_default();
     let elapsed = start.elapsed();
-    let got = received.lock().map(|r| r.clone()).unwrap_or_default();
+    let _ = child.wait().await;
+    let _ = std::fs::remove_file(&spec_path);
+    let got: Vec<(usize, u128)> = serde_json::from_str(&report).context("client report")?;
     let mut latencies: Vec<Duration> = got
         .iter()
-        .filter_map(|(n, at)| sent_at.get(*n).map(|sent| at.duration_since(*sent)))
+        .filter_map(|(n, at)| {
+            let sent = *sent_at.get(*n)?;
+            Some(Duration::from_nanos(at.saturating_sub(sent) as u64))
+        })
         .collect();
     latencies.sort();
+    let last = got.iter().map(|(_, at)| *at).max().unwrap_or(0);
+    let first_sent = sent_at.first().copied().unwrap_or(0);
+    let delivering =
+        Duration::from_nanos(last.saturating_sub(first_sent) as u64).max(Duration::from_millis(1));
     println!(
-        "{sockets} sockets ({} users, ~{per_listener} sockets each): {:.0} messages/s sent, {} of {expected} frames \
-         delivered ({:.0} frames/s), POST -> frame p50 {} p99 {}; RSS {before:.0} -> {after:.0} MiB \
-         ({:.1} KiB per connection, client and server ends in this one process)",
+        "{sockets} sockets ({} users): {:.0} messages/s sent, {} of {expected} frames delivered \
+         ({:.0} frames/s), POST -> frame p50 {} p99 {}; server RSS {before:.0} -> {after:.0} MiB \
+         ({:.1} KiB per connection); {:.1} s in all",
         listeners.len(),
         messages as f64 / sending.as_secs_f64(),
         got.len(),
-        got.len() as f64 / elapsed.as_secs_f64(),
+        got.len() as f64 / delivering.as_secs_f64(),
         ms(common::percentile(&latencies, 50.0)),
         ms(common::percentile(&latencies, 99.0)),
         (after - before) * 1024.0 / sockets as f64,
+        elapsed.as_secs_f64(),
     );
-    for reader in readers {
-        reader.abort();
-    }
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Ok(spec) = std::env::var("BENCH_CLIENT_SPEC") {
+        return client_process(&spec).await;
+    }
     let socket_counts: Vec<usize> = env("BENCH_SOCKETS", "1000,10000")
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
@@ -261,7 +314,9 @@ async fn main() -> anyhow::Result<()> {
                 login["access_token"].as_str().context("token")?.to_string(),
             ));
         }
-        send_cost(&http, &base, &sender_token, &listeners[0].0).await?;
+        if env("BENCH_SEND_COST", "1") != "0" {
+            send_cost(&http, &base, &sender_token, &listeners[0].0).await?;
+        }
         for sockets in socket_counts {
             live(&http, &base, &sender_token, &listeners, sockets, messages).await?;
         }
