@@ -294,17 +294,9 @@ async fn list_conversations(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut rows = conversations(&app, auth.user_id, None, cursor, limit + 1).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = rows
-        .last()
-        .filter(|_| more)
-        .map(|(view, last)| pagination::encode_keyset(*last as f64, view.id));
-    Ok(Json(Page {
-        items: rows.into_iter().map(|(view, _)| view).collect(),
-        next_cursor,
-    }))
+    let rows = conversations(&app, auth.user_id, None, cursor, limit + 1).await?;
+    let page = pagination::keyset_page(rows, limit, |(view, last)| (*last as f64, view.id));
+    Ok(Json(page.map(|(view, _)| view)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -387,7 +379,7 @@ async fn list_messages(
     if !takes_part(&app.pool, id, auth.user_id).await? {
         return Err(ApiError::NotFound("conversation"));
     }
-    let mut rows: Vec<MessageView> = sqlx::query_as(&format!(
+    let rows: Vec<MessageView> = sqlx::query_as(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messaging.messages m \
           WHERE m.conversation_id = $1 AND ($2::float8 IS NULL OR m.position < $2::float8) \
           ORDER BY m.position DESC LIMIT $3"
@@ -397,16 +389,9 @@ async fn list_messages(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = rows
-        .last()
-        .filter(|_| more)
-        .map(|m| pagination::encode_keyset(m.position as f64, m.id));
-    Ok(Json(Page {
-        items: rows,
-        next_cursor,
-    }))
+    Ok(Json(pagination::keyset_page(rows, limit, |m| {
+        (m.position as f64, m.id)
+    })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -500,7 +485,7 @@ async fn search_messages(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut rows: Vec<MessageView> = sqlx::query_as(&format!(
+    let rows: Vec<MessageView> = sqlx::query_as(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messaging.messages m \
           WHERE m.search @@ (websearch_to_tsquery('french', $2) || websearch_to_tsquery('english', $2)) \
             AND m.conversation_id IN (SELECT conversation_id FROM messaging.participants WHERE user_id = $1) \
@@ -513,14 +498,7 @@ async fn search_messages(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = rows
-        .last()
-        .filter(|_| more)
-        .map(|m| pagination::encode_keyset(m.position as f64, m.id));
-    Ok(Json(Page {
-        items: rows,
-        next_cursor,
-    }))
+    Ok(Json(pagination::keyset_page(rows, limit, |m| {
+        (m.position as f64, m.id)
+    })))
 }

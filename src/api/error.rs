@@ -154,6 +154,13 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A key that cannot be read is an internal failure (logged, 500), whatever the route.
+impl From<crate::events::crypto::CryptoError> for ApiError {
+    fn from(err: crate::events::crypto::CryptoError) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         tracing::warn!(error = %err, "redis unavailable");

@@ -269,11 +269,7 @@ async fn update_me(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let cipher = app
-        .keys
-        .cipher(auth.user_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let cipher = app.keys.cipher(auth.user_id).await?;
     let seal = |v: Option<Option<String>>| v.map(|v| v.map(|s| cipher.seal(&s)));
     let changes = ProfileChanges {
         display_name: display_name.map(|d| cipher.seal(d.as_str())),

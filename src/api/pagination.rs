@@ -89,6 +89,21 @@ pub fn decode_keyset(raw: &str) -> Option<(f64, Uuid)> {
     Some((key, id.parse().ok()?))
 }
 
+/// Builds a page from `limit + 1` rows in keyset order: the cursor names the sort key and id of
+/// the page's last row (`key_of`).
+pub fn keyset_page<T>(mut rows: Vec<T>, limit: i64, key_of: impl Fn(&T) -> (f64, Uuid)) -> Page<T> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = rows.last().filter(|_| more).map(|last| {
+        let (key, id) = key_of(last);
+        encode_keyset(key, id)
+    });
+    Page {
+        items: rows,
+        next_cursor,
+    }
+}
+
 /// Parses an optional keyset cursor, recording a bad one in `errors`.
 pub fn parse_keyset(raw: Option<&str>, errors: &mut FieldErrors) -> Option<(f64, Uuid)> {
     let raw = raw.filter(|c| !c.is_empty())?;

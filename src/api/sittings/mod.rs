@@ -172,11 +172,7 @@ async fn request_sitting(
             not_owned.push(*plant_id);
         }
     }
-    let cipher = app
-        .keys
-        .cipher(auth.user_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let cipher = app.keys.cipher(auth.user_id).await?;
     let location = serde_json::to_string(&location).map_err(|e| ApiError::Internal(e.into()))?;
     let id = Uuid::now_v7();
     let command = SittingCommand::RequestSitting {
@@ -322,13 +318,7 @@ async fn apply(
     .filter(|m| !m.is_empty());
     ensure_visible(&app, &auth, id).await?;
     let message = match message {
-        Some(message) => Some(
-            app.keys
-                .cipher(auth.user_id)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?
-                .seal(&message),
-        ),
+        Some(message) => Some(app.keys.cipher(auth.user_id).await?.seal(&message)),
         None => None,
     };
     let command = SittingCommand::Apply {
@@ -487,12 +477,7 @@ async fn cancel(
         .and_then(|r| text(r, 1, 500))
         .map_err(|e| ApiError::invalid("reason", e))?;
     ensure_visible(&app, &auth, id).await?;
-    let reason = app
-        .keys
-        .cipher(auth.user_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .seal(&reason);
+    let reason = app.keys.cipher(auth.user_id).await?.seal(&reason);
     let command = SittingCommand::CancelSitting {
         actor: auth.actor(),
         reason,
@@ -581,12 +566,7 @@ async fn report_care(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let note = app
-        .keys
-        .cipher(auth.user_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .seal(&note);
+    let note = app.keys.cipher(auth.user_id).await?.seal(&note);
     let report_id = Uuid::now_v7();
     let command = SittingCommand::ReportCare {
         actor: auth.actor(),
@@ -658,13 +638,7 @@ async fn review(
     };
     ensure_visible(&app, &auth, id).await?;
     let comment = match comment {
-        Some(comment) => Some(
-            app.keys
-                .cipher(auth.user_id)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?
-                .seal(&comment),
-        ),
+        Some(comment) => Some(app.keys.cipher(auth.user_id).await?.seal(&comment)),
         None => None,
     };
     let command = SittingCommand::LeaveReview {

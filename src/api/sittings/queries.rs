@@ -201,24 +201,15 @@ pub async fn list_sittings(
             rows
         }
     };
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut next_cursor = None;
-    for (index, row) in rows.into_iter().enumerate() {
-        if index as i64 == limit {
-            break;
-        }
-        let key = row.distance_m.unwrap_or(0.0);
-        if more && index as i64 == limit - 1 {
-            next_cursor = Some(pagination::encode_keyset(key, row.id));
-        }
+    let page = pagination::keyset_page(rows, limit, |row| (row.distance_m.unwrap_or(0.0), row.id));
+    Ok(Json(page.map(|row| {
+        let metres = row.distance_m.unwrap_or(0.0);
         let mut view = row.view_for(&auth);
         if near.is_some() {
-            view.distance_km = Some((key / 100.0).round() / 10.0);
+            view.distance_km = Some((metres / 100.0).round() / 10.0);
         }
-        items.push(view);
-    }
-    Ok(Json(Page { items, next_cursor }))
+        view
+    })))
 }
 
 /// The rows of one page of sittings, nearest first around `near`, else soonest first.
@@ -368,13 +359,9 @@ pub async fn list_applications(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut next_cursor = None;
-    for (index, row) in rows.into_iter().enumerate().take(limit as usize) {
-        if more && index as i64 == limit - 1 {
-            next_cursor = Some(pagination::encode_keyset(row.key, row.applicant_id));
-        }
+    let page = pagination::keyset_page(rows, limit, |row| (row.key, row.applicant_id));
+    let mut items = Vec::with_capacity(page.items.len());
+    for row in page.items {
         let Some(applicant) = PublicProfile::load(&app.pool, row.applicant_id, 0).await? else {
             continue;
         };
@@ -385,7 +372,10 @@ pub async fn list_applications(
             applied_at: row.applied_at,
         });
     }
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(Page {
+        items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 const REPORT_COLUMNS: &str =
