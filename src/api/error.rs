@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::commands::conversation::ConversationError;
 use crate::commands::plant::PlantError;
+use crate::commands::advice::AdviceError;
 use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
@@ -243,6 +244,32 @@ impl DomainError for ConversationError {
                 code: "not_the_sittings_parties",
                 message,
             },
+        }
+    }
+}
+
+impl DomainError for AdviceError {
+    fn into_api(self) -> ApiError {
+        let message = self.to_string();
+        let forbidden = |code| ApiError::Forbidden {
+            code,
+            message: message.clone(),
+        };
+        match self {
+            AdviceError::AlreadyExists => ApiError::conflict("already_exists", message),
+            AdviceError::NotABotanist => forbidden("not_a_botanist"),
+            AdviceError::PlantNotFound => ApiError::NotFound("plant"),
+            AdviceError::SittingNotFound => ApiError::invalid("sitting_id", "no such sitting"),
+            AdviceError::PlantNotInSitting => {
+                ApiError::invalid("sitting_id", "is not a sitting of this plant")
+            }
+            AdviceError::SittingClosed => ApiError::conflict("sitting_closed", message),
+            AdviceError::NotFound => ApiError::NotFound("advice"),
+            AdviceError::NotTheAuthor => forbidden("not_the_author"),
+            AdviceError::OwnAdvice => forbidden("own_advice"),
+            AdviceError::AlreadyReviewed => ApiError::conflict("already_reviewed", message),
+            AdviceError::NotAModerator => forbidden("not_a_moderator"),
+            AdviceError::AlreadyHidden => ApiError::conflict("already_hidden", message),
         }
     }
 }

@@ -186,6 +186,10 @@ impl Sitting {
         self.status
     }
 
+    pub fn plant_ids(&self) -> &[Uuid] {
+        &self.plant_ids
+    }
+
     pub fn sitter_id(&self) -> Option<Uuid> {
         self.sitter_id
     }
