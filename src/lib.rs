@@ -221,6 +221,7 @@ pub const PROJECTION_NAMES: &[&str] = &[
     "users",
     "plants",
     "sittings",
+    "advice",
     "messaging",
     "mailer",
     "fanout",
@@ -238,7 +239,8 @@ pub fn read_models(
             email_index,
         )),
         Arc::new(projections::plants::PlantsProjection::new(keys.clone())),
-        Arc::new(projections::sittings::SittingsProjection::new(keys)),
+        Arc::new(projections::sittings::SittingsProjection::new(keys.clone())),
+        Arc::new(projections::advice::AdviceProjection::new(keys)),
         Arc::new(projections::messaging::MessagingProjection::new(
             message_keys,
         )),

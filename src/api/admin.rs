@@ -208,12 +208,15 @@ pub struct AdminStats {
     sittings: BTreeMap<String, i64>,
     conversations: i64,
     messages: i64,
+    /// Advice by state (`active`, `withdrawn`, `hidden`).
+    advice: BTreeMap<String, i64>,
+    /// Verdicts botanists gave on each other's advice (`validated`, `rejected`).
+    advice_verdicts: BTreeMap<String, i64>,
     /// The log's last position.
     events: i64,
 }
 
-/// The admin dashboard's counts, from the read models. Areas that do not exist yet (sittings,
-/// messages, advice) join as their read models land.
+/// The admin dashboard's counts, from the read models.
 #[utoipa::path(get, path = "/stats", tag = "admin", security(("bearer" = [])),
     responses(
         (status = 200, description = "Counts", body = AdminStats),
@@ -259,7 +262,29 @@ async fn stats(
             .map(|status| (status.to_string(), 0))
             .collect();
     sittings.extend(by_status);
+    let counts = |sql: &'static str, keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let pool = app.pool.clone();
+        async move {
+            let found: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(&pool).await?;
+            let mut all: BTreeMap<String, i64> = keys.into_iter().map(|k| (k, 0)).collect();
+            all.extend(found);
+            Ok::<_, sqlx::Error>(all)
+        }
+    };
+    let advice = counts(
+        "SELECT state, count(*) FROM advice GROUP BY state",
+        &["active", "withdrawn", "hidden"],
+    )
+    .await?;
+    let advice_verdicts = counts(
+        "SELECT verdict, count(*) FROM advice_reviews GROUP BY verdict",
+        &["validated", "rejected"],
+    )
+    .await?;
     Ok(Json(AdminStats {
+        advice,
+        advice_verdicts,
         sittings,
         conversations,
         messages,

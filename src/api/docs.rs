@@ -48,6 +48,8 @@ pub const BEARER: &str = "bearer";
         (name = "me", description = "The caller's own account: profile, sessions, password, MFA"),
         (name = "plants", description = "Plants, their care and their photos"),
         (name = "sittings", description = "Sitting requests (gardes): applications, acceptance, care reports, reviews"),
+        (name = "advice", description = "Botanists' advice on plants: versions, cross-validation, moderation"),
+        (name = "botanists", description = "A botanist's work queue and statistics"),
         (name = "users", description = "Public profiles"),
         (name = "messaging", description = "Conversations, messages, read marks, search"),
         (name = "live", description = "Live updates over WebSocket"),
@@ -127,6 +129,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .nest("/api/ws", super::ws::ticket_router())
         .merge(super::ws::router())
         .nest("/api/sittings", super::sittings::router())
+        .nest("/api/advice", super::advice::router())
+        .nest("/api/botanist", super::botanist::router())
         .nest("/api/users", super::users::router())
         .nest("/api/admin", super::admin::router())
         .merge(super::ops::router())

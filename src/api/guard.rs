@@ -37,6 +37,20 @@ impl Capability for ReadAllPlants {
     const WHAT: &'static str = "read all plants";
 }
 
+/// Give, revise, withdraw and review advice; work from the botanists' queue.
+pub struct WriteAdvice;
+impl Capability for WriteAdvice {
+    const ROLES: &'static [Role] = &[Role::Botanist];
+    const WHAT: &'static str = "write advice";
+}
+
+/// Remove an advice: its author withdraws it, a moderator hides it.
+pub struct RemoveAdvice;
+impl Capability for RemoveAdvice {
+    const ROLES: &'static [Role] = &[Role::Botanist, Role::Admin];
+    const WHAT: &'static str = "remove advice";
+}
+
 /// User administration and moderation.
 pub struct Administer;
 impl Capability for Administer {

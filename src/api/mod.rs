@@ -1,6 +1,8 @@
 //! The HTTP edge: one router per resource, the error mapping, and the auth extractor.
 
 pub mod admin;
+pub mod advice;
+pub mod botanist;
 pub mod auth;
 pub mod conversations;
 pub mod docs;

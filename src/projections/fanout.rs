@@ -1,6 +1,6 @@
-//! Live updates: a side-effect projector that publishes each message, read mark and sitting
-//! change, after it committed, to the Redis channels of the people who may see it (`user:{id}`, see
-//! `infra::hub`). Who takes part in a conversation comes from the log (its `ConversationStarted`
+//! Live updates: a side-effect projector that publishes each message, read mark, sitting change
+//! and new advice, after it committed, to the Redis channels of the people who may see it
+//! (`user:{id}`, see `infra::hub`). Who takes part in a conversation comes from the log (its `ConversationStarted`
 //! event), not from a read model. Frames carry the event's log position: a frame published twice
 //! (a retried batch) is dropped by the socket, and a client that missed frames asks to `resume`
 //! after the last position it saw. Events older than `max_age` are not published: a projector
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{Mode, Projection, Transient};
 use crate::commands::conversation::{Message, ReadMark};
+use crate::events::advice::AdviceEvent;
 use crate::events::conversation::{ConversationEvent, MessageEvent, ReadMarkEvent};
 use crate::events::crypto::{CryptoError, MessageKeys};
 use crate::events::sitting::SittingEvent;
@@ -125,6 +126,34 @@ async fn sitting_frame(
     })
 }
 
+/// `advice.created` for the plant's owner and whoever cared for it when the advice was given.
+fn advice_frame(advice: Uuid, event: &StoredEvent) -> anyhow::Result<Option<(Vec<Uuid>, String)>> {
+    let AdviceEvent::AdviceGiven {
+        author_id,
+        plant_id,
+        plant_owner_id,
+        sitting_id,
+        sitter_id,
+        priority,
+        ..
+    } = event.decode::<crate::commands::advice::Advice>()?
+    else {
+        return Ok(None);
+    };
+    let mut recipients = vec![plant_owner_id];
+    recipients.extend(sitter_id.filter(|s| *s != plant_owner_id));
+    let position = event.position.global_position;
+    Ok(Some((
+        recipients,
+        frame(
+            "advice.created",
+            position,
+            json!({"advice_id": advice, "plant_id": plant_id, "sitting_id": sitting_id,
+                   "author_id": author_id, "priority": priority.as_str()}),
+        ),
+    )))
+}
+
 /// A frame as sockets send it.
 pub fn frame(kind: &str, position: i64, data: serde_json::Value) -> String {
     json!({"type": kind, "position": position, "data": data}).to_string()
@@ -141,7 +170,7 @@ impl Projection for FanoutProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["Message", "ReadMark", "Sitting"]
+        &["Message", "ReadMark", "Sitting", "Advice"]
     }
 
     fn mode(&self) -> Mode {
@@ -188,8 +217,13 @@ impl Projection for FanoutProjection {
                         (conversation_id, frame("message.read", position, data))
                     }
                 },
-                "Sitting" => {
-                    let Some((recipients, frame)) = sitting_frame(conn, id, event).await? else {
+                "Sitting" | "Advice" => {
+                    let found = if event.aggregate_type == "Sitting" {
+                        sitting_frame(conn, id, event).await?
+                    } else {
+                        advice_frame(id, event)?
+                    };
+                    let Some((recipients, frame)) = found else {
                         continue;
                     };
                     for user in recipients {

@@ -1,7 +1,8 @@
 //! The mail outbox: a side-effect projector that mails what events ask for: to an account (a
 //! verification link after registration, a reset link after a reset request, security notices),
 //! and to the people of a sitting (an application to the owner, the acceptance to the sitter, a
-//! care report to the owner, and the start reminder to both).
+//! care report to the owner, and the start reminder to both), and urgent advice to the plant's
+//! owner and its sitter.
 //!
 //! It holds no database transaction while it talks to SMTP (see [`Mode::SideEffects`]): one
 //! instance at a time runs it, under an advisory lock. A mail is recorded in `sent_mails` (keyed by
@@ -27,9 +28,13 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Mode, Projection, Transient};
+use crate::commands::advice::Advice;
+use crate::commands::plant::Plant;
 use crate::commands::sitting::Sitting;
 use crate::commands::user::User;
+use crate::events::advice::{AdviceEvent, Priority};
 use crate::events::crypto::{Cipher, CryptoError, KeyStore, Sealed};
+use crate::events::plant::PlantEvent;
 use crate::events::sitting::{Location, SittingEvent};
 use crate::events::upcast::{self, Versioned};
 use crate::events::user::UserEvent;
@@ -311,6 +316,54 @@ impl MailerProjection {
         })
     }
 
+    /// Urgent advice, once, to the plant's owner and to whoever cared for the plant when it was
+    /// given (the facts the advice recorded). Other advice is seen in the app (and live).
+    async fn advice_mails(
+        &self,
+        conn: &mut PgConnection,
+        event: &StoredEvent,
+    ) -> anyhow::Result<Vec<Outgoing>> {
+        let AdviceEvent::AdviceGiven {
+            author_id,
+            plant_id,
+            plant_owner_id,
+            sitter_id,
+            priority: Priority::Urgent,
+            ..
+        } = event.decode::<Advice>()?
+        else {
+            return Ok(Vec::new());
+        };
+        let botanist = self.display_name(conn, author_id).await?;
+        let plant = plant_name(conn, plant_id).await?;
+        let link = format!(
+            "{}/plants/{plant_id}",
+            self.public_url.trim_end_matches('/')
+        );
+        let subject = format!("Urgent advice on {plant}");
+        let mut mails = vec![Outgoing {
+            to: plant_owner_id,
+            kind: "urgent_advice",
+            subject: subject.clone(),
+            body: format!(
+                "Botanist {botanist} gave urgent advice on your plant {plant}.\r\n\r\nRead it \
+                 in the app:\r\n{link}\r\n"
+            ),
+        }];
+        if let Some(sitter) = sitter_id.filter(|s| *s != plant_owner_id) {
+            mails.push(Outgoing {
+                to: sitter,
+                kind: "urgent_advice",
+                subject,
+                body: format!(
+                    "Botanist {botanist} gave urgent advice on {plant}, a plant you are caring \
+                     for.\r\n\r\nRead it in the app:\r\n{link}\r\n"
+                ),
+            });
+        }
+        Ok(mails)
+    }
+
     /// Sends one mail unless `sent_mails` has it, and records the outcome.
     async fn deliver(
         &self,
@@ -427,6 +480,23 @@ async fn newest_first<A: Versioned>(
         .collect()
 }
 
+/// A plant's current name, from its events, cut to one short line.
+async fn plant_name(conn: &mut PgConnection, plant_id: Uuid) -> anyhow::Result<String> {
+    let events = newest_first::<Plant>(
+        conn,
+        &plant_id.to_string(),
+        &["PlantCreated", "PlantUpdated"],
+        i64::MAX,
+    )
+    .await?;
+    let name = events.into_iter().find_map(|event| match event {
+        PlantEvent::PlantCreated { name, .. } => Some(name),
+        PlantEvent::PlantUpdated { changes } => changes.name,
+        _ => None,
+    });
+    Ok(name.map_or_else(|| "a plant".to_string(), |n| one_line(&n, 100)))
+}
+
 /// The request that opened a sitting.
 async fn requested(conn: &mut PgConnection, sitting_id: &str) -> anyhow::Result<Option<Requested>> {
     let events = newest_first::<Sitting>(conn, sitting_id, &["SittingRequested"], i64::MAX).await?;
@@ -490,7 +560,7 @@ impl Projection for MailerProjection {
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
-        &["User", "Sitting"]
+        &["User", "Sitting", "Advice"]
     }
 
     fn mode(&self) -> Mode {
@@ -519,6 +589,7 @@ impl Projection for MailerProjection {
                         .collect()
                 }
                 Sitting::TYPE => self.sitting_mails(conn, event).await?,
+                Advice::TYPE => self.advice_mails(conn, event).await?,
                 _ => Vec::new(),
             };
             // One by one: a retry after a failure skips those already recorded.
