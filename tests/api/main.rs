@@ -2,6 +2,7 @@
 //! Redis, HTTP through the real router.
 
 mod access;
+mod advice;
 mod auth;
 mod contract;
 mod edge;
