@@ -80,9 +80,7 @@ impl From<Priority> for PriorityView {
 }
 
 fn priority_of(stored: &str) -> PriorityView {
-    Priority::parse(stored)
-        .unwrap_or_default()
-        .into()
+    Priority::parse(stored).unwrap_or_default().into()
 }
 
 /// Where the other botanists stand on an advice: `pending` (no verdict yet), `validated` (more
@@ -113,7 +111,7 @@ impl ValidationView {
 
 /// Another botanist's verdict.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReviewView {
+pub struct AdviceReviewView {
     pub botanist_id: Uuid,
     pub botanist_name: Option<String>,
     #[schema(pattern = "^(validated|rejected)$")]
@@ -147,7 +145,7 @@ pub struct AdviceView {
     pub revision: i32,
     pub validation: ValidationView,
     /// Every other botanist's verdict, oldest first.
-    pub reviews: Vec<ReviewView>,
+    pub reviews: Vec<AdviceReviewView>,
     /// Set on hidden advice, which only admins see.
     pub moderation: Option<ModerationView>,
     pub created_at: DateTime<Utc>,
@@ -184,7 +182,7 @@ pub(crate) const COLUMNS: &str = "a.id, a.plant_id, a.sitting_id, a.author_id, \
 pub(crate) const FROM: &str = "advice a LEFT JOIN users u ON u.id = a.author_id";
 
 impl AdviceRow {
-    fn into_view(self, reviews: Vec<ReviewView>) -> AdviceView {
+    fn into_view(self, reviews: Vec<AdviceReviewView>) -> AdviceView {
         let moderation = match (self.hidden_by, self.hidden_reason, self.hidden_at) {
             (Some(hidden_by), Some(reason), Some(hidden_at)) if self.state == "hidden" => {
                 Some(ModerationView {
@@ -239,16 +237,19 @@ pub(crate) async fn with_reviews(
     .bind(&ids)
     .fetch_all(pool)
     .await?;
-    let mut by_advice: HashMap<Uuid, Vec<ReviewView>> = HashMap::new();
+    let mut by_advice: HashMap<Uuid, Vec<AdviceReviewView>> = HashMap::new();
     for r in reviews {
-        by_advice.entry(r.advice_id).or_default().push(ReviewView {
-            botanist_id: r.botanist_id,
-            botanist_name: r.botanist_name,
-            verdict: r.verdict,
-            revision: r.revision,
-            comment: r.comment,
-            created_at: r.created_at,
-        });
+        by_advice
+            .entry(r.advice_id)
+            .or_default()
+            .push(AdviceReviewView {
+                botanist_id: r.botanist_id,
+                botanist_name: r.botanist_name,
+                verdict: r.verdict,
+                revision: r.revision,
+                comment: r.comment,
+                created_at: r.created_at,
+            });
     }
     Ok(rows
         .into_iter()
@@ -267,12 +268,11 @@ fn sees_hidden(auth: &AuthUser) -> bool {
 /// The advice if the caller may see it: its plant is visible to them, and it is active (or
 /// hidden, for admins). 404 otherwise.
 async fn visible_advice(app: &App, auth: &AuthUser, id: Uuid) -> Result<AdviceRow, ApiError> {
-    let row: Option<AdviceRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM {FROM} WHERE a.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&app.pool)
-    .await?;
+    let row: Option<AdviceRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM {FROM} WHERE a.id = $1"))
+            .bind(id)
+            .fetch_optional(&app.pool)
+            .await?;
     let row = row
         .filter(|r| r.state == "active" || (r.state == "hidden" && sees_hidden(auth)))
         .ok_or(ApiError::NotFound("advice"))?;
@@ -622,7 +622,7 @@ async fn list_versions(
 /// A verdict's comment.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReviewBody {
+pub struct VerdictBody {
     #[schema(max_length = 1000)]
     comment: Option<String>,
 }
@@ -632,7 +632,7 @@ async fn review(
     auth: Can<WriteAdvice>,
     meta: crate::events::Metadata,
     id: Uuid,
-    body: ReviewBody,
+    body: VerdictBody,
     verdict: Verdict,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
@@ -666,7 +666,7 @@ async fn review(
 /// Validates another botanist's advice (once per botanist; never one's own).
 #[utoipa::path(post, path = "/{id}/validate", tag = "advice", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = ADVICE_ID)),
-    request_body = ReviewBody,
+    request_body = VerdictBody,
     responses(
         (status = 200, description = "The advice with the verdict counted", body = Positioned<AdviceView>),
         (status = 202, description = "Recorded; the read model is catching up", body = Pending),
@@ -679,7 +679,7 @@ async fn validate_advice(
     auth: Can<WriteAdvice>,
     RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<ReviewBody>,
+    ApiJson(body): ApiJson<VerdictBody>,
 ) -> Result<Response, ApiError> {
     review(app, auth, meta, id, body, Verdict::Validated).await
 }
@@ -688,7 +688,7 @@ async fn validate_advice(
 /// one's own).
 #[utoipa::path(post, path = "/{id}/reject", tag = "advice", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = ADVICE_ID)),
-    request_body = ReviewBody,
+    request_body = VerdictBody,
     responses(
         (status = 200, description = "The advice with the verdict counted", body = Positioned<AdviceView>),
         (status = 202, description = "Recorded; the read model is catching up", body = Pending),
@@ -701,7 +701,7 @@ async fn reject_advice(
     auth: Can<WriteAdvice>,
     RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<ReviewBody>,
+    ApiJson(body): ApiJson<VerdictBody>,
 ) -> Result<Response, ApiError> {
     review(app, auth, meta, id, body, Verdict::Rejected).await
 }

@@ -24,8 +24,8 @@ use crate::App;
 
 pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
-        .routes(routes!(queue))
-        .routes(routes!(stats))
+        .routes(routes!(botanist_queue))
+        .routes(routes!(botanist_stats))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -66,7 +66,10 @@ pub struct QueueItem {
 
 /// The cursor of `to_review`: the last item's sort key.
 fn encode_cursor(urgent: bool, starts_on: NaiveDate, sitting: Uuid, plant: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}~{starts_on}~{sitting}~{plant}", u8::from(urgent)))
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}~{starts_on}~{sitting}~{plant}",
+        u8::from(urgent)
+    ))
 }
 
 fn decode_cursor(raw: &str) -> Option<(bool, NaiveDate, Uuid, Uuid)> {
@@ -80,7 +83,10 @@ fn decode_cursor(raw: &str) -> Option<(bool, NaiveDate, Uuid, Uuid)> {
     let starts_on = parts.next()?.parse().ok()?;
     let sitting = parts.next()?.parse().ok()?;
     let plant = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((urgent, starts_on, sitting, plant))
+    parts
+        .next()
+        .is_none()
+        .then_some((urgent, starts_on, sitting, plant))
 }
 
 /// The botanist's work queue: `tab=to_review` or `tab=reviewed` (BOTANIST).
@@ -91,7 +97,7 @@ fn decode_cursor(raw: &str) -> Option<(bool, NaiveDate, Uuid, Uuid)> {
         (status = 403, description = "`forbidden`: BOTANIST only", body = ErrorBody),
         (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
     ))]
-async fn queue(
+async fn botanist_queue(
     State(app): State<App>,
     auth: Can<WriteAdvice>,
     ApiQuery(params): ApiQuery<QueueParams>,
@@ -114,7 +120,9 @@ async fn queue(
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
-        return reviewed_tab(&app, auth.user_id, limit, cursor).await.map(Json);
+        return reviewed_tab(&app, auth.user_id, limit, cursor)
+            .await
+            .map(Json);
     }
     let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
     let after = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -278,7 +286,7 @@ pub struct BotanistStats {
         (status = 200, description = "Counts", body = BotanistStats),
         (status = 403, description = "`forbidden`: BOTANIST only", body = ErrorBody),
     ))]
-async fn stats(
+async fn botanist_stats(
     State(app): State<App>,
     auth: Can<WriteAdvice>,
 ) -> Result<Json<BotanistStats>, ApiError> {

@@ -9,9 +9,9 @@ use axum::Json;
 
 use uuid::Uuid;
 
+use crate::commands::advice::AdviceError;
 use crate::commands::conversation::ConversationError;
 use crate::commands::plant::PlantError;
-use crate::commands::advice::AdviceError;
 use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;

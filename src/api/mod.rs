@@ -2,8 +2,8 @@
 
 pub mod admin;
 pub mod advice;
-pub mod botanist;
 pub mod auth;
+pub mod botanist;
 pub mod conversations;
 pub mod docs;
 pub mod error;

@@ -111,7 +111,11 @@ async fn load_plant(pool: &PgPool, id: Uuid) -> Result<Option<PlantView>, sqlx::
 
 /// The plant if the caller may see it (its owner, botanists and admins, the sitter of an
 /// accepted or running sitting of it); 404 otherwise (whether or not it exists).
-pub(crate) async fn visible_plant(app: &App, auth: &AuthUser, id: Uuid) -> Result<PlantView, ApiError> {
+pub(crate) async fn visible_plant(
+    app: &App,
+    auth: &AuthUser,
+    id: Uuid,
+) -> Result<PlantView, ApiError> {
     let plant = load_plant(&app.pool, id)
         .await?
         .ok_or(ApiError::NotFound("plant"))?;

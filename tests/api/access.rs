@@ -745,3 +745,116 @@ async fn every_sitting_route_answers_each_role_as_the_matrix_says(
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[sqlx::test]
+async fn every_advice_route_answers_each_role_as_the_matrix_says(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = crate::sittings::owner_with_plants(&t, 1).await;
+    let (_, other) = t.verified_user(&unique_email("other")).await;
+    let (admin, botanists) = crate::advice::botanists(&t, 2).await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let (botanist, peer) = (&botanists[0].1, &botanists[1].1);
+    let plant = &plants[0];
+    let advise = |token: String| {
+        let t = &t;
+        async move {
+            let given = crate::advice::advise(t, &token, plant, json!({"body": "Mist it"})).await;
+            assert_eq!(given.status, StatusCode::CREATED, "{given:?}");
+            given.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    // The botanist column's own advice, and two by a peer (one to validate, one to reject).
+    let own = advise(botanist.clone()).await;
+    let to_validate = advise(peer.clone()).await;
+    let to_reject = advise(peer.clone()).await;
+    // Columns: anonymous, USER (the plant's owner), USER (someone else), BOTANIST, ADMIN, AUDITOR.
+    let callers: [Option<&str>; 6] = [
+        None,
+        Some(&owner),
+        Some(&other),
+        Some(botanist),
+        Some(&admin),
+        Some(&auditor),
+    ];
+    let table: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
+        (
+            Method::POST,
+            format!("/api/plants/{plant}/advice"),
+            Some(json!({"body": "Repot it"})),
+            [401, 403, 403, 201, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/api/plants/{plant}/advice"),
+            None,
+            [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/advice/{own}"),
+            Some(json!({"body": "Repot it in spring"})),
+            [401, 403, 403, 200, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/api/advice/{own}/versions"),
+            None,
+            [401, 200, 404, 200, 200, 404],
+        ),
+        (
+            Method::POST,
+            format!("/api/advice/{to_validate}/validate"),
+            Some(json!({})),
+            [401, 403, 403, 200, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("/api/advice/{to_reject}/reject"),
+            Some(json!({"comment": "Too much water"})),
+            [401, 403, 403, 200, 403, 403],
+        ),
+        (
+            // The author withdraws it, a moderator hides it (with a reason).
+            Method::DELETE,
+            "/api/advice/{fresh}?reason=spam".into(),
+            None,
+            [401, 403, 403, 204, 204, 403],
+        ),
+        (
+            Method::GET,
+            "/api/botanist/queue".into(),
+            None,
+            [401, 403, 403, 200, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/api/botanist/stats".into(),
+            None,
+            [401, 403, 403, 200, 403, 403],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in &table {
+        for (column, caller) in callers.iter().enumerate() {
+            let path = if path.contains("{fresh}") {
+                path.replace("{fresh}", &advise(botanist.clone()).await)
+            } else {
+                path.clone()
+            };
+            let reply = t.call(method.clone(), &path, *caller, body.clone()).await;
+            if reply.status.as_u16() != expected[column] {
+                failures.push(format!(
+                    "{method} {path} as caller #{column}: expected {}, got {reply:?}",
+                    expected[column]
+                ));
+            }
+            if column == ANON {
+                assert_eq!(reply.code(), "missing_token");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

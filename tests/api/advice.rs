@@ -25,7 +25,10 @@ pub async fn advise(t: &TestApp, token: &str, plant: &str, body: Value) -> Reply
 }
 
 fn id_of(reply: &Reply) -> String {
-    reply.body["id"].as_str().expect("id").to_string()
+    match reply.body["id"].as_str() {
+        Some(id) => id.to_string(),
+        None => panic!("no id in {reply:?}"),
+    }
 }
 
 /// A sitting of `plants` starting in `from` days; returns its id.
@@ -38,7 +41,11 @@ async fn sitting(t: &TestApp, owner: &str, plants: &[String], from: i64) -> Stri
 /// Whether a sitting action succeeded.
 async fn act(t: &TestApp, token: &str, sitting: &str, action: &str, body: Value) -> bool {
     let reply = t
-        .post(&format!("/api/sittings/{sitting}/{action}"), Some(token), body)
+        .post(
+            &format!("/api/sittings/{sitting}/{action}"),
+            Some(token),
+            body,
+        )
         .await;
     reply.status.is_success()
 }
@@ -77,7 +84,10 @@ async fn every_edit_is_a_version_and_all_versions_stay_readable(
     let edits = [
         ("Water every ten days", None),
         ("Water every ten days; mist the leaves", Some("follow_up")),
-        ("Water every ten days; mist the leaves; repot in spring", None),
+        (
+            "Water every ten days; mist the leaves; repot in spring",
+            None,
+        ),
     ];
     for (i, (body, priority)) in edits.iter().enumerate() {
         let mut change = json!({ "body": body });
@@ -159,7 +169,10 @@ async fn other_botanists_validate_or_reject_once_and_never_their_own(
     let url = |verdict: &str| format!("/api/advice/{advice}/{verdict}");
 
     let own = t.post(&url("validate"), Some(author), json!({})).await;
-    assert_eq!((own.status, own.code()), (StatusCode::FORBIDDEN, "own_advice"));
+    assert_eq!(
+        (own.status, own.code()),
+        (StatusCode::FORBIDDEN, "own_advice")
+    );
 
     let validated = t
         .post(
@@ -171,7 +184,10 @@ async fn other_botanists_validate_or_reject_once_and_never_their_own(
     assert_eq!(validated.status, StatusCode::OK, "{validated:?}");
     assert_eq!(validated.body["validation"]["status"], "validated");
     assert_eq!(validated.body["validation"]["validations"], 1);
-    assert_eq!(validated.body["reviews"][0]["comment"], "Agreed, it scorches");
+    assert_eq!(
+        validated.body["reviews"][0]["comment"],
+        "Agreed, it scorches"
+    );
     assert_eq!(validated.body["reviews"][0]["verdict"], "validated");
     assert_eq!(
         validated.body["reviews"][0]["botanist_id"],
@@ -220,7 +236,9 @@ async fn other_botanists_validate_or_reject_once_and_never_their_own(
     assert_eq!(peer_stats.body["verdicts_given"]["rejected"], 0);
 
     // A comment too long is refused before anything is recorded.
-    let (_, late) = t.user_with_role(&botanists_admin(&t).await, "BOTANIST").await;
+    let (_, late) = t
+        .user_with_role(&botanists_admin(&t).await, "BOTANIST")
+        .await;
     let long = t
         .post(
             &url("reject"),
@@ -265,9 +283,7 @@ async fn hidden_advice_is_gone_for_users_and_kept_for_auditors(
         (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
     );
     assert!(no_reason.body["error"]["fields"]["reason"].is_string());
-    let hidden = t
-        .delete(&format!("{url}?reason=advertising"), &admin)
-        .await;
+    let hidden = t.delete(&format!("{url}?reason=advertising"), &admin).await;
     assert_eq!(hidden.status, StatusCode::NO_CONTENT, "{hidden:?}");
     let again = t.delete(&format!("{url}?reason=again"), &admin).await;
     assert_eq!(
@@ -396,7 +412,13 @@ async fn only_botanists_write_advice(options: PgPoolOptions, connect: PgConnectO
             "{refused:?}"
         );
     }
-    let unknown = advise(&t, botanist, &Uuid::now_v7().to_string(), json!({"body": "ok"})).await;
+    let unknown = advise(
+        &t,
+        botanist,
+        &Uuid::now_v7().to_string(),
+        json!({"body": "ok"}),
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{unknown:?}");
     let unknown_fields = advise(&t, botanist, &plants[0], json!({"text": "ok"})).await;
     assert_eq!(unknown_fields.status, StatusCode::UNPROCESSABLE_ENTITY);

@@ -775,6 +775,48 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
         json!({"reason": "Trip off"}),
     )
     .await;
+    // Advice: given, revised, validated, rejected, listed, its versions, the queue and stats,
+    // withdrawn; another hidden by a moderator.
+    let (_, botanists) = crate::advice::botanists(&t, 3).await;
+    let given =
+        crate::advice::advise(&t, &botanists[0].1, &plants[0], json!({"body": "Mist it"})).await;
+    assert_eq!(given.status, StatusCode::CREATED, "{given:?}");
+    let advice = given.body["id"].as_str().expect("advice").to_string();
+    t.patch(
+        &format!("/api/advice/{advice}"),
+        &botanists[0].1,
+        json!({"body": "Mist it twice a week", "priority": "follow_up"}),
+    )
+    .await;
+    t.post(
+        &format!("/api/advice/{advice}/validate"),
+        Some(&botanists[1].1),
+        json!({"comment": "Yes"}),
+    )
+    .await;
+    t.post(
+        &format!("/api/advice/{advice}/reject"),
+        Some(&botanists[2].1),
+        json!({}),
+    )
+    .await;
+    t.get(&format!("/api/plants/{}/advice", plants[0]), &owner)
+        .await;
+    t.get(&format!("/api/advice/{advice}/versions"), &owner)
+        .await;
+    t.get("/api/botanist/queue?tab=to_review", &botanists[1].1)
+        .await;
+    t.get("/api/botanist/queue?tab=reviewed", &botanists[0].1)
+        .await;
+    t.get("/api/botanist/stats", &botanists[0].1).await;
+    t.delete(&format!("/api/advice/{advice}"), &botanists[0].1)
+        .await;
+    let spam = crate::advice::advise(&t, &botanists[1].1, &plants[0], json!({"body": "Buy"})).await;
+    let spam = spam.body["id"].as_str().expect("advice");
+    t.delete(&format!("/api/advice/{spam}?reason=advertising"), &admin)
+        .await;
+    t.get(&format!("/api/plants/{}/advice", plants[0]), &admin)
+        .await;
     for path in [
         "/health",
         "/ready",
