@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod contract;
+mod dashboards;
 mod edge;
 mod event_order;
 mod hardening;
