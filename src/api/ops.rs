@@ -64,14 +64,35 @@ pub struct ProjectionLag {
         (status = 503, description = "PostgreSQL or Redis does not answer", body = Readiness),
     ))]
 async fn ready(State(app): State<App>) -> impl IntoResponse {
+    let (database, lag) = projection_lag(&app).await;
+    let redis = app.sessions.ping().await;
+    let head = database.as_ref().ok().copied();
+    let ok = database.is_ok() && redis.is_ok();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let readiness = Readiness {
+        status: if ok { "ready" } else { "unavailable" }.into(),
+        postgres: database.is_ok(),
+        redis: redis.is_ok(),
+        log_head: head,
+        projections: lag,
+    };
+    (status, Json(readiness))
+}
+
+/// The log's head (or why PostgreSQL did not answer) and how far each projection is behind it:
+/// what `/ready` reports and `/metrics` exports as `projection_lag_events`.
+async fn projection_lag(app: &App) -> (sqlx::Result<i64>, BTreeMap<String, ProjectionLag>) {
     let database =
         sqlx::query_scalar::<_, i64>("SELECT COALESCE(max(global_position), 0) FROM events")
             .fetch_one(&app.pool)
             .await;
-    let redis = app.sessions.ping().await;
     let checkpoints = crate::projections::runner::all_checkpoints(&app.pool).await;
     let head = database.as_ref().ok().copied();
-    let lag: BTreeMap<String, ProjectionLag> = checkpoints
+    let lag = checkpoints
         .as_ref()
         .map(|all| {
             all.iter()
@@ -88,20 +109,7 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
                 .collect()
         })
         .unwrap_or_default();
-    let ok = database.is_ok() && redis.is_ok();
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let readiness = Readiness {
-        status: if ok { "ready" } else { "unavailable" }.into(),
-        postgres: database.is_ok(),
-        redis: redis.is_ok(),
-        log_head: head,
-        projections: lag,
-    };
-    (status, Json(readiness))
+    (database, lag)
 }
 
 /// Prometheus metrics, for the configured networks (`METRICS_ALLOWED_IPS`) or the holder of
@@ -148,6 +156,19 @@ async fn metrics(State(app): State<App>, request: axum::extract::Request) -> Res
     metrics::gauge!("db_pool_connections_in_use").set(f64::from(size.saturating_sub(idle)));
     metrics::gauge!("db_pool_connections_max")
         .set(f64::from(app.pool.options().get_max_connections()));
+    // Events behind the log's head, per projection; left as last scraped when PostgreSQL does
+    // not answer (`/ready` says so, and the scrape itself still succeeds).
+    if let (Ok(_), lag) = projection_lag(&app).await {
+        for (name, lag) in lag {
+            metrics::gauge!("projection_lag_events", "projection" => name).set(lag.behind as f64);
+        }
+    }
+    if let Some(memory) = process_memory() {
+        metrics::gauge!("process_resident_memory_bytes").set(memory.resident as f64);
+        if let Some(limit) = memory.limit {
+            metrics::gauge!("process_memory_limit_bytes").set(limit as f64);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -156,4 +177,48 @@ async fn metrics(State(app): State<App>, request: axum::extract::Request) -> Res
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// The process's resident memory and the memory it may use, in bytes.
+struct ProcessMemory {
+    resident: u64,
+    /// The cgroup's limit (a container's memory limit), else the machine's memory.
+    limit: Option<u64>,
+}
+
+/// Read from procfs and cgroupfs (small in-kernel files, so plain reads); `None` where there is no
+/// `/proc` (not Linux), so nothing is exported rather than a wrong zero.
+fn process_memory() -> Option<ProcessMemory> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let resident = read("/proc/self/status").and_then(|s| kib_field(&s, "VmRSS:"))?;
+    let machine = read("/proc/meminfo").and_then(|s| kib_field(&s, "MemTotal:"));
+    // cgroup v2 says `max` when unlimited; v1 a huge number: either way the machine's memory.
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&limit| machine.is_none_or(|m| limit < m));
+    Some(ProcessMemory {
+        resident,
+        limit: cgroup.or(machine),
+    })
+}
+
+/// A `Name:   1234 kB` line of `/proc/self/status` or `/proc/meminfo`, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix(name))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kib_field;
+
+    #[test]
+    fn kib_fields_of_procfs() {
+        let status = "Name:\tarosaje\nVmRSS:\t   20480 kB\nThreads:\t9\n";
+        assert_eq!(kib_field(status, "VmRSS:"), Some(20 * 1024 * 1024));
+        assert_eq!(kib_field(status, "VmSwap:"), None);
+        assert_eq!(kib_field("VmRSS: lots", "VmRSS:"), None);
+    }
 }

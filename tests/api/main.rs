@@ -5,6 +5,7 @@ mod access;
 mod advice;
 mod auth;
 mod contract;
+mod dashboards;
 mod edge;
 mod event_order;
 mod hardening;
