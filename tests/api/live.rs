@@ -236,7 +236,7 @@ async fn a_socket_closes_when_its_session_ends(options: PgPoolOptions, connect: 
 }
 
 #[sqlx::test]
-async fn sitting_changes_and_reports_reach_its_owner_and_sitter_live(
+async fn sitting_changes_reports_and_advice_reach_its_owner_and_sitter_live(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
@@ -297,6 +297,30 @@ async fn sitting_changes_and_reports_reach_its_owner_and_sitter_live(
         next(&mut stranger_socket).await["type"],
         "pong",
         "the stranger heard nothing"
+    );
+    // Advice on the plant reaches its owner and its sitter, and again no one else.
+    let (_, botanists) = crate::advice::botanists(&t, 1).await;
+    let given = crate::advice::advise(
+        &t,
+        &botanists[0].1,
+        &plants[0],
+        json!({"body": "Less water", "sitting_id": sitting, "priority": "urgent"}),
+    )
+    .await;
+    assert_eq!(given.status, StatusCode::CREATED, "{given:?}");
+    for socket in [&mut owner_socket, &mut sitter_socket] {
+        let advice = next(socket).await;
+        assert_eq!(advice["type"], "advice.created", "{advice}");
+        assert_eq!(advice["data"]["advice_id"], given.body["id"]);
+        assert_eq!(advice["data"]["plant_id"], plants[0].as_str());
+        assert_eq!(advice["data"]["priority"], "urgent");
+        assert_eq!(advice["position"], given.body["position"]);
+    }
+    send(&mut stranger_socket, json!({"type": "ping"})).await;
+    assert_eq!(
+        next(&mut stranger_socket).await["type"],
+        "pong",
+        "the stranger heard of no advice"
     );
 }
 

@@ -391,3 +391,65 @@ async fn serve_runs_the_reminder_job_by_itself(options: PgPoolOptions, connect: 
     .unwrap();
     assert_eq!(issued, 1);
 }
+
+#[sqlx::test]
+async fn urgent_advice_is_mailed_once_to_the_owner_and_the_sitter(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let smtp = SmtpServer::start().await;
+    let t = TestApp::with_config(options, connect, mailing(&smtp), true).await;
+    let owner = member(&t, "owner", "Olga Owner").await;
+    let sitter = member(&t, "sitter", "Sam Sitter").await;
+    let botanist = member(&t, "botanist", "Bea Botanist").await;
+    let (_, admin) = t.admin().await;
+    let promoted = t
+        .call(
+            axum::http::Method::PUT,
+            &format!("/api/admin/users/{}/role", botanist.id),
+            Some(&admin),
+            Some(json!({"role": "BOTANIST"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{promoted:?}");
+    let plants = plants(&t, &owner, 2).await;
+    let id = sitting(&t, &owner, &plants, 0, 5).await;
+    accepted(&t, &owner, &sitter, &id).await;
+
+    // Normal advice is read in the app; urgent advice is mailed. No sitting named: the plant's
+    // current sitter is found and told too.
+    for (plant, priority) in [(&plants[1], "normal"), (&plants[0], "urgent")] {
+        let given = crate::advice::advise(
+            &t,
+            &botanist.token,
+            plant,
+            json!({"body": "Move it out of the sun today", "priority": priority}),
+        )
+        .await;
+        assert_eq!(given.status, StatusCode::CREATED, "{given:?}");
+    }
+    let subject = "Urgent advice on Fern 0";
+    let link = format!("{PUBLIC_URL}/plants/{}", plants[0]);
+    for to in [&owner, &sitter] {
+        let urgent = mail(&smtp, &to.email, subject).await;
+        let body = urgent.body();
+        assert!(body.contains("Bea Botanist"), "{body}");
+        assert!(body.contains(&link), "{body}");
+        assert!(
+            !body.contains("Move it out"),
+            "the advice stays in the app: {body}"
+        );
+        assert_discreet(&urgent, &botanist);
+    }
+
+    mailer_caught_up(&t).await;
+    replay_mailer(&t).await;
+    for to in [&owner, &sitter] {
+        assert_eq!(mails(&smtp, &to.email, subject).len(), 1, "to {}", to.email);
+        assert!(mails(&smtp, &to.email, "Urgent advice on Fern 1").is_empty());
+    }
+    assert!(
+        mails(&smtp, &botanist.email, subject).is_empty(),
+        "not to its author"
+    );
+}
