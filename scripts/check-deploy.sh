@@ -15,7 +15,7 @@ if [ "${1:-}" = "--install" ] && ! command -v promtool >/dev/null; then
     if ! apt-cache show prometheus >/dev/null 2>&1; then
         apt-get update -qq
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus jq >/dev/null
     # Only promtool is wanted: stop the server if the package's scripts started it.
     if [ -x /etc/init.d/prometheus ]; then
         service prometheus stop >/dev/null 2>&1 || true
