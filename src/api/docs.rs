@@ -54,6 +54,7 @@ pub const BEARER: &str = "bearer";
         (name = "messaging", description = "Conversations, messages, read marks, search"),
         (name = "live", description = "Live updates over WebSocket"),
         (name = "admin", description = "User administration (ADMIN)"),
+        (name = "audit", description = "The event log for auditors (AUDITOR, ADMIN)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
     components(schemas(ErrorBody, ErrorDetail, Pending)),
@@ -133,6 +134,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .nest("/api/botanist", super::botanist::router())
         .nest("/api/users", super::users::router())
         .nest("/api/admin", super::admin::router())
+        .nest("/api/audit", super::audit::router())
         .merge(super::ops::router())
         .merge(router())
 }

@@ -51,6 +51,13 @@ impl Capability for RemoveAdvice {
     const WHAT: &'static str = "remove advice";
 }
 
+/// Read the event log (audit).
+pub struct ReadAudit;
+impl Capability for ReadAudit {
+    const ROLES: &'static [Role] = &[Role::Auditor, Role::Admin];
+    const WHAT: &'static str = "read the event log";
+}
+
 /// User administration and moderation.
 pub struct Administer;
 impl Capability for Administer {

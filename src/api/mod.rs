@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod advice;
+pub mod audit;
 pub mod auth;
 pub mod botanist;
 pub mod conversations;

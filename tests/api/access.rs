@@ -203,6 +203,18 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             [401, 403, 403, 403, 200, 403],
         ),
         (
+            Method::GET,
+            "/api/audit/events".into(),
+            None,
+            [401, 403, 403, 403, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/audit/aggregates/Plant/{plant}"),
+            None,
+            [401, 403, 403, 403, 200, 200],
+        ),
+        (
             Method::POST,
             "/api/me/password".into(),
             Some(

@@ -817,6 +817,15 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
         .await;
     t.get(&format!("/api/plants/{}/advice", plants[0]), &admin)
         .await;
+    // Audit: the log, and one stream as of now.
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    t.get(
+        "/api/audit/events?aggregate_type=Advice&reason=tour",
+        &auditor,
+    )
+    .await;
+    t.get(&format!("/api/audit/aggregates/Advice/{advice}"), &auditor)
+        .await;
     for path in [
         "/health",
         "/ready",

@@ -3,6 +3,7 @@
 
 mod access;
 mod advice;
+mod audit;
 mod auth;
 mod contract;
 mod dashboards;

@@ -1,0 +1,407 @@
+//! `/api/audit` (AUDITOR, ADMIN): the event log as auditors read it. `events` filters the log and
+//! pages it in global order (keyset on the position, never `OFFSET`); `aggregates/{type}/{id}`
+//! gives one stream and the aggregate's state rebuilt from it, now or as of `?at=`.
+//!
+//! Credential material (password hashes, TOTP secrets, recovery-code hashes) is redacted from
+//! what auditors see; personal data stays as the log holds it, sealed under its subject's key.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::docs::{ErrorBody, Page};
+use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
+use super::guard::{Can, ReadAudit};
+use super::pagination;
+use crate::commands::advice::Advice;
+use crate::commands::conversation::{Conversation, Message, ReadMark};
+use crate::commands::plant::Plant;
+use crate::commands::sitting::Sitting;
+use crate::commands::user::User;
+use crate::commands::values::FieldErrors;
+use crate::events::upcast::{self, Versioned};
+use crate::App;
+
+/// Keys whose values are credentials, not facts: never shown, even sealed.
+const REDACTED: &[&str] = &["password_hash", "secret", "recovery_codes", "code_hash"];
+
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(list_events))
+        .routes(routes!(aggregate_history))
+}
+
+/// One event of the log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEvent {
+    /// Its place in the global order.
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Its place in its stream (1 for the first event).
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// As stored (personal data sealed), credentials redacted: an object, or the event's name
+    /// alone for events without fields.
+    #[schema(value_type = serde_json::Value)]
+    pub payload: Value,
+    /// Who acted (`actor_id`, `actor_role`), and the request, correlation and causation ids.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    global_position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    timestamp: DateTime<Utc>,
+}
+
+impl From<EventRow> for AuditEvent {
+    fn from(row: EventRow) -> Self {
+        AuditEvent {
+            position: row.global_position,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            payload: redact(row.payload),
+            metadata: row.metadata,
+            timestamp: row.timestamp,
+        }
+    }
+}
+
+/// Replaces every credential value, at any depth, with `"[redacted]"`.
+fn redact(mut value: Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map.iter_mut() {
+                    if REDACTED.contains(&key.as_str()) {
+                        *inner = Value::String("[redacted]".into());
+                    } else {
+                        walk(inner);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
+}
+
+const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_type, \
+                       event_version, payload, metadata, timestamp";
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    /// Only this aggregate type (`User`, `Plant`, `Sitting`, `Advice`, `Conversation`,
+    /// `Message`, `ReadMark`).
+    aggregate_type: Option<String>,
+    /// Only this stream (with `aggregate_type`, or alone).
+    aggregate_id: Option<String>,
+    /// Only events caused by this user.
+    #[param(value_type = Option<Uuid>)]
+    actor_id: Option<String>,
+    /// Only this event type (`SittingRequested`, ...).
+    event_type: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    from: Option<String>,
+    /// Events before this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
+    to: Option<String>,
+    /// Events after this global position (what `next_cursor` carries, as a number).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    after: Option<String>,
+    /// Why the auditor looks (at most 500 characters); kept with the query's record.
+    reason: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A text filter of at most `max` characters; empty means absent.
+fn filter(raw: Option<&str>, field: &str, max: usize, errors: &mut FieldErrors) -> Option<String> {
+    let value = raw.map(str::trim).filter(|v| !v.is_empty())?;
+    if value.chars().count() > max {
+        errors.add(field, format!("must be at most {max} characters"));
+        return None;
+    }
+    Some(value.to_string())
+}
+
+fn time(raw: Option<&str>, field: &str, errors: &mut FieldErrors) -> Option<DateTime<Utc>> {
+    let raw = raw.filter(|v| !v.is_empty())?;
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(at) => Some(at.with_timezone(&Utc)),
+        Err(_) => {
+            errors.add(field, "must be an RFC 3339 time, e.g. 2026-11-28T10:00:00Z");
+            None
+        }
+    }
+}
+
+fn position(raw: Option<&str>, field: &str, errors: &mut FieldErrors) -> Option<i64> {
+    let raw = raw.filter(|v| !v.is_empty())?;
+    match raw.parse::<i64>() {
+        Ok(p) if p >= 0 => Some(p),
+        _ => {
+            errors.add(field, "must be a log position (a whole number, 0 or more)");
+            None
+        }
+    }
+}
+
+/// The cursor of a page of the log: the last position it held.
+fn encode_position(position: i64) -> String {
+    pagination::encode_keyset(position as f64, Uuid::nil())
+}
+
+/// The event log, filtered, oldest first, in pages (AUDITOR, ADMIN).
+#[utoipa::path(get, path = "/events", tag = "audit", security(("bearer" = [])),
+    params(EventsParams),
+    responses(
+        (status = 200, description = "A page of events in global order", body = Page<AuditEvent>),
+        (status = 403, description = "`forbidden`: AUDITOR or ADMIN only", body = ErrorBody),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
+async fn list_events(
+    State(app): State<App>,
+    auth: Can<ReadAudit>,
+    ApiQuery(params): ApiQuery<EventsParams>,
+) -> Result<Json<Page<AuditEvent>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
+    let from_cursor = pagination::parse_keyset(params.cursor.as_deref(), &mut errors)
+        .map(|(position, _)| position as i64);
+    let after = position(params.after.as_deref(), "after", &mut errors);
+    let aggregate_type = filter(
+        params.aggregate_type.as_deref(),
+        "aggregate_type",
+        100,
+        &mut errors,
+    );
+    let aggregate_id = filter(
+        params.aggregate_id.as_deref(),
+        "aggregate_id",
+        100,
+        &mut errors,
+    );
+    let event_type = filter(params.event_type.as_deref(), "event_type", 100, &mut errors);
+    let actor = match params.actor_id.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => errors.check(
+            "actor_id",
+            raw.parse::<Uuid>()
+                .map_err(|_| "must be a UUID".to_string()),
+        ),
+    };
+    let from = time(params.from.as_deref(), "from", &mut errors);
+    let to = time(params.to.as_deref(), "to", &mut errors);
+    let reason = filter(params.reason.as_deref(), "reason", 500, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    tracing::info!(
+        target: "audit_access",
+        auditor = %auth.user_id,
+        role = auth.role.as_str(),
+        reason = reason.as_deref().unwrap_or(""),
+        "audit query of the event log"
+    );
+    // Only the filters given, so the planner picks the index that serves them.
+    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM events WHERE global_position > "
+    ));
+    query.push_bind(from_cursor.or(after).unwrap_or(0));
+    if let Some(kind) = &aggregate_type {
+        query.push(" AND aggregate_type = ").push_bind(kind);
+    }
+    if let Some(id) = &aggregate_id {
+        query.push(" AND aggregate_id = ").push_bind(id);
+    }
+    if let Some(kind) = &event_type {
+        query.push(" AND event_type = ").push_bind(kind);
+    }
+    if let Some(actor) = actor {
+        query
+            .push(" AND metadata->>'actor_id' = ")
+            .push_bind(actor.to_string());
+    }
+    if let Some(from) = from {
+        query.push(" AND timestamp >= ").push_bind(from);
+    }
+    if let Some(to) = to {
+        query.push(" AND timestamp < ").push_bind(to);
+    }
+    query
+        .push(" ORDER BY global_position LIMIT ")
+        .push_bind(limit + 1);
+    let rows: Vec<EventRow> = query.build_query_as().fetch_all(&app.pool).await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<AuditEvent> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(AuditEvent::from)
+        .collect();
+    let next_cursor = items
+        .last()
+        .filter(|_| more)
+        .map(|last| encode_position(last.position));
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// The state as of this time (RFC 3339): built from the events before it. Now when absent.
+    #[param(value_type = Option<DateTime<Utc>>)]
+    at: Option<String>,
+    /// Why the auditor looks (at most 500 characters).
+    reason: Option<String>,
+    /// Page size of `events`, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `events.next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One aggregate's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AggregateHistory {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The time the state is taken at (`at`, or now).
+    pub at: DateTime<Utc>,
+    /// How many events the state folds (its version then).
+    pub version: i64,
+    /// The aggregate's state as of `at`, as its own code rebuilds it from its events
+    /// (credentials redacted).
+    #[schema(value_type = Object)]
+    pub state: Value,
+    /// Its events up to `at`, oldest first, in pages.
+    pub events: Page<AuditEvent>,
+}
+
+/// The aggregate types auditors may rebuild, with a fold for each.
+fn fold(aggregate_type: &str, rows: &[EventRow]) -> Option<Result<Value, anyhow::Error>> {
+    fn state<A: Versioned + serde::Serialize>(rows: &[EventRow]) -> Result<Value, anyhow::Error> {
+        let mut aggregate = A::default();
+        for row in rows {
+            let event = upcast::decode::<A>(&row.event_type, &row.event_version, &row.payload)?;
+            aggregate.apply(event);
+        }
+        Ok(redact(serde_json::to_value(&aggregate)?))
+    }
+    Some(match aggregate_type {
+        "User" => state::<User>(rows),
+        "Plant" => state::<Plant>(rows),
+        "Sitting" => state::<Sitting>(rows),
+        "Advice" => state::<Advice>(rows),
+        "Conversation" => state::<Conversation>(rows),
+        "Message" => state::<Message>(rows),
+        "ReadMark" => state::<ReadMark>(rows),
+        _ => return None,
+    })
+}
+
+/// One aggregate's event stream and its state, now or as of `at` (AUDITOR, ADMIN).
+#[utoipa::path(get, path = "/aggregates/{type}/{id}", tag = "audit", security(("bearer" = [])),
+    params(
+        ("type" = String, Path, description = "The aggregate type: `User`, `Plant`, `Sitting`, `Advice`, `Conversation`, `Message` or `ReadMark`"),
+        ("id" = String, Path, description = "The aggregate's id"),
+        HistoryParams),
+    responses(
+        (status = 200, description = "The stream and the state", body = AggregateHistory),
+        (status = 403, description = "`forbidden`: AUDITOR or ADMIN only", body = ErrorBody),
+        (status = 404, description = "No such aggregate type, or no event of this aggregate (before `at`)", body = ErrorBody),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
+async fn aggregate_history(
+    State(app): State<App>,
+    auth: Can<ReadAudit>,
+    ApiPath((aggregate_type, aggregate_id)): ApiPath<(String, String)>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<Json<AggregateHistory>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, _) = pagination::parse(params.limit.as_deref(), None, &mut errors);
+    let after = pagination::parse_keyset(params.cursor.as_deref(), &mut errors)
+        .map_or(0, |(sequence, _)| sequence as i64);
+    let at = time(params.at.as_deref(), "at", &mut errors);
+    let reason = filter(params.reason.as_deref(), "reason", 500, &mut errors);
+    if aggregate_id.chars().count() > 100 {
+        errors.add("id", "must be at most 100 characters");
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    tracing::info!(
+        target: "audit_access",
+        auditor = %auth.user_id,
+        role = auth.role.as_str(),
+        aggregate_type = %aggregate_type,
+        aggregate_id = %aggregate_id,
+        reason = reason.as_deref().unwrap_or(""),
+        "audit query of an aggregate"
+    );
+    let at = at.unwrap_or_else(Utc::now);
+    // The whole stream up to `at` (streams are short: messages and read marks are streams of
+    // their own), folded by the aggregate's own `apply`.
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events \
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND timestamp <= $3 \
+          ORDER BY sequence"
+    ))
+    .bind(&aggregate_type)
+    .bind(&aggregate_id)
+    .bind(at)
+    .fetch_all(&app.pool)
+    .await?;
+    let state = match fold(&aggregate_type, &rows) {
+        None => return Err(ApiError::NotFound("aggregate type")),
+        Some(state) => state?,
+    };
+    if rows.is_empty() {
+        return Err(ApiError::NotFound("aggregate"));
+    }
+    let version = rows.last().map_or(0, |r| r.sequence);
+    let page: Vec<AuditEvent> = rows
+        .into_iter()
+        .filter(|r| r.sequence > after)
+        .take(limit as usize + 1)
+        .map(AuditEvent::from)
+        .collect();
+    let events = pagination::keyset_page(page, limit, |e| (e.sequence as f64, Uuid::nil()));
+    Ok(Json(AggregateHistory {
+        aggregate_type,
+        aggregate_id,
+        at,
+        version,
+        state,
+        events,
+    }))
+}

@@ -1,0 +1,257 @@
+//! The audit API: filters and keyset pages over the event log, one stream with its state as of a
+//! time, who may read it, and what it never shows.
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{unique_email, Reply, TestApp};
+
+fn items(reply: &Reply) -> Vec<Value> {
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.body["items"].as_array().expect("items").clone()
+}
+
+fn positions(items: &[Value]) -> Vec<i64> {
+    items
+        .iter()
+        .map(|e| e["position"].as_i64().expect("position"))
+        .collect()
+}
+
+#[sqlx::test]
+async fn auditors_filter_and_page_the_log_in_global_order(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let (alice_id, alice) = t.user(&unique_email("alice")).await;
+    let (_, bob) = t.user(&unique_email("bob")).await;
+    let mut alice_plants = Vec::new();
+    for name in ["Fern", "Cactus", "Ivy"] {
+        let plant = t.create_plant(&alice, name).await;
+        alice_plants.push(plant.body["id"].as_str().expect("id").to_string());
+    }
+    let renamed = t
+        .patch(
+            &format!("/api/plants/{}", alice_plants[0]),
+            &alice,
+            json!({"name": "Big fern"}),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{renamed:?}");
+    t.create_plant(&bob, "Bob's palm").await;
+
+    // By aggregate type: every plant event, in global order.
+    let plants = items(
+        &t.get("/api/audit/events?aggregate_type=Plant&limit=100", &auditor)
+            .await,
+    );
+    assert_eq!(plants.len(), 5, "{plants:?}");
+    assert!(plants.iter().all(|e| e["aggregate_type"] == "Plant"));
+    let order = positions(&plants);
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+
+    // By stream, by event type, by actor.
+    let fern = items(
+        &t.get(
+            &format!("/api/audit/events?aggregate_id={}", alice_plants[0]),
+            &auditor,
+        )
+        .await,
+    );
+    let kinds: Vec<&str> = fern
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["PlantCreated", "PlantUpdated"]);
+    assert_eq!(fern[1]["sequence"], 2);
+    assert_eq!(fern[1]["metadata"]["actor_id"], alice_id.to_string());
+    let updates = items(
+        &t.get("/api/audit/events?event_type=PlantUpdated", &auditor)
+            .await,
+    );
+    assert_eq!(updates.len(), 1);
+    let by_alice = items(
+        &t.get(
+            &format!("/api/audit/events?actor_id={alice_id}&aggregate_type=Plant"),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(by_alice.len(), 4, "{by_alice:?}");
+
+    // Pages of 2 walk the same events as one page, none twice; `after` starts past a position.
+    let mut walked = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let uri = match &cursor {
+            None => "/api/audit/events?aggregate_type=Plant&limit=2".to_string(),
+            Some(c) => format!("/api/audit/events?aggregate_type=Plant&limit=2&cursor={c}"),
+        };
+        let page = t.get(&uri, &auditor).await;
+        walked.extend(positions(&items(&page)));
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(walked, order);
+    let after = items(
+        &t.get(
+            &format!("/api/audit/events?aggregate_type=Plant&after={}", order[2]),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(positions(&after), order[3..].to_vec());
+
+    // A time window: nothing before the log began, everything up to now.
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let until_now = items(
+        &t.get(
+            &format!(
+                "/api/audit/events?aggregate_type=Plant&to={}",
+                urlencode(&now)
+            ),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(until_now.len(), 5);
+    let since_now = items(
+        &t.get(
+            &format!("/api/audit/events?from={}", urlencode(&now)),
+            &auditor,
+        )
+        .await,
+    );
+    assert!(since_now.is_empty(), "{since_now:?}");
+
+    // Credentials never reach auditors, even sealed.
+    let registered = items(
+        &t.get(
+            &format!("/api/audit/events?aggregate_id={alice_id}&event_type=UserRegistered"),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(
+        registered[0]["payload"]["UserRegistered"]["password_hash"],
+        "[redacted]"
+    );
+
+    // Bad parameters are named; other roles are refused.
+    for (query, field) in [
+        ("actor_id=nope", "actor_id"),
+        ("from=yesterday", "from"),
+        ("after=-1", "after"),
+        ("limit=0", "limit"),
+        ("cursor=garbage", "cursor"),
+    ] {
+        let bad = t.get(&format!("/api/audit/events?{query}"), &auditor).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+        assert!(bad.body["error"]["fields"][field].is_string(), "{bad:?}");
+    }
+    let refused = t.get("/api/audit/events", &alice).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let everything = items(&t.get("/api/audit/events?limit=100", &auditor).await);
+    assert!(everything.len() >= 10, "{everything:?}");
+    let for_admin = items(&t.get("/api/audit/events?limit=100", &admin).await);
+    assert_eq!(positions(&for_admin), positions(&everything));
+}
+
+fn urlencode(value: &str) -> String {
+    value.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[sqlx::test]
+async fn an_aggregate_reads_as_it_was_at_any_earlier_time(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let (_, owner) = t.user(&unique_email("owner")).await;
+    let plant = t.create_plant(&owner, "Fern").await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let between = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let renamed = t
+        .patch(
+            &format!("/api/plants/{plant}"),
+            &owner,
+            json!({"name": "Big fern", "care": {"watering_interval_days": 3}}),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{renamed:?}");
+    let deleted = t.delete(&format!("/api/plants/{plant}"), &owner).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+
+    let uri = format!("/api/audit/aggregates/Plant/{plant}");
+    let now = t.get(&uri, &auditor).await;
+    assert_eq!(now.status, StatusCode::OK, "{now:?}");
+    assert_eq!(now.body["version"], 3);
+    assert_eq!(now.body["state"]["name"], "Big fern");
+    assert_eq!(now.body["state"]["deleted"], true);
+    assert_eq!(
+        now.body["events"]["items"].as_array().map(Vec::len),
+        Some(3)
+    );
+
+    let then = t
+        .get(
+            &format!("{uri}?at={}&reason=complaint+42", urlencode(&between)),
+            &auditor,
+        )
+        .await;
+    assert_eq!(then.status, StatusCode::OK, "{then:?}");
+    assert_eq!(then.body["version"], 1);
+    assert_eq!(then.body["state"]["name"], "Fern");
+    assert_eq!(then.body["state"]["deleted"], false);
+    assert_eq!(then.body["state"]["care"]["watering_interval_days"], 7);
+    assert_eq!(
+        then.body["events"]["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // The stream pages like any list.
+    let first = t.get(&format!("{uri}?limit=2"), &auditor).await;
+    let cursor = first.body["events"]["next_cursor"].as_str().expect("more");
+    let rest = t
+        .get(&format!("{uri}?limit=2&cursor={cursor}"), &auditor)
+        .await;
+    assert_eq!(
+        rest.body["events"]["items"][0]["event_type"],
+        "PlantDeleted"
+    );
+
+    // Before its first event, an unknown stream, an unknown type: 404.
+    let before = t
+        .get(&format!("{uri}?at=2020-01-01T00:00:00Z"), &auditor)
+        .await;
+    assert_eq!(before.status, StatusCode::NOT_FOUND, "{before:?}");
+    let unknown = t
+        .get(
+            &format!("/api/audit/aggregates/Plant/{}", uuid::Uuid::now_v7()),
+            &auditor,
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let kind = t
+        .get(
+            &format!("/api/audit/aggregates/Spaceship/{plant}"),
+            &auditor,
+        )
+        .await;
+    assert_eq!(kind.status, StatusCode::NOT_FOUND);
+    let bad = t.get(&format!("{uri}?at=tuesday"), &auditor).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let refused = t.get(&uri, &owner).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}
