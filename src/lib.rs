@@ -4,6 +4,7 @@
 //! -> query. See `DESIGN.md` in the shared folder for the decisions behind it.
 
 pub mod api;
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod events;
@@ -203,6 +204,10 @@ impl App {
         }
         tasks.push(tokio::spawn(photos::run_sweeper(self.clone())));
         tasks.push(tokio::spawn(messaging::run_retention(self.clone())));
+        tasks.push(tokio::spawn(audit::run_checkpoints(
+            self.pool.clone(),
+            audit::checkpoint_key(&self.config),
+        )));
         tasks.push(tokio::spawn(infra::hub::run_subscriber(
             self.config.redis_url.as_str().to_string(),
             self.hub.clone(),

@@ -38,6 +38,20 @@ enum Command {
     /// Print the OpenAPI document (as served at /openapi.json), for client generators; needs
     /// nothing running.
     Openapi,
+    /// The event log's tamper evidence.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole log: recompute every event's hash, check every link and every signed
+    /// checkpoint, and report the first event that does not hold (exit status 1).
+    Verify(Config),
+    /// Sign the events appended since the last checkpoint now (`serve` does it every 5 minutes).
+    Checkpoint(Config),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{expired} message texts older than {days} days made unreadable");
             Ok(())
         }
+        Command::Audit { command } => audit(command).await,
         Command::Openapi => {
             let document = api::docs::openapi()
                 .to_pretty_json()
@@ -155,6 +170,52 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Checkpoint(mut config) => {
+            config.validate()?;
+            let pool = connect_database(&config.store).await?;
+            let key = arosaje::audit::checkpoint_key(&config);
+            match arosaje::audit::checkpoint(&pool, &key).await? {
+                Some(position) => println!("checkpoint signed at position {position}"),
+                None => println!("no event since the last checkpoint"),
+            }
+            Ok(())
+        }
+        AuditCommand::Verify(mut config) => {
+            config.validate()?;
+            let pool = connect_database(&config.store).await?;
+            let key = arosaje::audit::checkpoint_key(&config);
+            let bar =
+                indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
+                )?);
+            let report = arosaje::audit::verify(&pool, &key, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
+            match report.broken {
+                None => {
+                    println!(
+                        "the log holds: {} events and {} checkpoints verified in {:.1} s ({rate:.0} events/s)",
+                        report.events,
+                        report.checkpoints,
+                        report.elapsed.as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Some(broken) => {
+                    eprintln!("BROKEN after {} good events: {broken}", report.events);
+                    std::process::exit(1);
+                }
+            }
+        }
     }
 }
 

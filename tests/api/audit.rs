@@ -255,3 +255,172 @@ async fn an_aggregate_reads_as_it_was_at_any_earlier_time(
     let refused = t.get(&uri, &owner).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 }
+
+/// Runs `sql` as an attacker with database access would: with the immutability trigger off.
+async fn tamper(t: &TestApp, sql: &str, stream: &str, sequence: i64) {
+    let mut tx = t.pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let changed = sqlx::query(sql)
+        .bind(stream)
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1, "{sql}");
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+const EDIT_NAME: &str = "UPDATE events SET payload = jsonb_set(payload, '{PlantCreated,name}', \
+                         '\"Stolen fern\"') WHERE aggregate_id = $1 AND sequence = $2";
+/// The edit, with the row's hash recomputed the way the trigger does (the function is there).
+const EDIT_NAME_AND_HASH: &str = "UPDATE events SET \
+     payload = jsonb_set(payload, '{PlantCreated,name}', '\"Stolen fern\"'), \
+     hash = sha256(event_hash_input(aggregate_type, aggregate_id, sequence, event_type, \
+                   event_version, jsonb_set(payload, '{PlantCreated,name}', '\"Stolen fern\"'), \
+                   metadata, timestamp)) \
+     WHERE aggregate_id = $1 AND sequence = $2";
+
+async fn verify(t: &TestApp) -> arosaje::audit::Report {
+    let key = arosaje::audit::checkpoint_key(&t.app.config);
+    arosaje::audit::verify(&t.pool, &key, &|_, _| {})
+        .await
+        .expect("verify runs")
+}
+
+async fn position_of(t: &TestApp, stream: &str, sequence: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT global_position FROM events WHERE aggregate_id = $1 AND sequence = $2",
+    )
+    .bind(stream)
+    .bind(sequence)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap()
+}
+
+/// A user with a plant created then renamed; returns the plant's id.
+async fn plant_with_history(t: &TestApp) -> String {
+    let (_, owner) = t.user(&unique_email("owner")).await;
+    let plant = t.create_plant(&owner, "Fern").await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let renamed = t
+        .patch(
+            &format!("/api/plants/{plant}"),
+            &owner,
+            json!({"name": "Big fern"}),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+    t.create_plant(&owner, "Ivy").await;
+    plant
+}
+
+#[sqlx::test]
+async fn verify_passes_an_untouched_log_and_finds_an_edited_event(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let plant = plant_with_history(&t).await;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    let clean = verify(&t).await;
+    assert_eq!(clean.broken, None);
+    assert_eq!(clean.events, total as u64);
+    let key = arosaje::audit::checkpoint_key(&t.app.config);
+    let signed = arosaje::audit::checkpoint(&t.pool, &key).await.unwrap();
+    assert!(signed.is_some());
+    assert_eq!(
+        arosaje::audit::checkpoint(&t.pool, &key).await.unwrap(),
+        None
+    );
+    let clean = verify(&t).await;
+    assert_eq!((clean.broken, clean.checkpoints), (None, 1));
+
+    tamper(&t, EDIT_NAME, &plant, 1).await;
+    let broken = verify(&t).await.broken.expect("the edit is found");
+    assert_eq!(
+        (
+            broken.aggregate_type.as_str(),
+            broken.aggregate_id.as_str(),
+            broken.sequence
+        ),
+        ("Plant", plant.as_str(), 1)
+    );
+    assert_eq!(broken.position, position_of(&t, &plant, 1).await);
+}
+
+#[sqlx::test]
+async fn an_edit_with_its_hash_recomputed_breaks_the_next_link(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let plant = plant_with_history(&t).await;
+    tamper(&t, EDIT_NAME_AND_HASH, &plant, 1).await;
+    let broken = verify(&t).await.broken.expect("the next link breaks");
+    assert_eq!(
+        (broken.aggregate_id.as_str(), broken.sequence),
+        (plant.as_str(), 2)
+    );
+}
+
+#[sqlx::test]
+async fn rewriting_the_end_of_a_stream_or_deleting_events_fails_the_signed_checkpoint(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner) = t.user(&unique_email("owner")).await;
+    let plant = t.create_plant(&owner, "Fern").await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let key = arosaje::audit::checkpoint_key(&t.app.config);
+    arosaje::audit::checkpoint(&t.pool, &key).await.unwrap();
+    // The plant's only event, edited and re-hashed: no later link to break, but the checkpoint
+    // signed its old hash.
+    tamper(&t, EDIT_NAME_AND_HASH, &plant, 1).await;
+    let broken = verify(&t).await.broken.expect("the checkpoint disagrees");
+    assert!(broken.problem.contains("checkpoint"), "{broken}");
+
+    // Deleting the newest events, signed before, shows as well.
+    let t2_plant = plant.clone();
+    tamper(
+        &t,
+        "DELETE FROM events WHERE aggregate_id = $1 AND sequence = $2",
+        &t2_plant,
+        1,
+    )
+    .await;
+    let broken = verify(&t).await.broken.expect("deleted events are missed");
+    assert!(broken.problem.contains("deleted"), "{broken}");
+}
+
+#[sqlx::test]
+async fn a_forged_checkpoint_does_not_verify_without_the_key(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    plant_with_history(&t).await;
+    arosaje::audit::checkpoint(&t.pool, b"someone else's key")
+        .await
+        .unwrap();
+    let broken = verify(&t)
+        .await
+        .broken
+        .expect("the forged checkpoint is refused");
+    assert!(broken.problem.contains("checkpoint"), "{broken}");
+}
