@@ -239,7 +239,11 @@ async fn list_events(
     ));
     query.push_bind(from_cursor.or(after).unwrap_or(0));
     if let Some(kind) = &aggregate_type {
-        query.push(" AND aggregate_type = ").push_bind(kind);
+        // Case-insensitive, through `events_type_order` (see its migration).
+        query
+            .push(" AND lower(aggregate_type) = lower(")
+            .push_bind(kind)
+            .push(")");
     }
     if let Some(id) = &aggregate_id {
         query.push(" AND aggregate_id = ").push_bind(id);
