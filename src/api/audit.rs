@@ -116,8 +116,8 @@ const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsParams {
-    /// Only this aggregate type (`User`, `Plant`, `Sitting`, `Advice`, `Conversation`,
-    /// `Message`, `ReadMark`).
+    /// Only this aggregate type, case-insensitive (`User`, `Plant`, `Sitting`, `Advice`,
+    /// `Conversation`, `Message`, `ReadMark`).
     aggregate_type: Option<String>,
     /// Only this stream (with `aggregate_type`, or alone).
     aggregate_id: Option<String>,
