@@ -3,7 +3,12 @@
 //! gives one stream and the aggregate's state rebuilt from it, now or as of `?at=`.
 //!
 //! Credential material (password hashes, TOTP secrets, recovery-code hashes) is redacted from
-//! what auditors see; personal data stays as the log holds it, sealed under its subject's key.
+//! what auditors see. Personal data sealed in an event is shown opened while its key exists: each
+//! sealed field is tried with the keys of the people the event names (its stream when that is a
+//! user, its actor, every user id in its payload) and, for a message, the message's own key; once
+//! the key is gone (erasure, retention) the field reads `"[erased]"`.
+
+use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::Json;
@@ -27,6 +32,7 @@ use crate::commands::plant::Plant;
 use crate::commands::sitting::Sitting;
 use crate::commands::user::User;
 use crate::commands::values::FieldErrors;
+use crate::events::crypto::{Cipher, CryptoError, Sealed};
 use crate::events::upcast::{self, Versioned};
 use crate::App;
 
@@ -50,8 +56,8 @@ pub struct AuditEvent {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    /// As stored (personal data sealed), credentials redacted: an object, or the event's name
-    /// alone for events without fields.
+    /// As stored, with sealed personal data opened (`"[erased]"` once its key is gone) and
+    /// credentials redacted: an object, or the event's name alone for events without fields.
     #[schema(value_type = serde_json::Value)]
     pub payload: Value,
     /// Who acted (`actor_id`, `actor_role`), and the request, correlation and causation ids.
@@ -108,6 +114,99 @@ fn redact(mut value: Value) -> Value {
     }
     walk(&mut value);
     value
+}
+
+/// Opens the sealed fields of events for auditors, with keys looked up once per request.
+struct Opener<'a> {
+    app: &'a App,
+    users: HashMap<Uuid, Option<Cipher>>,
+}
+
+impl<'a> Opener<'a> {
+    fn new(app: &'a App) -> Self {
+        Opener {
+            app,
+            users: HashMap::new(),
+        }
+    }
+
+    async fn user(&mut self, id: Uuid) -> Result<Option<Cipher>, ApiError> {
+        if let Some(found) = self.users.get(&id) {
+            return Ok(found.clone());
+        }
+        let found = match self.app.keys.cipher(id).await {
+            Ok(cipher) => Some(cipher),
+            Err(CryptoError::KeyMissing(_)) => None,
+            Err(err) => return Err(err.into()),
+        };
+        self.users.insert(id, found.clone());
+        Ok(found)
+    }
+
+    /// The event with every sealed string opened (or `"[erased]"`).
+    async fn open(&mut self, mut event: AuditEvent) -> Result<AuditEvent, ApiError> {
+        let mut candidates = Vec::new();
+        collect_ids(&event.payload, &mut candidates);
+        collect_ids(&event.metadata, &mut candidates);
+        if let Ok(id) = event.aggregate_id.parse::<Uuid>() {
+            if !candidates.contains(&id) {
+                candidates.insert(0, id);
+            }
+        }
+        let mut ciphers = Vec::new();
+        if event.aggregate_type == "Message" {
+            if let Ok(id) = event.aggregate_id.parse::<Uuid>() {
+                match self.app.message_keys.cipher(id).await {
+                    Ok(cipher) => ciphers.push(cipher),
+                    Err(CryptoError::KeyMissing(_)) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        for id in candidates {
+            if let Some(cipher) = self.user(id).await? {
+                ciphers.push(cipher);
+            }
+        }
+        open_strings(&mut event.payload, &ciphers);
+        Ok(event)
+    }
+}
+
+/// Every UUID-valued string in a JSON value.
+fn collect_ids(value: &Value, ids: &mut Vec<Uuid>) {
+    match value {
+        Value::String(text) => {
+            if let Ok(id) = text.parse::<Uuid>() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_ids(item, ids)),
+        Value::Object(map) => map.values().for_each(|item| collect_ids(item, ids)),
+        _ => {}
+    }
+}
+
+/// Replaces each sealed string (`v1:...`) by its plaintext under the first key that opens it.
+fn open_strings(value: &mut Value, ciphers: &[Cipher]) {
+    match value {
+        Value::String(text) if text.starts_with("v1:") => {
+            let sealed = Sealed::from_stored(text.clone());
+            *text = ciphers
+                .iter()
+                .find_map(|cipher| cipher.open(&sealed).ok())
+                .unwrap_or_else(|| "[erased]".to_string());
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| open_strings(item, ciphers)),
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|item| open_strings(item, ciphers)),
+        _ => {}
+    }
 }
 
 const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_type, \
@@ -267,11 +366,11 @@ async fn list_events(
         .push_bind(limit + 1);
     let rows: Vec<EventRow> = query.build_query_as().fetch_all(&app.pool).await?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<AuditEvent> = rows
-        .into_iter()
-        .take(limit as usize)
-        .map(AuditEvent::from)
-        .collect();
+    let mut opener = Opener::new(&app);
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().take(limit as usize) {
+        items.push(opener.open(AuditEvent::from(row)).await?);
+    }
     let next_cursor = items
         .last()
         .filter(|_| more)
@@ -393,12 +492,15 @@ async fn aggregate_history(
         return Err(ApiError::NotFound("aggregate"));
     }
     let version = rows.last().map_or(0, |r| r.sequence);
-    let page: Vec<AuditEvent> = rows
+    let mut opener = Opener::new(&app);
+    let mut page = Vec::new();
+    for row in rows
         .into_iter()
         .filter(|r| r.sequence > after)
         .take(limit as usize + 1)
-        .map(AuditEvent::from)
-        .collect();
+    {
+        page.push(opener.open(AuditEvent::from(row)).await?);
+    }
     let events = pagination::keyset_page(page, limit, |e| (e.sequence as f64, Uuid::nil()));
     Ok(Json(AggregateHistory {
         aggregate_type,

@@ -28,7 +28,8 @@ async fn auditors_filter_and_page_the_log_in_global_order(
     let t = TestApp::spawn(options, connect).await;
     let (_, admin) = t.admin().await;
     let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
-    let (alice_id, alice) = t.user(&unique_email("alice")).await;
+    let alice_email = unique_email("alice");
+    let (alice_id, alice) = t.user(&alice_email).await;
     let (_, bob) = t.user(&unique_email("bob")).await;
     let mut alice_plants = Vec::new();
     for name in ["Fern", "Cactus", "Ivy"] {
@@ -423,4 +424,47 @@ async fn a_forged_checkpoint_does_not_verify_without_the_key(
         .broken
         .expect("the forged checkpoint is refused");
     assert!(broken.problem.contains("checkpoint"), "{broken}");
+}
+
+#[sqlx::test]
+async fn sealed_data_reads_opened_for_auditors_until_its_key_is_gone(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    let (_, talker) = t.user(&unique_email("talker")).await;
+    let (listener, _) = t.user(&unique_email("listener")).await;
+    let conversation = t
+        .post(
+            "/api/conversations",
+            Some(&talker),
+            json!({"participant_ids": [listener]}),
+        )
+        .await;
+    let conversation = conversation.body["id"].as_str().expect("id").to_string();
+    let sent = t
+        .post(
+            &format!("/api/conversations/{conversation}/messages"),
+            Some(&talker),
+            json!({"body": "The key is under the pot"}),
+        )
+        .await;
+    let message = sent.body["id"].as_str().expect("id").to_string();
+    let uri = format!("/api/audit/events?aggregate_type=Message&aggregate_id={message}");
+    let before = items(&t.get(&uri, &auditor).await);
+    assert_eq!(
+        before[0]["payload"]["MessageSent"]["body"],
+        "The key is under the pot"
+    );
+    // Retention deletes the message's key: the text is gone for auditors too; the fact stays.
+    sqlx::query("DELETE FROM message_keys WHERE message_id = $1")
+        .bind(message.parse::<uuid::Uuid>().unwrap())
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let after = items(&t.get(&uri, &auditor).await);
+    assert_eq!(after[0]["payload"]["MessageSent"]["body"], "[erased]");
+    assert_eq!(after[0]["event_type"], "MessageSent");
 }
