@@ -468,3 +468,56 @@ async fn sealed_data_reads_opened_for_auditors_until_its_key_is_gone(
     assert_eq!(after[0]["payload"]["MessageSent"]["body"], "[erased]");
     assert_eq!(after[0]["event_type"], "MessageSent");
 }
+
+#[sqlx::test]
+async fn time_windows_hold_exactly_the_events_stamped_inside_them(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    // Events stamped hours apart (as an old log has them), in commit order.
+    for (sequence, hours_ago) in [(1, 5), (2, 3), (3, 1), (4, 0)] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                                 event_version, payload, metadata, timestamp) \
+             VALUES ('Probe', 'p', $1, 'Probed', '1', '{}', '{}', now() - make_interval(hours => $2))",
+        )
+        .bind(sequence as i64)
+        .bind(hours_ago)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    }
+    let two_hours_ago = (Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let sequences = |items: Vec<Value>| -> Vec<i64> {
+        items
+            .iter()
+            .map(|e| e["sequence"].as_i64().expect("sequence"))
+            .collect()
+    };
+    let since = items(
+        &t.get(
+            &format!(
+                "/api/audit/events?aggregate_type=probe&from={}",
+                urlencode(&two_hours_ago)
+            ),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(sequences(since), [3, 4]);
+    let until = items(
+        &t.get(
+            &format!(
+                "/api/audit/events?aggregate_type=Probe&to={}",
+                urlencode(&two_hours_ago)
+            ),
+            &auditor,
+        )
+        .await,
+    );
+    assert_eq!(sequences(until), [1, 2]);
+}
