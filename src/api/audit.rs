@@ -8,8 +8,6 @@
 //! user, its actor, every user id in its payload) and, for a message, the message's own key; once
 //! the key is gone (erasure, retention) the field reads `"[erased]"`.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -116,61 +114,41 @@ fn redact(mut value: Value) -> Value {
     value
 }
 
-/// Opens the sealed fields of events for auditors, with keys looked up once per request.
-struct Opener<'a> {
-    app: &'a App,
-    users: HashMap<Uuid, Option<Cipher>>,
-}
-
-impl<'a> Opener<'a> {
-    fn new(app: &'a App) -> Self {
-        Opener {
-            app,
-            users: HashMap::new(),
-        }
-    }
-
-    async fn user(&mut self, id: Uuid) -> Result<Option<Cipher>, ApiError> {
-        if let Some(found) = self.users.get(&id) {
-            return Ok(found.clone());
-        }
-        let found = match self.app.keys.cipher(id).await {
-            Ok(cipher) => Some(cipher),
-            Err(CryptoError::KeyMissing(_)) => None,
-            Err(err) => return Err(err.into()),
-        };
-        self.users.insert(id, found.clone());
-        Ok(found)
-    }
-
-    /// The event with every sealed string opened (or `"[erased]"`).
-    async fn open(&mut self, mut event: AuditEvent) -> Result<AuditEvent, ApiError> {
-        let mut candidates = Vec::new();
-        collect_ids(&event.payload, &mut candidates);
-        collect_ids(&event.metadata, &mut candidates);
+/// Opens the sealed fields of a page of events for auditors: the keys of every person the page
+/// names are read in one query.
+async fn open_page(app: &App, events: &mut [AuditEvent]) -> Result<(), ApiError> {
+    let mut candidates: Vec<Vec<Uuid>> = Vec::with_capacity(events.len());
+    let mut everyone = Vec::new();
+    for event in events.iter() {
+        let mut ids = Vec::new();
         if let Ok(id) = event.aggregate_id.parse::<Uuid>() {
-            if !candidates.contains(&id) {
-                candidates.insert(0, id);
+            ids.push(id);
+        }
+        collect_ids(&event.payload, &mut ids);
+        collect_ids(&event.metadata, &mut ids);
+        for id in &ids {
+            if !everyone.contains(id) {
+                everyone.push(*id);
             }
         }
-        let mut ciphers = Vec::new();
+        candidates.push(ids);
+    }
+    let users = app.keys.ciphers(&everyone).await?;
+    for (event, ids) in events.iter_mut().zip(candidates) {
+        let mut ciphers: Vec<Cipher> = Vec::new();
         if event.aggregate_type == "Message" {
             if let Ok(id) = event.aggregate_id.parse::<Uuid>() {
-                match self.app.message_keys.cipher(id).await {
+                match app.message_keys.cipher(id).await {
                     Ok(cipher) => ciphers.push(cipher),
                     Err(CryptoError::KeyMissing(_)) => {}
                     Err(err) => return Err(err.into()),
                 }
             }
         }
-        for id in candidates {
-            if let Some(cipher) = self.user(id).await? {
-                ciphers.push(cipher);
-            }
-        }
+        ciphers.extend(ids.iter().filter_map(|id| users.get(id).cloned()));
         open_strings(&mut event.payload, &ciphers);
-        Ok(event)
     }
+    Ok(())
 }
 
 /// Every UUID-valued string in a JSON value.
@@ -370,11 +348,12 @@ async fn list_events(
         .push_bind(limit + 1);
     let rows: Vec<EventRow> = query.build_query_as().fetch_all(&app.pool).await?;
     let more = rows.len() as i64 > limit;
-    let mut opener = Opener::new(&app);
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows.into_iter().take(limit as usize) {
-        items.push(opener.open(AuditEvent::from(row)).await?);
-    }
+    let mut items: Vec<AuditEvent> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(AuditEvent::from)
+        .collect();
+    open_page(&app, &mut items).await?;
     let next_cursor = items
         .last()
         .filter(|_| more)
@@ -497,15 +476,13 @@ async fn aggregate_history(
         return Err(ApiError::NotFound("aggregate"));
     }
     let version = rows.last().map_or(0, |r| r.sequence);
-    let mut opener = Opener::new(&app);
-    let mut page = Vec::new();
-    for row in rows
+    let mut page: Vec<AuditEvent> = rows
         .into_iter()
         .filter(|r| r.sequence > after)
         .take(limit as usize + 1)
-    {
-        page.push(opener.open(AuditEvent::from(row)).await?);
-    }
+        .map(AuditEvent::from)
+        .collect();
+    open_page(&app, &mut page).await?;
     let events = pagination::keyset_page(page, limit, |e| (e.sequence as f64, Uuid::nil()));
     Ok(Json(AggregateHistory {
         aggregate_type,

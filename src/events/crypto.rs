@@ -153,6 +153,38 @@ impl KeyStore {
         Ok(cipher)
     }
 
+    /// The ciphers of several users at once (one query for those not cached yet); users whose
+    /// key is gone are absent from the answer.
+    pub async fn ciphers(&self, user_ids: &[Uuid]) -> Result<HashMap<Uuid, Cipher>, CryptoError> {
+        let mut found = HashMap::with_capacity(user_ids.len());
+        let mut missing = Vec::new();
+        for id in user_ids {
+            match self.cache_get(*id) {
+                Some(cipher) => {
+                    found.insert(*id, cipher);
+                }
+                None => missing.push(*id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let keys: Vec<(Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT user_id, key FROM user_keys WHERE user_id = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&self.pool)
+                .await?;
+        for (id, key) in keys {
+            let key = zeroize::Zeroizing::new(key);
+            let cipher = Cipher::new(id, &key)?;
+            if let Ok(mut cache) = self.cache.write() {
+                cache.insert(id, cipher.clone());
+            }
+            found.insert(id, cipher);
+        }
+        Ok(found)
+    }
+
     fn cache_get(&self, user_id: Uuid) -> Option<Cipher> {
         self.cache.read().ok()?.get(&user_id).cloned()
     }
