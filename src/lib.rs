@@ -201,6 +201,13 @@ impl App {
         )));
         if run_projectors {
             tasks.extend(self.projections.spawn());
+            // A read model whose code is newer than its data is rebuilt aside and swapped in
+            // while the old one keeps serving (projections::rebuild): no operator step, no
+            // downtime. `arosaje projections list` shows it as "rebuilding".
+            tasks.push(tokio::spawn(projections::rebuild::rebuild_outdated(
+                self.pool.clone(),
+                self.projections.projections(),
+            )));
         }
         tasks.push(tokio::spawn(photos::run_sweeper(self.clone())));
         tasks.push(tokio::spawn(messaging::run_retention(self.clone())));

@@ -5,7 +5,12 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use arosaje::config::{Config, StoreConfig};
+use std::sync::Arc;
+
+use arosaje::events::crypto::{EmailIndex, KeyStore, MessageKeys};
+use arosaje::projections::rebuild;
 use arosaje::projections::runner::all_checkpoints;
+use arosaje::projections::Projection;
 use arosaje::{api, connect_database, App, MIGRATOR};
 
 #[derive(Parser)]
@@ -78,10 +83,36 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum ProjectionsCommand {
-    /// List the projections this binary knows.
-    List,
+    /// Every projection: version in the code and of its model, checkpoint, lag in events and
+    /// seconds, parked events, and state (live, rebuilding, needs rebuild).
+    List(StoreConfig),
     /// Show each projection's checkpoint and how far behind the log it is.
     Status(StoreConfig),
+    /// Replay the whole log into fresh tables while the live model keeps serving, then swap
+    /// them in at once. Ctrl-C leaves the live model as it was; a rerun starts over.
+    Rebuild {
+        /// The read model to rebuild.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every read model, in order (users first).
+        #[arg(long)]
+        all: bool,
+        /// Rebuild aside and report the rows that differ from the live model; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Log positions per batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: i64,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Re-apply a projection's parked events (once the code is fixed); those that still fail
+    /// stay parked.
+    Retry {
+        name: String,
+        #[command(flatten)]
+        config: Config,
+    },
 }
 
 #[tokio::main]
@@ -143,34 +174,164 @@ async fn main() -> anyhow::Result<()> {
             println!("{document}");
             Ok(())
         }
-        Command::Projections { command } => match command {
-            ProjectionsCommand::List => {
-                for name in arosaje::PROJECTION_NAMES {
-                    println!("{name}");
-                }
-                Ok(())
-            }
-            ProjectionsCommand::Status(store) => {
-                let pool = connect_database(&store).await?;
-                let head: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")
-                        .fetch_one(&pool)
-                        .await?;
-                let mut rows: Vec<_> = all_checkpoints(&pool).await?.into_iter().collect();
-                rows.sort_by(|a, b| a.0.cmp(&b.0));
-                println!(
-                    "{:<16} {:>14} {:>10} {:>8}",
-                    "projection", "position", "behind", "parked"
-                );
-                for (name, state) in rows {
-                    let position = state.position.global_position;
-                    let behind = (head - position).max(0);
-                    println!("{name:<16} {position:>14} {behind:>10} {:>8}", state.parked);
-                }
-                Ok(())
-            }
-        },
+        Command::Projections { command } => projections(command).await,
     }
+}
+
+/// The read models of this binary, on `pool` (`pepper` hashes e-mail addresses; only a rebuild
+/// of `users` needs the real one).
+fn read_models(pool: &sqlx::PgPool, pepper: &str) -> Vec<Arc<dyn Projection>> {
+    arosaje::read_models(
+        Arc::new(KeyStore::new(pool.clone())),
+        Arc::new(MessageKeys::new(pool.clone())),
+        EmailIndex::new(pepper),
+    )
+}
+
+async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
+    match command {
+        ProjectionsCommand::List(store) => {
+            let pool = connect_database(&store).await?;
+            // Versions and aggregate types only: nothing is applied, so no pepper is needed.
+            let models = read_models(&pool, "");
+            let rows = rebuild::list(&pool, &models).await?;
+            println!(
+                "{:<12} {:>4} {:>5} {:>12} {:>10} {:>10} {:>7}  state",
+                "projection", "code", "model", "position", "lag", "lag (s)", "parked"
+            );
+            let or_dash = |v: Option<i32>| v.map_or("-".to_string(), |v| v.to_string());
+            for row in rows {
+                println!(
+                    "{:<12} {:>4} {:>5} {:>12} {:>10} {:>10.1} {:>7}  {}",
+                    row.name,
+                    or_dash(row.code_version),
+                    or_dash(row.checkpoint_version),
+                    row.position,
+                    row.lag_events,
+                    row.lag_seconds,
+                    row.parked,
+                    row.state.as_str()
+                );
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Status(store) => {
+            let pool = connect_database(&store).await?;
+            let head: i64 =
+                sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")
+                    .fetch_one(&pool)
+                    .await?;
+            let mut rows: Vec<_> = all_checkpoints(&pool).await?.into_iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            println!(
+                "{:<16} {:>14} {:>10} {:>8}",
+                "projection", "position", "behind", "parked"
+            );
+            for (name, state) in rows {
+                let position = state.position.global_position;
+                let behind = (head - position).max(0);
+                println!("{name:<16} {position:>14} {behind:>10} {:>8}", state.parked);
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Rebuild {
+            name,
+            all,
+            dry_run,
+            batch_size,
+            mut config,
+        } => {
+            config.validate()?;
+            let pool = connect_database(&config.store).await?;
+            MIGRATOR.run(&pool).await.context("running migrations")?;
+            let models = read_models(&pool, config.email_pepper());
+            let chosen: Vec<Arc<dyn Projection>> = if all {
+                models
+            } else {
+                let name = name.unwrap_or_default();
+                match models.into_iter().find(|p| p.name() == name) {
+                    Some(model) => vec![model],
+                    None => anyhow::bail!(
+                        "no read model named {name:?} (side-effect projectors are never rebuilt)"
+                    ),
+                }
+            };
+            let options = rebuild::RebuildOptions {
+                batch_size: batch_size.max(1),
+                dry_run,
+                ..Default::default()
+            };
+            let mut differ = false;
+            for model in chosen {
+                let report = tokio::select! {
+                    report = rebuild_with_bar(&pool, model.as_ref(), &options) => report?,
+                    _ = tokio::signal::ctrl_c() => {
+                        rebuild::discard(&pool, model.as_ref()).await?;
+                        eprintln!("interrupted: {} left as it was", model.name());
+                        std::process::exit(130);
+                    }
+                };
+                println!(
+                    "{}: {} events in {:.1} s ({:.0} events/s), model at position {}, {} parked{}",
+                    report.projection,
+                    report.events,
+                    report.elapsed.as_secs_f64(),
+                    report.events_per_second(),
+                    report.position,
+                    report.parked,
+                    if dry_run {
+                        " (dry run)"
+                    } else {
+                        ", swapped in"
+                    }
+                );
+                for diff in report.differences.iter().flatten() {
+                    differ |= !diff.is_empty();
+                    println!(
+                        "  {:<32} missing {:>8}  extra {:>8}  different {:>8}",
+                        diff.table, diff.missing, diff.extra, diff.different
+                    );
+                }
+            }
+            if differ {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Retry { name, mut config } => {
+            config.validate()?;
+            let pool = connect_database(&config.store).await?;
+            let models = read_models(&pool, config.email_pepper());
+            let Some(model) = models.into_iter().find(|p| p.name() == name) else {
+                anyhow::bail!("no read model named {name:?}");
+            };
+            let report = rebuild::retry(&pool, model.as_ref()).await?;
+            println!(
+                "{name}: {} parked events applied, {} still parked",
+                report.applied, report.still_parked
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A rebuild with a progress bar (events done/total, events/s, ETA).
+async fn rebuild_with_bar(
+    pool: &sqlx::PgPool,
+    model: &dyn Projection,
+    options: &rebuild::RebuildOptions,
+) -> anyhow::Result<rebuild::RebuildReport> {
+    let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+        "{prefix:>10} {bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
+    )?);
+    bar.set_prefix(model.name());
+    let report = rebuild::rebuild(pool, model, options, &|progress| {
+        bar.set_length(progress.total);
+        bar.set_position(progress.done);
+    })
+    .await;
+    bar.finish_and_clear();
+    report
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<()> {

@@ -302,6 +302,15 @@ impl Projection for AdviceProjection {
         &["Advice", "Sitting"]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "public.advice",
+            "public.advice_versions",
+            "public.advice_reviews",
+            "public.advice_queue",
+        ]
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
         for event in events {
             match event.aggregate_type.as_str() {

@@ -1,6 +1,9 @@
 //! Read models `messaging.conversations`, `messaging.participants` and `messaging.messages`
 //! (with its full-text index), projection `messaging`. A message's text is opened with its own
 //! key; once that key is gone (retention, erasure) the text is stored as NULL.
+//!
+//! Its SQL names its tables unqualified: the runner's `search_path` (`messaging, public`) finds
+//! them, and a rebuild puts its shadow schema first (see `super::rebuild`).
 
 use std::sync::Arc;
 
@@ -38,6 +41,27 @@ impl Projection for MessagingProjection {
         &["Conversation", "Message", "ReadMark"]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "messaging.conversations",
+            "messaging.participants",
+            "messaging.messages",
+        ]
+    }
+
+    /// Retention (`crate::messaging::expire_texts`) deletes message keys and clears the texts
+    /// in the live table; a text the rebuild opened before its key went is cleared here.
+    async fn reconcile(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE messages m SET body = NULL \
+              WHERE m.body IS NOT NULL \
+                AND NOT EXISTS (SELECT 1 FROM message_keys k WHERE k.message_id = m.id)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
         for event in events {
             let id: Uuid = event.aggregate_id.parse()?;
@@ -50,7 +74,7 @@ impl Projection for MessagingProjection {
                         sitting_id,
                     } => {
                         sqlx::query(
-                            "INSERT INTO messaging.conversations \
+                            "INSERT INTO conversations \
                                  (id, sitting_id, started_by, created_at, last_position) \
                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
                         )
@@ -63,7 +87,7 @@ impl Projection for MessagingProjection {
                         .await?;
                         // People erased since are left out.
                         sqlx::query(
-                            "INSERT INTO messaging.participants (conversation_id, user_id) \
+                            "INSERT INTO participants (conversation_id, user_id) \
                              SELECT $1, u.id FROM users u WHERE u.id = ANY($2) \
                              ON CONFLICT DO NOTHING",
                         )
@@ -85,10 +109,10 @@ impl Projection for MessagingProjection {
                             Err(err) => return Err(err.into()),
                         };
                         let inserted = sqlx::query(
-                            "INSERT INTO messaging.messages \
+                            "INSERT INTO messages \
                                  (id, conversation_id, sender_id, body, position, created_at) \
                              SELECT $1, $2, $3, $4, $5, $6 \
-                              WHERE EXISTS (SELECT 1 FROM messaging.conversations WHERE id = $2) \
+                              WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $2) \
                              ON CONFLICT (id) DO NOTHING",
                         )
                         .bind(id)
@@ -101,7 +125,7 @@ impl Projection for MessagingProjection {
                         .await?;
                         if inserted.rows_affected() > 0 {
                             sqlx::query(
-                                "UPDATE messaging.conversations \
+                                "UPDATE conversations \
                                     SET last_position = GREATEST(last_position, $2), \
                                         last_message_id = CASE WHEN $2 >= last_position THEN $3 \
                                                                ELSE last_message_id END \
@@ -140,7 +164,7 @@ async fn mark_read(
     position: i64,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE messaging.participants \
+        "UPDATE participants \
             SET last_read_position = GREATEST(last_read_position, $3) \
           WHERE conversation_id = $1 AND user_id = $2",
     )

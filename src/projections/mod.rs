@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod mailer;
 pub mod messaging;
 pub mod plants;
+pub mod rebuild;
 pub mod runner;
 pub mod sittings;
 pub mod users;
@@ -48,4 +49,48 @@ pub trait Projection: Send + Sync + 'static {
     fn read_your_writes(&self) -> bool {
         self.mode() == Mode::ReadModel
     }
+    /// The tables this read model writes, schema-qualified (`"public.plants"`), parents before
+    /// children. A rebuild copies, fills and swaps exactly these (see [`rebuild`]); `apply`
+    /// names them unqualified and finds them through the `search_path` the runner sets (see
+    /// [`search_path`]), which is how a rebuild points the same code at its shadow copies.
+    /// Side-effect projectors have none and are never rebuilt.
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Runs in a rebuild's swap transaction, with the rebuilt tables first on the `search_path`
+    /// and the live ones locked: brings in what the log does not hold (state other code wrote
+    /// into the live model while the rebuild ran). Most projections have nothing to do.
+    async fn reconcile(&self, _conn: &mut PgConnection) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Columns that legitimately differ between a rebuilt and the live model (when the row was
+    /// written), left out when `projections rebuild --dry-run` compares them.
+    fn volatile_columns(&self) -> &'static [&'static str] {
+        &["projected_at"]
+    }
+}
+
+/// The `search_path` a projection's batches run under: `first` (a rebuild's shadow schema), then
+/// the schemas of its tables in order, then `public`; as a quoted, comma-separated list.
+pub fn search_path(projection: &dyn Projection, first: Option<&str>) -> String {
+    let mut schemas: Vec<&str> = first.into_iter().collect();
+    for table in projection.tables() {
+        let schema = table.split_once('.').map_or("public", |(schema, _)| schema);
+        if !schemas.contains(&schema) {
+            schemas.push(schema);
+        }
+    }
+    if !schemas.contains(&"public") {
+        schemas.push("public");
+    }
+    schemas
+        .iter()
+        .map(|s| quote_ident(s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An SQL identifier, double-quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -1,5 +1,6 @@
 //! Read model `plants`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use super::Projection;
 use crate::commands::plant::Plant;
 use crate::events::crypto::{CryptoError, KeyStore};
-use crate::events::plant::PlantEvent;
+use crate::events::plant::{PlantChanges, PlantEvent};
 use crate::events::StoredEvent;
 
 pub struct PlantsProjection {
@@ -37,10 +38,16 @@ impl Projection for PlantsProjection {
         &["Plant"]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["public.plants", "public.plant_photos"]
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
-        // Runs of creations are written with one statement; anything else flushes the run first,
-        // so events still take effect in log order.
+        // Runs of creations and updates are written with one statement each (creations first,
+        // then updates folded per plant); anything else flushes the run first, so events still
+        // take effect in log order.
         let mut created = NewPlants::default();
+        let mut updated = PlantUpdates::default();
         for event in events {
             let plant_id: Uuid = event.aggregate_id.parse()?;
             match event.decode::<Plant>()? {
@@ -63,36 +70,11 @@ impl Projection for PlantsProjection {
                     created.versions.push(event.sequence);
                 }
                 PlantEvent::PlantUpdated { changes } => {
-                    created.flush(conn).await?;
-                    let care = changes.care.as_ref();
-                    sqlx::query(
-                        "UPDATE plants SET \
-                            name = COALESCE($2, name), \
-                            species = CASE WHEN $3 THEN $4 ELSE species END, \
-                            description = CASE WHEN $5 THEN $6 ELSE description END, \
-                            watering_interval_days = CASE WHEN $7 THEN $8 ELSE watering_interval_days END, \
-                            light = CASE WHEN $7 THEN $9 ELSE light END, \
-                            care_notes = CASE WHEN $7 THEN $10 ELSE care_notes END, \
-                            updated_at = $11, version = $12, projected_at = clock_timestamp() \
-                          WHERE id = $1 AND version < $12",
-                    )
-                    .bind(plant_id)
-                    .bind(&changes.name)
-                    .bind(changes.species.is_some())
-                    .bind(changes.species.clone().flatten())
-                    .bind(changes.description.is_some())
-                    .bind(changes.description.clone().flatten())
-                    .bind(care.is_some())
-                    .bind(care.and_then(|c| c.watering_interval_days))
-                    .bind(care.and_then(|c| c.light.clone()))
-                    .bind(care.and_then(|c| c.notes.clone()))
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
+                    updated.push(plant_id, changes, event.timestamp, event.sequence);
                 }
                 PlantEvent::PlantDeleted => {
                     created.flush(conn).await?;
+                    updated.flush(conn).await?;
                     sqlx::query("DELETE FROM plants WHERE id = $1")
                         .bind(plant_id)
                         .execute(&mut *conn)
@@ -108,6 +90,7 @@ impl Projection for PlantsProjection {
                     uploaded_by,
                 } => {
                     created.flush(conn).await?;
+                    updated.flush(conn).await?;
                     let owner: Option<Uuid> =
                         sqlx::query_scalar("SELECT owner_id FROM plants WHERE id = $1")
                             .bind(plant_id)
@@ -139,7 +122,8 @@ impl Projection for PlantsProjection {
                 }
             }
         }
-        created.flush(conn).await
+        created.flush(conn).await?;
+        updated.flush(conn).await
     }
 }
 
@@ -183,6 +167,128 @@ impl NewPlants {
         .bind(&batch.notes)
         .bind(&batch.times)
         .bind(&batch.versions)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Updates of consecutive events, folded per plant and written together.
+///
+/// Folding is exact: a later change of a field overrides an earlier one, and the folded update
+/// carries the last event's time and version. The per-event guard `version < event version`
+/// becomes `version < last version`; a row that had seen some of the folded events already
+/// holds the values they set unless a later one (also folded) changed them, so the result is the
+/// same as applying the events one by one.
+#[derive(Default)]
+struct PlantUpdates {
+    index: HashMap<Uuid, usize>,
+    folded: Vec<FoldedUpdate>,
+}
+
+struct FoldedUpdate {
+    id: Uuid,
+    changes: PlantChanges,
+    at: DateTime<Utc>,
+    version: i64,
+}
+
+impl PlantUpdates {
+    fn push(&mut self, id: Uuid, changes: PlantChanges, at: DateTime<Utc>, version: i64) {
+        match self.index.get(&id) {
+            Some(&i) => {
+                let folded = &mut self.folded[i];
+                if changes.name.is_some() {
+                    folded.changes.name = changes.name;
+                }
+                if changes.species.is_some() {
+                    folded.changes.species = changes.species;
+                }
+                if changes.description.is_some() {
+                    folded.changes.description = changes.description;
+                }
+                if changes.care.is_some() {
+                    folded.changes.care = changes.care;
+                }
+                folded.at = at;
+                folded.version = version;
+            }
+            None => {
+                self.index.insert(id, self.folded.len());
+                self.folded.push(FoldedUpdate {
+                    id,
+                    changes,
+                    at,
+                    version,
+                });
+            }
+        }
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        if self.folded.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(self).folded;
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut set_species = Vec::with_capacity(n);
+        let mut species = Vec::with_capacity(n);
+        let mut set_description = Vec::with_capacity(n);
+        let mut descriptions = Vec::with_capacity(n);
+        let mut set_care = Vec::with_capacity(n);
+        let mut watering = Vec::with_capacity(n);
+        let mut light = Vec::with_capacity(n);
+        let mut notes = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        for update in batch {
+            let changes = update.changes;
+            ids.push(update.id);
+            names.push(changes.name);
+            set_species.push(changes.species.is_some());
+            species.push(changes.species.flatten());
+            set_description.push(changes.description.is_some());
+            descriptions.push(changes.description.flatten());
+            set_care.push(changes.care.is_some());
+            let care = changes.care.unwrap_or_default();
+            watering.push(care.watering_interval_days);
+            light.push(care.light);
+            notes.push(care.notes);
+            times.push(update.at);
+            versions.push(update.version);
+        }
+        sqlx::query(
+            "UPDATE plants p SET \
+                name = COALESCE(u.name, p.name), \
+                species = CASE WHEN u.set_species THEN u.species ELSE p.species END, \
+                description = CASE WHEN u.set_description THEN u.description \
+                                   ELSE p.description END, \
+                watering_interval_days = CASE WHEN u.set_care THEN u.watering \
+                                              ELSE p.watering_interval_days END, \
+                light = CASE WHEN u.set_care THEN u.light ELSE p.light END, \
+                care_notes = CASE WHEN u.set_care THEN u.notes ELSE p.care_notes END, \
+                updated_at = u.at, version = u.version, projected_at = clock_timestamp() \
+               FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::bool[], \
+                           $6::text[], $7::bool[], $8::int4[], $9::text[], $10::text[], \
+                           $11::timestamptz[], $12::int8[]) \
+                    AS u(id, name, set_species, species, set_description, description, \
+                         set_care, watering, light, notes, at, version) \
+              WHERE p.id = u.id AND p.version < u.version",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .bind(&set_species)
+        .bind(&species)
+        .bind(&set_description)
+        .bind(&descriptions)
+        .bind(&set_care)
+        .bind(&watering)
+        .bind(&light)
+        .bind(&notes)
+        .bind(&times)
+        .bind(&versions)
         .execute(&mut *conn)
         .await?;
         Ok(())

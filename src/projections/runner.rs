@@ -60,7 +60,7 @@ impl Default for ProjectorSettings {
 pub struct Transient(pub anyhow::Error);
 
 /// Whether a failure is worth retrying forever rather than counting against the event.
-fn is_transient(err: &anyhow::Error) -> bool {
+pub(crate) fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         if cause.downcast_ref::<Transient>().is_some() {
             return true;
@@ -93,6 +93,8 @@ struct Trouble {
 
 struct Projector {
     projection: Arc<dyn Projection>,
+    /// How a read-model batch begins: its settings, and the `search_path` to its tables.
+    begin: String,
     checkpoint: watch::Sender<Position>,
     wake: Arc<tokio::sync::Notify>,
     trouble: std::sync::Mutex<Option<Trouble>>,
@@ -142,6 +144,12 @@ impl Projections {
             .into_iter()
             .map(|projection| Projector {
                 wake: wakeups.subscribe(projection.aggregate_types()),
+                begin: format!(
+                    "BEGIN; SET LOCAL synchronous_commit = off; \
+                     SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
+                     SET LOCAL search_path = {}",
+                    super::search_path(projection.as_ref(), None)
+                ),
                 projection,
                 checkpoint: watch::channel(Position::START).0,
                 trouble: std::sync::Mutex::new(None),
@@ -157,6 +165,15 @@ impl Projections {
                 running: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// The registered projections, in their order.
+    pub fn projections(&self) -> Vec<Arc<dyn Projection>> {
+        self.inner
+            .projectors
+            .iter()
+            .map(|p| p.projection.clone())
+            .collect()
     }
 
     /// Names and versions of the registered projections.
@@ -362,14 +379,7 @@ impl Projections {
         // The batch and its checkpoint commit or vanish together, and both can be redone from the
         // durable log: waiting for this commit's WAL flush buys nothing. The log is read in index
         // order whatever the planner's statistics say.
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with(
-                "BEGIN; SET LOCAL synchronous_commit = off; \
-                 SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off",
-            )
-            .await?;
+        let mut tx = self.inner.pool.begin_with(projector.begin.clone()).await?;
         // Locked: one batch of this projection at a time, across instances.
         let checkpoint: i64 = sqlx::query_scalar(
             "SELECT last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
@@ -671,7 +681,7 @@ async fn save_checkpoint(
 }
 
 /// Records a poison event and counts it; the projector then goes on past it.
-async fn park(
+pub(crate) async fn park(
     conn: &mut PgConnection,
     projection: &'static str,
     event: &StoredEvent,
@@ -715,7 +725,7 @@ pub async fn load_checkpoint(pool: &PgPool, name: &str) -> sqlx::Result<Position
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
+pub(crate) struct EventRow {
     global_position: i64,
     aggregate_type: String,
     aggregate_id: String,
@@ -728,7 +738,7 @@ struct EventRow {
 }
 
 impl EventRow {
-    fn into_event(self) -> StoredEvent {
+    pub(crate) fn into_event(self) -> StoredEvent {
         StoredEvent {
             position: Position::new(self.global_position),
             aggregate_type: self.aggregate_type,

@@ -59,6 +59,16 @@ impl Projection for SittingsProjection {
         &["Sitting"]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "public.sittings",
+            "public.sitting_plants",
+            "public.sitting_applications",
+            "public.care_reports",
+            "public.reviews",
+        ]
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
         if !events.is_empty() {
             crate::infra::cache::bump(conn, "sittings").await?;

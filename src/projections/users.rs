@@ -38,6 +38,10 @@ impl Projection for UsersProjection {
         &["User"]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["public.users"]
+    }
+
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
         if !events.is_empty() {
             crate::infra::cache::bump(conn, "users").await?;

@@ -21,6 +21,7 @@ mod notifications;
 mod ops;
 mod photos;
 mod plants;
+mod rebuild;
 mod sittings;
 mod smtp;
 mod upcasting;
