@@ -294,14 +294,19 @@ pub async fn rebuild(
 /// Drops what a rebuild of `projection` left behind (its shadow and retired schemas). The live
 /// tables are never in them before a swap commits, and the swap empties them when it does.
 pub async fn discard(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<()> {
+    // Quietly: "does not exist, skipping" and "drop cascades to" notices say nothing here.
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL client_min_messages = warning")
+        .await?;
     for schema in [shadow_schema(projection), retired_schema(projection)] {
         sqlx::query(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             quote_ident(&schema)
         ))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -757,8 +762,10 @@ async fn swap_once(
         .with_context(|| format!("re-pointing {constraint} of {table}"))?;
     }
     sqlx::query(
-        "UPDATE public.projection_checkpoints \
-            SET last_position = $2, version = $3, updated_at = now() WHERE name = $1",
+        "INSERT INTO public.projection_checkpoints (name, version, last_position) \
+         VALUES ($1, $3, $2) \
+         ON CONFLICT (name) DO UPDATE \
+            SET last_position = $2, version = $3, updated_at = now()",
     )
     .bind(name)
     .bind(shadow.position)
