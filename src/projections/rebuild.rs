@@ -252,6 +252,26 @@ pub async fn rebuild(
         sqlx::query(index).execute(&mut *conn).await?;
     }
     for table in &tables {
+        // The live table's storage parameters (LIKE INCLUDING STORAGE does not copy them).
+        let options: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(table.live())
+                .fetch_one(&mut *conn)
+                .await?;
+        let fillfactor = options
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|o| o.strip_prefix("fillfactor=").map(str::to_string));
+        let reset = match fillfactor {
+            Some(value) => format!("SET (fillfactor = {})", value.parse::<u8>()?),
+            None => "RESET (fillfactor)".to_string(),
+        };
+        sqlx::query(&format!(
+            "ALTER TABLE {} {reset}",
+            table.in_schema(&shadow_schema(projection))
+        ))
+        .execute(&mut *conn)
+        .await?;
         sqlx::query(&format!(
             "ANALYZE {}",
             table.in_schema(&shadow_schema(projection))
@@ -346,6 +366,14 @@ async fn create_shadow(
         .execute(&mut *tx)
         .await
         .with_context(|| format!("copying {}", table.live()))?;
+        // Room on each page during the replay, so that a row's later updates stay on its page
+        // (HOT: no new index entries); reset once the replay is done (see `rebuild`).
+        sqlx::query(&format!(
+            "ALTER TABLE {} SET (fillfactor = 50)",
+            table.in_schema(&shadow)
+        ))
+        .execute(&mut *tx)
+        .await?;
         let constraints: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT conname::text, contype::text, pg_get_constraintdef(oid) \
                FROM pg_catalog.pg_constraint \
