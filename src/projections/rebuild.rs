@@ -252,6 +252,26 @@ pub async fn rebuild(
         sqlx::query(index).execute(&mut *conn).await?;
     }
     for table in &tables {
+        // The live table's storage parameters (LIKE INCLUDING STORAGE does not copy them).
+        let options: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(table.live())
+                .fetch_one(&mut *conn)
+                .await?;
+        let fillfactor = options
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|o| o.strip_prefix("fillfactor=").map(str::to_string));
+        let reset = match fillfactor {
+            Some(value) => format!("SET (fillfactor = {})", value.parse::<u8>()?),
+            None => "RESET (fillfactor)".to_string(),
+        };
+        sqlx::query(&format!(
+            "ALTER TABLE {} {reset}",
+            table.in_schema(&shadow_schema(projection))
+        ))
+        .execute(&mut *conn)
+        .await?;
         sqlx::query(&format!(
             "ANALYZE {}",
             table.in_schema(&shadow_schema(projection))
@@ -294,14 +314,19 @@ pub async fn rebuild(
 /// Drops what a rebuild of `projection` left behind (its shadow and retired schemas). The live
 /// tables are never in them before a swap commits, and the swap empties them when it does.
 pub async fn discard(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<()> {
+    // Quietly: "does not exist, skipping" and "drop cascades to" notices say nothing here.
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL client_min_messages = warning")
+        .await?;
     for schema in [shadow_schema(projection), retired_schema(projection)] {
         sqlx::query(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             quote_ident(&schema)
         ))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -341,6 +366,14 @@ async fn create_shadow(
         .execute(&mut *tx)
         .await
         .with_context(|| format!("copying {}", table.live()))?;
+        // Room on each page during the replay, so that a row's later updates stay on its page
+        // (HOT: no new index entries); reset once the replay is done (see `rebuild`).
+        sqlx::query(&format!(
+            "ALTER TABLE {} SET (fillfactor = 50)",
+            table.in_schema(&shadow)
+        ))
+        .execute(&mut *tx)
+        .await?;
         let constraints: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT conname::text, contype::text, pg_get_constraintdef(oid) \
                FROM pg_catalog.pg_constraint \
@@ -757,8 +790,10 @@ async fn swap_once(
         .with_context(|| format!("re-pointing {constraint} of {table}"))?;
     }
     sqlx::query(
-        "UPDATE public.projection_checkpoints \
-            SET last_position = $2, version = $3, updated_at = now() WHERE name = $1",
+        "INSERT INTO public.projection_checkpoints (name, version, last_position) \
+         VALUES ($1, $3, $2) \
+         ON CONFLICT (name) DO UPDATE \
+            SET last_position = $2, version = $3, updated_at = now()",
     )
     .bind(name)
     .bind(shadow.position)
