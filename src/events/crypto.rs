@@ -153,6 +153,20 @@ impl KeyStore {
         Ok(cipher)
     }
 
+    /// The plaintext of a field sealed under `user_id`'s key; `None` once that key is gone
+    /// (erased): what read models store for an erased writer.
+    pub async fn open_if_present(
+        &self,
+        user_id: Uuid,
+        sealed: &Sealed,
+    ) -> Result<Option<String>, CryptoError> {
+        match self.cipher(user_id).await {
+            Ok(cipher) => cipher.open(sealed).map(Some),
+            Err(CryptoError::KeyMissing(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The ciphers of several users at once (one query for those not cached yet); users whose
     /// key is gone are absent from the answer.
     pub async fn ciphers(&self, user_ids: &[Uuid]) -> Result<HashMap<Uuid, Cipher>, CryptoError> {

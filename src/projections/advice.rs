@@ -13,7 +13,7 @@ use super::Projection;
 use crate::commands::advice::Advice;
 use crate::commands::sitting::{Sitting, Status};
 use crate::events::advice::{AdviceEvent, Verdict};
-use crate::events::crypto::{CryptoError, KeyStore, Sealed};
+use crate::events::crypto::{KeyStore, Sealed};
 use crate::events::sitting::SittingEvent;
 use crate::events::StoredEvent;
 
@@ -28,11 +28,7 @@ impl AdviceProjection {
 
     /// The plaintext of a field sealed under `user`'s key; `None` when that user was erased.
     async fn open(&self, user: Uuid, sealed: &Sealed) -> anyhow::Result<Option<String>> {
-        match self.keys.cipher(user).await {
-            Ok(cipher) => Ok(Some(cipher.open(sealed)?)),
-            Err(CryptoError::KeyMissing(_)) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        Ok(self.keys.open_if_present(user, sealed).await?)
     }
 
     async fn advice_event(

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::Projection;
 use crate::commands::sitting::{Sitting, Status};
 use crate::commands::values::GeoPoint;
-use crate::events::crypto::{CryptoError, KeyStore, Sealed};
+use crate::events::crypto::{KeyStore, Sealed};
 use crate::events::sitting::{Location, SittingEvent};
 use crate::events::StoredEvent;
 
@@ -26,11 +26,7 @@ impl SittingsProjection {
 
     /// The plaintext of a field sealed under `user`'s key; `None` when that user was erased.
     async fn open(&self, user: Uuid, sealed: &Sealed) -> anyhow::Result<Option<String>> {
-        match self.keys.cipher(user).await {
-            Ok(cipher) => Ok(Some(cipher.open(sealed)?)),
-            Err(CryptoError::KeyMissing(_)) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        Ok(self.keys.open_if_present(user, sealed).await?)
     }
 
     async fn open_optional(
