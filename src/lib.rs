@@ -3,6 +3,7 @@
 //! Data flows one way: HTTP -> command -> aggregate -> events appended -> projector -> read model
 //! -> query. See `DESIGN.md` in the shared folder for the decisions behind it.
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod commands;
@@ -55,6 +56,8 @@ pub struct AppInner {
     pub metrics: PrometheusHandle,
     /// Per-message data keys.
     pub message_keys: Arc<events::crypto::MessageKeys>,
+    /// Per-month keys of access records (`access`).
+    pub month_keys: Arc<events::crypto::MonthKeys>,
     /// Answers of hot public reads, in Redis.
     pub cache: infra::cache::QueryCache,
     /// Where plant photos are kept.
@@ -120,6 +123,7 @@ impl App {
         let wakeups = Arc::new(Wakeups::default());
         let keys = Arc::new(KeyStore::new(pool.clone()));
         let message_keys = Arc::new(events::crypto::MessageKeys::new(pool.clone()));
+        let month_keys = Arc::new(events::crypto::MonthKeys::new(pool.clone()));
         let email_index = EmailIndex::new(config.email_pepper());
         let tokens = Arc::new(ActionTokens::new(config.jwt_secret()));
         let mailer = infra::mail::from_config(
@@ -135,7 +139,12 @@ impl App {
             public_url: config.public_url.clone(),
             max_age: chrono::Duration::hours(24),
         };
-        let mut models = read_models(keys.clone(), message_keys.clone(), email_index.clone());
+        let mut models = read_models(
+            keys.clone(),
+            message_keys.clone(),
+            month_keys.clone(),
+            email_index.clone(),
+        );
         models.push(Arc::new(outbox));
         models.push(Arc::new(projections::fanout::FanoutProjection {
             redis: redis.clone(),
@@ -174,6 +183,7 @@ impl App {
             redis: redis.clone(),
             hub: Arc::new(infra::hub::Hub::default()),
             message_keys,
+            month_keys,
             sessions: Sessions::new(redis, config.session_lifetimes()),
             jwt: JwtKeys::new(config.jwt_secret(), config.access_token_ttl_secs),
             tokens,
@@ -215,6 +225,10 @@ impl App {
             self.pool.clone(),
             audit::checkpoint_key(&self.config),
         )));
+        tasks.push(tokio::spawn(identity::erasure::run_key_invalidation(
+            self.config.redis_url.as_str().to_string(),
+            self.keys.clone(),
+        )));
         tasks.push(tokio::spawn(infra::hub::run_subscriber(
             self.config.redis_url.as_str().to_string(),
             self.hub.clone(),
@@ -235,6 +249,7 @@ pub const PROJECTION_NAMES: &[&str] = &[
     "sittings",
     "advice",
     "messaging",
+    "access",
     "mailer",
     "fanout",
 ];
@@ -243,6 +258,7 @@ pub const PROJECTION_NAMES: &[&str] = &[
 pub fn read_models(
     keys: Arc<KeyStore>,
     message_keys: Arc<events::crypto::MessageKeys>,
+    month_keys: Arc<events::crypto::MonthKeys>,
     email_index: EmailIndex,
 ) -> Vec<Arc<dyn Projection>> {
     vec![
@@ -256,6 +272,7 @@ pub fn read_models(
         Arc::new(projections::messaging::MessagingProjection::new(
             message_keys,
         )),
+        Arc::new(projections::access::AccessProjection::new(month_keys)),
     ]
 }
 

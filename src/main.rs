@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 use arosaje::config::{Config, StoreConfig};
 use std::sync::Arc;
 
-use arosaje::events::crypto::{EmailIndex, KeyStore, MessageKeys};
+use arosaje::events::crypto::{EmailIndex, KeyStore, MessageKeys, MonthKeys};
 use arosaje::projections::rebuild;
 use arosaje::projections::runner::all_checkpoints;
 use arosaje::projections::Projection;
@@ -184,6 +184,7 @@ fn read_models(pool: &sqlx::PgPool, pepper: &str) -> Vec<Arc<dyn Projection>> {
     arosaje::read_models(
         Arc::new(KeyStore::new(pool.clone())),
         Arc::new(MessageKeys::new(pool.clone())),
+        Arc::new(MonthKeys::new(pool.clone())),
         EmailIndex::new(pepper),
     )
 }

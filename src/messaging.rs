@@ -74,7 +74,8 @@ pub async fn expire_texts(app: &App, older_than: std::time::Duration) -> anyhow:
     Ok(expired.len() as u64)
 }
 
-/// Runs [`expire_texts`] every hour (what `serve` starts).
+/// Runs [`expire_texts`] and the retention of access records ([`crate::access::expire`]) every
+/// hour (what `serve` starts).
 pub async fn run_retention(app: App) {
     let retention =
         std::time::Duration::from_secs(u64::from(app.config.message_retention_days) * 86_400);
@@ -83,6 +84,10 @@ pub async fn run_retention(app: App) {
         every.tick().await;
         if let Err(err) = expire_texts(&app, retention).await {
             tracing::warn!(error = %format!("{err:#}"), "message retention");
+        }
+        // Access records (crate::access): a year, then their month's key and partition go.
+        if let Err(err) = crate::access::expire(&app, chrono::Utc::now().date_naive()).await {
+            tracing::warn!(error = %format!("{err:#}"), "access record retention");
         }
     }
 }

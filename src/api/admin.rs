@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -28,12 +29,14 @@ pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(list_users))
         .routes(routes!(change_role))
+        .routes(routes!(erase_user))
         .routes(routes!(disable))
         .routes(routes!(enable))
         .routes(routes!(pending_verifications))
         .routes(routes!(approve_botanist))
         .routes(routes!(reject_botanist))
         .routes(routes!(stats))
+        .merge(super::export::admin_routes())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -61,7 +64,8 @@ const USER_ID: &str = "The user's id";
     ))]
 async fn list_users(
     State(app): State<App>,
-    _admin: Can<Administer>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
     ApiQuery(params): ApiQuery<UserListParams>,
 ) -> Result<Json<Page<UserView>>, ApiError> {
     let mut errors = FieldErrors::new();
@@ -86,6 +90,14 @@ async fn list_users(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    // An admin's look at accounts is an access to personal data: recorded (crate::access).
+    let details = crate::access::AccessDetails {
+        kind: crate::access::AccessKind::AdminUserSearch,
+        subject_id: None,
+        reason: None,
+        query: serde_json::json!({ "role": role, "q": q, "after": cursor }),
+    };
+    crate::access::record(&app, &admin.metadata(meta), &details).await?;
     let rows: Vec<UserView> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users \
           WHERE ($1::text IS NULL OR role = $1) \
@@ -428,4 +440,37 @@ async fn enable(
         SessionChange::Stamp,
     )
     .await
+}
+
+/// GDPR erasure of an account, on the person's request or a legal one: as `DELETE /api/me` does
+/// for oneself. Needs a login or a TOTP code from the last 5 minutes.
+#[utoipa::path(delete, path = "/users/{id}", operation_id = "erase_user", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = USER_ID)),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 403, description = "`forbidden`: ADMIN only; `step_up_required`: no login or TOTP code in the last 5 minutes", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "`own_account`: use `DELETE /api/me`; `sitting_in_progress`: the user owns or sits a running sitting", body = ErrorBody),
+        (status = 503, description = "`erasure_settling`: the sittings it closed are not shown yet; try again", body = ErrorBody),
+    ))]
+async fn erase_user(
+    State(app): State<App>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    if user_id == admin.user_id {
+        return Err(ApiError::conflict(
+            "own_account",
+            "admins erase their own account with DELETE /api/me",
+        ));
+    }
+    admin.require_recent_authentication()?;
+    let committed =
+        crate::identity::erasure::erase(&app, user_id, admin.actor(), &admin.metadata(meta))
+            .await?;
+    super::security_log::admin_action(admin.user_id, "erase", user_id);
+    super::security_log::sessions_revoked(user_id, "all", "erased_by_admin");
+    super::settle(&app, "User", &committed).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,9 +21,11 @@ use uuid::Uuid;
 
 use super::docs::{ErrorBody, Page};
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery, RequestMeta};
 use super::guard::{Can, ReadAudit};
 use super::pagination;
+use crate::access::{AccessDetails, AccessKind};
+use crate::commands::access::Access;
 use crate::commands::advice::Advice;
 use crate::commands::conversation::{Conversation, Message, ReadMark};
 use crate::commands::plant::Plant;
@@ -65,7 +67,7 @@ pub struct AuditEvent {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventRow {
+pub(super) struct EventRow {
     global_position: i64,
     aggregate_type: String,
     aggregate_id: String,
@@ -145,14 +147,99 @@ async fn open_page(app: &App, events: &mut [AuditEvent]) -> Result<(), ApiError>
                 }
             }
         }
+        if event.aggregate_type == "Access" {
+            // An access record's details open with the key of its month, until retention.
+            let month = event
+                .payload
+                .pointer("/AccessRecorded/month")
+                .and_then(Value::as_str)
+                .and_then(crate::access::parse_month);
+            if let Some(month) = month {
+                match app.month_keys.cipher(month).await {
+                    Ok(cipher) => ciphers.push(cipher),
+                    Err(CryptoError::KeyMissing(_)) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
         ciphers.extend(ids.iter().filter_map(|id| users.get(id).cloned()));
         open_strings(&mut event.payload, &ciphers);
+        if let Some(details) = event.payload.pointer_mut("/AccessRecorded/details") {
+            if let Some(parsed) = details
+                .as_str()
+                .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            {
+                *details = parsed;
+            }
+        }
+    }
+    pseudonymise_erased(app, events, &everyone).await
+}
+
+/// Erased people appear as stable pseudonyms (`erased:` and 16 hex digits of an HMAC of their
+/// id under the service's key): an auditor can follow one person's events across queries
+/// without the id that other records (and backups) might tie to them.
+async fn pseudonymise_erased(
+    app: &App,
+    events: &mut [AuditEvent],
+    everyone: &[Uuid],
+) -> Result<(), ApiError> {
+    if everyone.is_empty() {
+        return Ok(());
+    }
+    let erased: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events \
+          WHERE aggregate_type = 'User' AND aggregate_id = ANY($1) AND event_type = 'UserErased'",
+    )
+    .bind(everyone.iter().map(Uuid::to_string).collect::<Vec<_>>())
+    .fetch_all(&app.pool)
+    .await?;
+    if erased.is_empty() {
+        return Ok(());
+    }
+    let aliases: std::collections::HashMap<String, String> = erased
+        .into_iter()
+        .map(|id| {
+            let alias = erased_alias(app, &id);
+            (id, alias)
+        })
+        .collect();
+    fn walk(value: &mut Value, aliases: &std::collections::HashMap<String, String>) {
+        match value {
+            Value::String(text) => {
+                if let Some(alias) = aliases.get(text.as_str()) {
+                    *text = alias.clone();
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, aliases)),
+            Value::Object(map) => map.values_mut().for_each(|v| walk(v, aliases)),
+            _ => {}
+        }
+    }
+    for event in events.iter_mut() {
+        if let Some(alias) = aliases.get(&event.aggregate_id) {
+            event.aggregate_id = alias.clone();
+        }
+        walk(&mut event.payload, &aliases);
+        walk(&mut event.metadata, &aliases);
     }
     Ok(())
 }
 
+/// The stable pseudonym of an erased person's id.
+pub(super) fn erased_alias(app: &App, id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(app.config.email_pepper().as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(b"erased pseudonym:");
+    mac.update(id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("erased:{hex}")
+}
+
 /// Every UUID-valued string in a JSON value.
-fn collect_ids(value: &Value, ids: &mut Vec<Uuid>) {
+pub(super) fn collect_ids(value: &Value, ids: &mut Vec<Uuid>) {
     match value {
         Value::String(text) => {
             if let Ok(id) = text.parse::<Uuid>() {
@@ -169,25 +256,32 @@ fn collect_ids(value: &Value, ids: &mut Vec<Uuid>) {
 
 /// Replaces each sealed string (`v1:...`) by its plaintext under the first key that opens it.
 fn open_strings(value: &mut Value, ciphers: &[Cipher]) {
+    open_strings_or(value, ciphers, "[erased]");
+}
+
+/// Replaces each sealed string (`v1:...`) by its plaintext under the first key that opens it, or
+/// by `otherwise` when none does.
+pub(super) fn open_strings_or(value: &mut Value, ciphers: &[Cipher], otherwise: &str) {
     match value {
         Value::String(text) if text.starts_with("v1:") => {
             let sealed = Sealed::from_stored(text.clone());
             *text = ciphers
                 .iter()
                 .find_map(|cipher| cipher.open(&sealed).ok())
-                .unwrap_or_else(|| "[erased]".to_string());
+                .unwrap_or_else(|| otherwise.to_string());
         }
         Value::Array(items) => items
             .iter_mut()
-            .for_each(|item| open_strings(item, ciphers)),
+            .for_each(|item| open_strings_or(item, ciphers, otherwise)),
         Value::Object(map) => map
             .values_mut()
-            .for_each(|item| open_strings(item, ciphers)),
+            .for_each(|item| open_strings_or(item, ciphers, otherwise)),
         _ => {}
     }
 }
 
-const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_type, \
+pub(super) const COLUMNS: &str =
+    "global_position, aggregate_type, aggregate_id, sequence, event_type, \
                        event_version, payload, metadata, timestamp";
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -269,6 +363,7 @@ fn encode_position(position: i64) -> String {
 async fn list_events(
     State(app): State<App>,
     auth: Can<ReadAudit>,
+    RequestMeta(meta): RequestMeta,
     ApiQuery(params): ApiQuery<EventsParams>,
 ) -> Result<Json<Page<AuditEvent>>, ApiError> {
     let mut errors = FieldErrors::new();
@@ -310,6 +405,24 @@ async fn list_events(
         reason = reason.as_deref().unwrap_or(""),
         "audit query of the event log"
     );
+    let subject = actor.or_else(|| {
+        aggregate_type
+            .as_deref()
+            .filter(|t| t.eq_ignore_ascii_case("user"))
+            .and(aggregate_id.as_deref())
+            .and_then(|id| id.parse().ok())
+    });
+    let details = AccessDetails {
+        kind: AccessKind::AuditEvents,
+        subject_id: subject,
+        reason: reason.clone(),
+        query: serde_json::json!({
+            "aggregate_type": aggregate_type, "aggregate_id": aggregate_id,
+            "actor_id": actor, "event_type": event_type, "from": from, "to": to,
+            "after": from_cursor.or(after),
+        }),
+    };
+    crate::access::record(&app, &auth.metadata(meta), &details).await?;
     // Only the filters given, so the planner picks the index that serves them.
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM events WHERE global_position > "
@@ -411,6 +524,7 @@ fn fold(aggregate_type: &str, rows: &[EventRow]) -> Option<Result<Value, anyhow:
         "Conversation" => state::<Conversation>(rows),
         "Message" => state::<Message>(rows),
         "ReadMark" => state::<ReadMark>(rows),
+        "Access" => state::<Access>(rows),
         _ => return None,
     })
 }
@@ -430,6 +544,7 @@ fn fold(aggregate_type: &str, rows: &[EventRow]) -> Option<Result<Value, anyhow:
 async fn aggregate_history(
     State(app): State<App>,
     auth: Can<ReadAudit>,
+    RequestMeta(meta): RequestMeta,
     ApiPath((aggregate_type, aggregate_id)): ApiPath<(String, String)>,
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<AggregateHistory>, ApiError> {
@@ -454,6 +569,18 @@ async fn aggregate_history(
         reason = reason.as_deref().unwrap_or(""),
         "audit query of an aggregate"
     );
+    let details = AccessDetails {
+        kind: AccessKind::AuditAggregate,
+        subject_id: aggregate_type
+            .eq_ignore_ascii_case("user")
+            .then(|| aggregate_id.parse().ok())
+            .flatten(),
+        reason: reason.clone(),
+        query: serde_json::json!({
+            "aggregate_type": aggregate_type, "aggregate_id": aggregate_id, "at": at,
+        }),
+    };
+    crate::access::record(&app, &auth.metadata(meta), &details).await?;
     let at = at.unwrap_or_else(Utc::now);
     // The whole stream up to `at` (streams are short: messages and read marks are streams of
     // their own), folded by the aggregate's own `apply`.

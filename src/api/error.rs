@@ -376,3 +376,23 @@ pub fn error_answer(status: StatusCode, code: &str, message: &str) -> Response {
     };
     (status, Json(body)).into_response()
 }
+
+impl From<crate::identity::erasure::ErasureError> for ApiError {
+    fn from(err: crate::identity::erasure::ErasureError) -> Self {
+        use crate::identity::erasure::ErasureError;
+        let message = err.to_string();
+        match err {
+            ErasureError::NotFound => ApiError::NotFound("user"),
+            ErasureError::SittingInProgress(_) => {
+                ApiError::conflict("sitting_in_progress", message)
+            }
+            ErasureError::Settling => ApiError::Unavailable {
+                code: "erasure_settling",
+                message,
+            },
+            ErasureError::Sitting(err) => err.into(),
+            ErasureError::User(err) => err.into(),
+            ErasureError::Internal(err) => ApiError::Internal(err),
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `GET/PATCH /api/me`: the caller's own profile.
+//! `GET/PATCH/DELETE /api/me`: the caller's own profile, and the erasure of their account.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -24,10 +24,11 @@ use crate::App;
 
 pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
-        .routes(routes!(get_me, update_me))
+        .routes(routes!(get_me, update_me, erase_me))
         .routes(routes!(list_sessions, revoke_other_sessions))
         .routes(routes!(change_password))
         .routes(routes!(revoke_session))
+        .merge(super::export::me_routes())
 }
 
 /// One signed-in device.
@@ -293,4 +294,30 @@ async fn update_me(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     Ok(Json(super::positioned(view, &committed)).into_response())
+}
+
+/// GDPR erasure of the caller's account ("droit à l'oubli"): their open and accepted sittings are
+/// cancelled, their applications withdrawn, their data key deleted (everything of theirs in the
+/// log becomes unreadable for good), their plants, photos and profile removed, their messages
+/// shown as from a deleted user, and every session ended. Needs a login or a TOTP code from the
+/// last 5 minutes. Refused while they own or sit a running sitting.
+#[utoipa::path(delete, path = "", operation_id = "erase_me", tag = "me", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 403, description = "`step_up_required`: no login or TOTP code in the last 5 minutes", body = ErrorBody),
+        (status = 409, description = "`sitting_in_progress`: the caller owns or sits a running sitting", body = ErrorBody),
+        (status = 503, description = "`erasure_settling`: the sittings it closed are not shown yet; try again", body = ErrorBody),
+    ))]
+async fn erase_me(
+    State(app): State<App>,
+    auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Response, ApiError> {
+    auth.require_recent_authentication()?;
+    let committed =
+        crate::identity::erasure::erase(&app, auth.user_id, auth.actor(), &auth.metadata(meta))
+            .await?;
+    super::security_log::sessions_revoked(auth.user_id, "all", "erased");
+    super::settle(&app, "User", &committed).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

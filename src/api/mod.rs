@@ -8,6 +8,7 @@ pub mod botanist;
 pub mod conversations;
 pub mod docs;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod guard;
 pub mod idempotency;

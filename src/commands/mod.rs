@@ -2,6 +2,7 @@
 //! domain errors. Pure: no SQL, no HTTP, no Redis. Facts an aggregate cannot know are looked up
 //! before dispatch and carried in the command.
 
+pub mod access;
 pub mod advice;
 pub mod conversation;
 pub mod plant;

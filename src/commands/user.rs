@@ -58,6 +58,11 @@ pub enum UserCommand {
         device: String,
         user_agent: Sealed,
     },
+    /// GDPR erasure, by the user or an admin (`by`). The caller deletes the user's key in the
+    /// append's transaction. Afterwards the account is gone: every command answers `NotFound`.
+    Erase {
+        by: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +111,9 @@ pub struct User {
     /// Devices (hashes of user agents) this account has logged in from.
     #[serde(default)]
     devices: Vec<String>,
+    /// Erased (GDPR): the account is gone for good, and its id is never registered again.
+    #[serde(default)]
+    erased: bool,
 }
 
 /// Devices remembered per account; beyond it the oldest are forgotten (and would be new again).
@@ -136,7 +144,7 @@ impl Aggregate for User {
                 password_hash,
                 botanist_requested,
             } => {
-                if self.registered {
+                if self.registered || self.erased {
                     return Err(UserError::AlreadyRegistered);
                 }
                 let event = UserEvent::UserRegistered {
@@ -304,6 +312,12 @@ impl Aggregate for User {
                     sink.write(UserEvent::UserEnabled, self).await;
                 }
             }
+            UserCommand::Erase { by } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                sink.write(UserEvent::UserErased { by }, self).await;
+            }
         }
         Ok(())
     }
@@ -347,6 +361,12 @@ impl Aggregate for User {
                 if self.devices.len() > MAX_DEVICES {
                     self.devices.remove(0);
                 }
+            }
+            UserEvent::UserErased { .. } => {
+                *self = User {
+                    erased: true,
+                    ..User::default()
+                };
             }
         }
     }
@@ -738,5 +758,43 @@ mod tests {
                 changes: ProfileChanges::default(),
             })
             .then_expect_error(UserError::NothingToChange);
+    }
+
+    #[test]
+    fn erasing_a_user_records_who_did_it_and_leaves_nothing_to_command() {
+        let c = cipher();
+        let admin = uuid::Uuid::new_v4();
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::Erase { by: admin })
+            .then_expect_events(vec![UserEvent::UserErased { by: admin }]);
+        let erased = vec![registered(&c), UserEvent::UserErased { by: admin }];
+        UserTest::with(())
+            .given(erased.clone())
+            .when(UserCommand::Erase { by: admin })
+            .then_expect_error(UserError::NotFound);
+        UserTest::with(())
+            .given(erased.clone())
+            .when(UserCommand::Disable)
+            .then_expect_error(UserError::NotFound);
+        UserTest::with(())
+            .given(erased)
+            .when(UserCommand::RegisterUser {
+                email: c.seal("ana@example.com"),
+                display_name: c.seal("Ana"),
+                password_hash: "$argon2id$stub".into(),
+                botanist_requested: false,
+            })
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn nobody_erases_an_account_that_does_not_exist() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Erase {
+                by: uuid::Uuid::new_v4(),
+            })
+            .then_expect_error(UserError::NotFound);
     }
 }

@@ -199,6 +199,20 @@ impl KeyStore {
         Ok(found)
     }
 
+    /// Drops a user's key from this process's cache (their key was deleted: erasure).
+    pub fn forget(&self, user_id: Uuid) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&user_id);
+        }
+    }
+
+    /// Drops every cached key (after this process may have missed an erasure's announcement).
+    pub fn forget_all(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
     fn cache_get(&self, user_id: Uuid) -> Option<Cipher> {
         self.cache.read().ok()?.get(&user_id).cloned()
     }
@@ -275,6 +289,46 @@ impl MessageKeys {
                 .await?;
         let key = zeroize::Zeroizing::new(key.ok_or(CryptoError::KeyMissing(message_id))?);
         Cipher::new(message_id, &key)
+    }
+}
+
+/// Per-month data keys (`access_keys`) for the details of access records: deleting a month's key
+/// (retention, after a year) makes that month's records unreadable in the log for good. The
+/// month's first day is bound in as associated data.
+pub struct MonthKeys {
+    pool: PgPool,
+}
+
+impl MonthKeys {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    fn aad(month: chrono::NaiveDate) -> Uuid {
+        use chrono::Datelike;
+        Uuid::from_u128(u128::from(month.num_days_from_ce().unsigned_abs()))
+    }
+
+    /// The key of `month` (its first day), created on first use.
+    pub async fn current(&self, month: chrono::NaiveDate) -> Result<Cipher, CryptoError> {
+        let key = zeroize::Zeroizing::new(Aes256Gcm::generate_key(&mut OsRng).to_vec());
+        sqlx::query("INSERT INTO access_keys (month, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(month)
+            .bind(key.as_slice())
+            .execute(&self.pool)
+            .await?;
+        self.cipher(month).await
+    }
+
+    /// The key of `month`, or `KeyMissing` once retention deleted it.
+    pub async fn cipher(&self, month: chrono::NaiveDate) -> Result<Cipher, CryptoError> {
+        let key: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM access_keys WHERE month = $1")
+                .bind(month)
+                .fetch_optional(&self.pool)
+                .await?;
+        let key = zeroize::Zeroizing::new(key.ok_or(CryptoError::KeyMissing(Self::aad(month)))?);
+        Cipher::new(Self::aad(month), &key)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Event types per aggregate, event metadata, the event store (append + global order) and the
 //! encryption of personal data inside events.
 
+pub mod access;
 pub mod advice;
 pub mod append;
 pub mod bookings;

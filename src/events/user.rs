@@ -156,6 +156,10 @@ pub enum UserEvent {
         user_agent: Sealed,
         first: bool,
     },
+    /// Version 1. GDPR erasure: the user's data key was deleted in the same transaction, so every
+    /// field sealed under it is unreadable from now on; read models drop or anonymise what they
+    /// hold of the user. `by` is the user themself or the admin who erased the account.
+    UserErased { by: uuid::Uuid },
 }
 
 impl DomainEvent for UserEvent {
@@ -176,6 +180,7 @@ impl DomainEvent for UserEvent {
             UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             UserEvent::TotpDisabled => "TotpDisabled",
             UserEvent::LoggedInFromNewDevice { .. } => "LoggedInFromNewDevice",
+            UserEvent::UserErased { .. } => "UserErased",
         }
         .to_string()
     }

@@ -3,6 +3,7 @@
 //! The HTTP handlers (`api::auth`, `api::admin`) and the command line (`arosaje admin create`) both
 //! call in here; nothing here knows about HTTP.
 
+pub mod erasure;
 pub mod login;
 pub mod mfa;
 pub mod passwords;

@@ -54,7 +54,8 @@ impl AdviceProjection {
                     "INSERT INTO advice (id, plant_id, plant_owner_id, sitting_id, sitter_id, \
                                          author_id, priority, body, revision, state, created_at, \
                                          updated_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'active', $9, $9, $10) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, 'active', $9, $9, $10 \
+                      WHERE EXISTS (SELECT 1 FROM users WHERE id = $6) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(id)
@@ -262,7 +263,7 @@ async fn plant_of(conn: &mut PgConnection, advice: Uuid) -> anyhow::Result<Optio
 /// Recounts the queue rows of one plant, or of one sitting: the active advice on the plant since
 /// the sitting was requested (or given in its context), and whether the plant's latest active
 /// advice was urgent or asked for a follow-up.
-async fn refresh_queue(
+pub(super) async fn refresh_queue(
     conn: &mut PgConnection,
     plant: Option<Uuid>,
     sitting: Option<Uuid>,

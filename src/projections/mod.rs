@@ -1,5 +1,6 @@
 //! Read models, built by projectors that follow the event log in its global order.
 
+pub mod access;
 pub mod advice;
 pub mod fanout;
 pub mod mailer;

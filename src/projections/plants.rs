@@ -155,6 +155,7 @@ impl NewPlants {
                FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
                            $6::int4[], $7::text[], $8::text[], $9::timestamptz[], $10::int8[]) \
                     AS p(id, owner_id, name, species, description, watering, light, notes, at, version) \
+              WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.owner_id) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&batch.ids)

@@ -253,11 +253,12 @@ pub async fn rebuild(
     }
     for table in &tables {
         // The live table's storage parameters (LIKE INCLUDING STORAGE does not copy them).
-        let options: Option<Vec<String>> =
-            sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)")
-                .bind(table.live())
-                .fetch_one(&mut *conn)
-                .await?;
+        let (options, partitioned): (Option<Vec<String>>, bool) = sqlx::query_as(
+            "SELECT reloptions, relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)",
+        )
+        .bind(table.live())
+        .fetch_one(&mut *conn)
+        .await?;
         let fillfactor = options
             .unwrap_or_default()
             .into_iter()
@@ -266,12 +267,14 @@ pub async fn rebuild(
             Some(value) => format!("SET (fillfactor = {})", value.parse::<u8>()?),
             None => "RESET (fillfactor)".to_string(),
         };
-        sqlx::query(&format!(
-            "ALTER TABLE {} {reset}",
-            table.in_schema(&shadow_schema(projection))
-        ))
-        .execute(&mut *conn)
-        .await?;
+        if !partitioned {
+            sqlx::query(&format!(
+                "ALTER TABLE {} {reset}",
+                table.in_schema(&shadow_schema(projection))
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
         sqlx::query(&format!(
             "ANALYZE {}",
             table.in_schema(&shadow_schema(projection))
@@ -357,9 +360,20 @@ async fn create_shadow(
     let mut foreign_keys = Vec::new();
     let mut indexes = Vec::new();
     for table in tables {
+        // A partitioned table is copied partitioned the same way; its partitions are created by
+        // the projection as it fills it (in the shadow schema: first on its `search_path`).
+        let partition_key: Option<String> =
+            sqlx::query_scalar("SELECT pg_get_partkeydef(pg_catalog.to_regclass($1))")
+                .bind(table.live())
+                .fetch_one(&mut *tx)
+                .await?;
+        let partitioned = partition_key
+            .as_ref()
+            .map(|key| format!(" PARTITION BY {key}"))
+            .unwrap_or_default();
         sqlx::query(&format!(
             "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY \
-             INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)",
+             INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS){partitioned}",
             table.in_schema(&shadow),
             table.live()
         ))
@@ -367,13 +381,16 @@ async fn create_shadow(
         .await
         .with_context(|| format!("copying {}", table.live()))?;
         // Room on each page during the replay, so that a row's later updates stay on its page
-        // (HOT: no new index entries); reset once the replay is done (see `rebuild`).
-        sqlx::query(&format!(
-            "ALTER TABLE {} SET (fillfactor = 50)",
-            table.in_schema(&shadow)
-        ))
-        .execute(&mut *tx)
-        .await?;
+        // (HOT: no new index entries); reset once the replay is done (see `rebuild`). A
+        // partitioned table has no pages of its own.
+        if partition_key.is_none() {
+            sqlx::query(&format!(
+                "ALTER TABLE {} SET (fillfactor = 50)",
+                table.in_schema(&shadow)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
         let constraints: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT conname::text, contype::text, pg_get_constraintdef(oid) \
                FROM pg_catalog.pg_constraint \
@@ -417,6 +434,9 @@ async fn create_shadow(
         .await?;
         let on = format!(" ON {} ", qualified_unquoted(table));
         for definition in plain {
+            // A partitioned table's index reads `ON ONLY`; on the copy it is built on every
+            // partition.
+            let definition = definition.replacen(" ON ONLY ", " ON ", 1);
             if !definition.contains(&on) {
                 anyhow::bail!("cannot place index on the shadow table: {definition}");
             }
@@ -446,6 +466,20 @@ async fn create_shadow(
     }
     tx.commit().await?;
     Ok(indexes)
+}
+
+/// The partitions of a (partitioned) table, schema-qualified and quoted.
+async fn partitions_of(conn: &mut PgConnection, table: &str) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+           FROM pg_catalog.pg_inherits i \
+           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+          WHERE i.inhparent = pg_catalog.to_regclass($1) ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// A table's name as `pg_get_*def` prints it with an empty `search_path` (our names need no
@@ -762,7 +796,9 @@ async fn swap_once(
     sqlx::query(&format!("CREATE SCHEMA {}", quote_ident(&retired)))
         .execute(&mut *tx)
         .await?;
+    // A partitioned table's partitions move with it (`SET SCHEMA` moves the parent alone).
     for table in tables {
+        let partitions = partitions_of(&mut tx, &table.live()).await?;
         sqlx::query(&format!(
             "ALTER TABLE {} SET SCHEMA {}",
             table.live(),
@@ -770,8 +806,17 @@ async fn swap_once(
         ))
         .execute(&mut *tx)
         .await?;
+        for partition in partitions {
+            sqlx::query(&format!(
+                "ALTER TABLE {partition} SET SCHEMA {}",
+                quote_ident(&retired)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     for table in tables {
+        let partitions = partitions_of(&mut tx, &table.in_schema(&shadow_name)).await?;
         sqlx::query(&format!(
             "ALTER TABLE {} SET SCHEMA {}",
             table.in_schema(&shadow_name),
@@ -779,6 +824,14 @@ async fn swap_once(
         ))
         .execute(&mut *tx)
         .await?;
+        for partition in partitions {
+            sqlx::query(&format!(
+                "ALTER TABLE {partition} SET SCHEMA {}",
+                quote_ident(&table.schema)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     for (table, constraint, definition) in &incoming {
         sqlx::query(&format!(

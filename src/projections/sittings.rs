@@ -1,6 +1,8 @@
 //! Read models `sittings`, `sitting_plants`, `sitting_applications`, `care_reports` and
 //! `reviews` (projection `sittings`). Sealed fields are opened with their writer's key; a field
-//! whose writer was erased reads as NULL, and a sitting whose owner was erased is not projected.
+//! whose writer was erased reads as NULL, and a sitting whose owner was erased is not projected,
+//! nor are the applications, reports and reviews of erased people (what the foreign keys to
+//! `users` remove when `UserErased` deletes a user: see `identity::erasure`).
 
 use std::sync::Arc;
 
@@ -142,6 +144,7 @@ impl Projection for SittingsProjection {
                     let inserted = sqlx::query(
                         "INSERT INTO sitting_applications (sitting_id, applicant_id, message, applied_at) \
                          SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $1) \
+                            AND EXISTS (SELECT 1 FROM users WHERE id = $2) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(id)
@@ -167,11 +170,15 @@ impl Projection for SittingsProjection {
                     count_applications(conn, id).await?;
                 }
                 SittingEvent::SitterAccepted { sitter_id } => {
-                    sqlx::query("UPDATE sittings SET sitter_id = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(sitter_id)
-                        .execute(&mut *conn)
-                        .await?;
+                    // An erased sitter is no longer anyone (as the foreign key's SET NULL).
+                    sqlx::query(
+                        "UPDATE sittings SET sitter_id = \
+                            (SELECT id FROM users WHERE id = $2) WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(sitter_id)
+                    .execute(&mut *conn)
+                    .await?;
                     touch(Some(Status::Accepted)).execute(&mut *conn).await?;
                 }
                 SittingEvent::SittingStarted { .. } => {
@@ -191,6 +198,7 @@ impl Projection for SittingsProjection {
                                                    before_photo_id, after_photo_id, created_at) \
                          SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
                           WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $2) \
+                            AND EXISTS (SELECT 1 FROM users WHERE id = $4) \
                          ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(report_id)
@@ -234,6 +242,7 @@ impl Projection for SittingsProjection {
                         "INSERT INTO reviews (sitting_id, author_id, subject_id, rating, comment, created_at) \
                          SELECT $1, $2, $3, $4, $5, $6 \
                           WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $1) \
+                            AND EXISTS (SELECT 1 FROM users WHERE id = $2) \
                             AND EXISTS (SELECT 1 FROM users WHERE id = $3) \
                          ON CONFLICT DO NOTHING",
                     )

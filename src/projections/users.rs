@@ -48,6 +48,11 @@ impl Projection for UsersProjection {
         }
         for event in events {
             let user_id: Uuid = event.aggregate_id.parse()?;
+            let decoded = event.decode::<User>()?;
+            if let UserEvent::UserErased { .. } = decoded {
+                erase(conn, user_id).await?;
+                continue;
+            }
             let cipher = match self.keys.cipher(user_id).await {
                 Ok(cipher) => cipher,
                 Err(crate::events::crypto::CryptoError::KeyMissing(_)) => {
@@ -56,7 +61,7 @@ impl Projection for UsersProjection {
                 }
                 Err(err) => return Err(err.into()),
             };
-            match event.decode::<User>()? {
+            match decoded {
                 UserEvent::UserRegistered {
                     email,
                     display_name,
@@ -161,6 +166,8 @@ impl Projection for UsersProjection {
                     .execute(&mut *conn)
                     .await?;
                 }
+                // Handled above, before the key is looked for.
+                UserEvent::UserErased { .. } => {}
                 UserEvent::PasswordResetRequested { .. }
                 | UserEvent::LoggedInFromNewDevice { .. } => {
                     sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
@@ -238,4 +245,57 @@ fn open_hash(cipher: &crate::events::crypto::Cipher, hash: PasswordHash) -> anyh
         PasswordHash::Sealed(sealed) => cipher.open(&sealed)?,
         PasswordHash::Legacy(hash) => hash,
     })
+}
+
+/// `UserErased`: the row goes, and foreign keys take what hangs on it (their plants, the sittings
+/// they own, their applications, reports, reviews, advice, verdicts and places in
+/// conversations): what a replay without their key builds, as each projection skips them. The
+/// counters other rows keep of what went are counted again (idempotent: a rebuild of `users`
+/// that runs this against live tables changes nothing).
+async fn erase(conn: &mut PgConnection, user_id: Uuid) -> anyhow::Result<()> {
+    let sittings: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT sitting_id FROM sitting_applications WHERE applicant_id = $1 \
+         UNION SELECT sitting_id FROM care_reports WHERE sitter_id = $1",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let reviewed: Vec<Uuid> =
+        sqlx::query_scalar("SELECT advice_id FROM advice_reviews WHERE botanist_id = $1")
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let advised: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT plant_id FROM advice WHERE author_id = $1")
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE sittings s SET \
+            applications = (SELECT count(*) FROM sitting_applications a WHERE a.sitting_id = s.id), \
+            reports = (SELECT count(*) FROM care_reports r WHERE r.sitting_id = s.id) \
+          WHERE s.id = ANY($1)",
+    )
+    .bind(&sittings)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE advice d SET \
+            validations = (SELECT count(*) FROM advice_reviews r \
+                            WHERE r.advice_id = d.id AND r.verdict = 'validated'), \
+            rejections = (SELECT count(*) FROM advice_reviews r \
+                           WHERE r.advice_id = d.id AND r.verdict = 'rejected') \
+          WHERE d.id = ANY($1)",
+    )
+    .bind(&reviewed)
+    .execute(&mut *conn)
+    .await?;
+    for plant in advised {
+        super::advice::refresh_queue(conn, Some(plant), None).await?;
+    }
+    Ok(())
 }

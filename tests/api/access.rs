@@ -215,6 +215,24 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             [401, 403, 403, 403, 200, 200],
         ),
         (
+            Method::GET,
+            "/api/me/export".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/admin/users/{target}/export"),
+            None,
+            [401, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::DELETE,
+            "/api/admin/users/00000000-0000-0000-0000-000000000009".into(),
+            None,
+            [401, 403, 403, 403, 404, 403],
+        ),
+        (
             Method::POST,
             "/api/me/password".into(),
             Some(

@@ -826,6 +826,15 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
     .await;
     t.get(&format!("/api/audit/aggregates/Advice/{advice}"), &auditor)
         .await;
+    // GDPR: an export, one on a person's behalf, and two erasures.
+    t.get("/api/me/export", &owner).await;
+    let (leaving, leaving_token) = t.user(&crate::helpers::unique_email("leaving")).await;
+    t.get(&format!("/api/admin/users/{leaving}/export"), &admin)
+        .await;
+    t.delete("/api/me", &leaving_token).await;
+    let (erased, _) = t.user(&crate::helpers::unique_email("erased")).await;
+    t.delete(&format!("/api/admin/users/{erased}"), &admin)
+        .await;
     for path in [
         "/health",
         "/ready",

@@ -9,6 +9,7 @@ mod contract;
 mod dashboards;
 mod edge;
 mod event_order;
+mod gdpr;
 mod hardening;
 mod helpers;
 mod idempotency;

@@ -86,7 +86,10 @@ fn id_of(reply: &crate::helpers::Reply) -> String {
 /// A random workload over HTTP: users, plants (created, updated, deleted), sittings with
 /// applications, one full lifecycle, advice, conversations with messages and read marks.
 async fn workload(t: &TestApp, rng: &mut StdRng) {
-    let (_, botanists) = botanists(t, 2).await;
+    let (admin, botanists) = botanists(t, 2).await;
+    // An admin's search is an access record (projection `access`).
+    let listed = t.get("/api/admin/users?q=sitter", &admin).await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
     let mut owners = Vec::new();
     for _ in 0..3 {
         owners.push(owner_with_plants(t, rng.gen_range(2..5)).await);
