@@ -130,7 +130,8 @@ pub struct RoleBody {
     ))]
 async fn pending_verifications(
     State(app): State<App>,
-    _admin: Can<Administer>,
+    admin: Can<Administer>,
+    RequestMeta(meta): RequestMeta,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<UserView>>, ApiError> {
     let mut errors = FieldErrors::new();
@@ -142,6 +143,13 @@ async fn pending_verifications(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    let details = crate::access::AccessDetails {
+        kind: crate::access::AccessKind::AdminUserSearch,
+        subject_id: None,
+        reason: None,
+        query: serde_json::json!({ "list": "verifications", "after": cursor }),
+    };
+    crate::access::record(&app, &admin.metadata(meta), &details).await?;
     let rows: Vec<UserView> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users \
           WHERE botanist_status = 'pending' AND ($1::uuid IS NULL OR id > $1) \
