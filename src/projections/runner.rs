@@ -396,7 +396,7 @@ impl Projections {
         let (reached, parked, failure) = if trouble.is_none() {
             let relevant = relevant(projection.as_ref(), &events);
             match projection.apply(&mut tx, &relevant).await {
-                Ok(()) => (last, 0, None),
+                Ok(()) => (last, Vec::new(), None),
                 Err(err) => {
                     // Find the event at fault: the next batches go one event at a time.
                     drop(tx);
@@ -410,10 +410,11 @@ impl Projections {
         };
         save_checkpoint(&mut tx, projection.name(), checkpoint, reached).await?;
         tx.commit().await?;
+        log_applied(projection.as_ref(), &events, reached, &parked);
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
             Some(err) => Err(err),
-            None => Ok(self.outcome(events.len(), parked, reached)),
+            None => Ok(self.outcome(events.len(), parked.len(), reached)),
         }
     }
 
@@ -468,16 +469,17 @@ impl Projections {
             .one_by_one(projector, conn, checkpoint, &events, false)
             .await?;
         save_checkpoint(&mut *conn, projection.name(), checkpoint, reached).await?;
+        log_applied(projection.as_ref(), &events, reached, &parked);
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
             Some(err) => Err(err),
-            None => Ok(self.outcome(events.len(), parked, reached)),
+            None => Ok(self.outcome(events.len(), parked.len(), reached)),
         }
     }
 
     /// Applies events one at a time (inside savepoints when `transactional`), parking one that
     /// has failed `max_attempts` times. Stops at the first other failure. Returns how far it got,
-    /// how many it parked, and the failure that stopped it.
+    /// the positions it parked, and the failure that stopped it.
     async fn one_by_one(
         &self,
         projector: &Projector,
@@ -485,10 +487,10 @@ impl Projections {
         checkpoint: i64,
         events: &[StoredEvent],
         transactional: bool,
-    ) -> anyhow::Result<(Position, usize, Option<anyhow::Error>)> {
+    ) -> anyhow::Result<(Position, Vec<i64>, Option<anyhow::Error>)> {
         let projection = &projector.projection;
         let mut reached = Position::new(checkpoint);
-        let mut parked = 0;
+        let mut parked = Vec::new();
         for event in events {
             if !projection
                 .aggregate_types()
@@ -529,7 +531,7 @@ impl Projections {
                         return Ok((reached, parked, Some(err)));
                     }
                     park(&mut *conn, projection.name(), event, &err, attempts).await?;
-                    parked += 1;
+                    parked.push(position);
                 }
             }
             reached = event.position;
@@ -641,6 +643,46 @@ impl Projections {
     }
 }
 
+/// The chain of work an event belongs to (its metadata's `correlation_id`: the request id of the
+/// HTTP request that caused it, unless the client sent `X-Correlation-Id`).
+fn correlation_id(event: &StoredEvent) -> &str {
+    event
+        .metadata
+        .get("correlation_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// One line per event a projection has applied for good (committed, or acted on), with the
+/// event's correlation id: a grep for a request id follows it from HTTP to its projections.
+/// Parked events were logged when parked.
+fn log_applied(
+    projection: &dyn Projection,
+    events: &[StoredEvent],
+    reached: Position,
+    parked: &[i64],
+) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let name = projection.name();
+    for event in events.iter().filter(|e| {
+        e.position <= reached
+            && !parked.contains(&e.position.global_position)
+            && projection
+                .aggregate_types()
+                .contains(&e.aggregate_type.as_str())
+    }) {
+        tracing::info!(
+            projection = name,
+            position = event.position.global_position,
+            event_type = %event.event_type,
+            correlation_id = correlation_id(event),
+            "event projected"
+        );
+    }
+}
+
 /// The events of a batch that the projection reads.
 fn relevant(projection: &dyn Projection, events: &[StoredEvent]) -> Vec<StoredEvent> {
     events
@@ -693,6 +735,7 @@ pub(crate) async fn park(
         projection,
         position = event.position.global_position,
         event_type = %event.event_type,
+        correlation_id = correlation_id(event),
         attempts,
         error = %error,
         "event parked after repeated failures; the projection goes on without it"

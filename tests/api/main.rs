@@ -14,6 +14,7 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod live;
+mod logs;
 mod mail;
 mod messaging;
 mod mfa;
