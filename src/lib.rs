@@ -65,6 +65,8 @@ pub struct AppInner {
     pub hub: Arc<infra::hub::Hub>,
     /// Photo decodes running at once (each holds an image in memory).
     pub photo_slots: Arc<tokio::sync::Semaphore>,
+    /// Business series for InfluxDB (disabled without `INFLUX_URL`).
+    pub series: infra::influx::Series,
 }
 
 impl Deref for App {
@@ -159,6 +161,14 @@ impl App {
             keys: message_keys.clone(),
             max_age: chrono::Duration::minutes(5),
         }));
+        let series = infra::influx::Series::from_config(&config.influx)
+            .context("INFLUX_URL or its settings")?;
+        if series.enabled() {
+            models.push(Arc::new(projections::series::SeriesProjection {
+                series: series.clone(),
+                max_age: chrono::Duration::hours(1),
+            }));
+        }
         let projections = Projections::new(
             pool.clone(),
             ProjectorSettings {
@@ -168,7 +178,8 @@ impl App {
             },
             models,
             wakeups.clone(),
-        );
+        )
+        .with_series(series.clone());
         projections
             .init()
             .await
@@ -182,6 +193,7 @@ impl App {
             &config.storage_dir,
         )?;
         let inner = AppInner {
+            series,
             photos,
             photo_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             store,
@@ -245,7 +257,8 @@ impl App {
     }
 }
 
-/// Names of every projector `serve` runs (read models, then the mail outbox).
+/// Names of every projector `serve` runs (read models, then the mail outbox and the live
+/// fan-out); with `INFLUX_URL`, `influx` ([`projections::series`]) runs after them.
 pub const PROJECTION_NAMES: &[&str] = &[
     "users",
     "plants",

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::{Mode, Projection};
 use crate::events::store::Wakeups;
 use crate::events::{Position, StoredEvent};
+use crate::infra::influx::Series;
 
 /// How projectors run.
 #[derive(Debug, Clone)]
@@ -116,6 +117,8 @@ struct Inner {
     wakeups: Arc<Wakeups>,
     /// Whether this process runs the projectors (else waits read checkpoints from the database).
     running: std::sync::atomic::AtomicBool,
+    /// Where each batch's lag goes as a business series (InfluxDB), if anywhere.
+    series: Series,
 }
 
 /// What one batch did.
@@ -163,8 +166,18 @@ impl Projections {
                 projectors,
                 wakeups,
                 running: std::sync::atomic::AtomicBool::new(false),
+                series: Series::disabled(),
             }),
         }
+    }
+
+    /// Sends each batch's lag to `series` too (`projection_lag`, see `projections::series`).
+    /// Each batch runs in one instance, so N instances do not send N copies.
+    pub fn with_series(mut self, series: Series) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.series = series;
+        }
+        self
     }
 
     /// The registered projections, in their order.
@@ -601,6 +614,7 @@ impl Projections {
     fn record_lag(&self, projection: &dyn Projection, events: &[StoredEvent], reached: Position) {
         let now = Utc::now();
         let name = projection.name();
+        let mut worst: Option<f64> = None;
         for event in events.iter().filter(|e| {
             e.position <= reached
                 && projection
@@ -613,6 +627,12 @@ impl Projections {
                 .max(0) as f64
                 / 1e6;
             metrics::histogram!("projection_lag_seconds", "projection" => name).record(lag);
+            worst = Some(worst.map_or(lag, |w: f64| w.max(lag)));
+        }
+        if let Some(worst) = worst.filter(|_| self.inner.series.enabled()) {
+            self.inner
+                .series
+                .send(&super::series::lag_point(name, worst, now));
         }
     }
 

@@ -12,6 +12,7 @@ mod event_order;
 mod hardening;
 mod helpers;
 mod idempotency;
+mod influx;
 mod limits;
 mod live;
 mod logs;
