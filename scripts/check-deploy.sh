@@ -51,7 +51,8 @@ fi
 
 # Compose needs the secrets it refuses to start without: stand-ins, not the real `.env`.
 compose_env=(JWT_SECRET=stand-in-jwt-secret-of-at-least-32-bytes EMAIL_PEPPER=stand-in-pepper
-    METRICS_TOKEN=stand-in-metrics-token)
+    METRICS_TOKEN=stand-in-metrics-token INFLUX_TOKEN=stand-in-influx-token
+    INFLUX_ADMIN_PASSWORD=stand-in-influx-password)
 if docker compose version >/dev/null 2>&1; then
     echo "== docker compose config"
     env "${compose_env[@]}" docker compose -f docker-compose.yml config --quiet

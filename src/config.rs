@@ -290,6 +290,84 @@ pub struct Config {
     /// Run the projectors in this process (turn off for API-only instances).
     #[arg(long, env = "RUN_PROJECTORS", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_projectors: bool,
+    #[command(flatten)]
+    pub influx: InfluxConfig,
+}
+
+/// Where business series go (InfluxDB v2, see `infra::influx`). Unset `INFLUX_URL`: nowhere.
+#[derive(Debug, Clone, Args)]
+pub struct InfluxConfig {
+    /// InfluxDB v2 base URL, e.g. `http://influxdb:8086`. Unset: no series are written.
+    #[arg(long, env = "INFLUX_URL")]
+    pub influx_url: Option<ConnectionUrl>,
+    /// API token with write access to `INFLUX_BUCKET` (required with `INFLUX_URL`).
+    #[arg(long, env = "INFLUX_TOKEN", hide_env_values = true)]
+    pub influx_token: Option<Secret>,
+    /// Organisation that owns the bucket.
+    #[arg(long, env = "INFLUX_ORG", default_value = "arosaje")]
+    pub influx_org: String,
+    /// Bucket the series are written to.
+    #[arg(long, env = "INFLUX_BUCKET", default_value = "arosaje")]
+    pub influx_bucket: String,
+    /// Points sent in one write at most; a full batch is sent at once.
+    #[arg(long, env = "INFLUX_BATCH_SIZE", default_value_t = 1000)]
+    pub influx_batch_size: usize,
+    /// A batch that is not full is sent after this long (milliseconds).
+    #[arg(long, env = "INFLUX_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    pub influx_flush_interval_ms: u64,
+    /// Points waiting to be written at most; more are dropped (and counted), never waited for.
+    #[arg(long, env = "INFLUX_QUEUE_CAPACITY", default_value_t = 10_000)]
+    pub influx_queue_capacity: usize,
+    /// Longest wait for one write; past it the batch is dropped (and counted).
+    #[arg(long, env = "INFLUX_TIMEOUT_MS", default_value_t = 5000)]
+    pub influx_timeout_ms: u64,
+}
+
+impl InfluxConfig {
+    /// Whether series are written at all.
+    pub fn enabled(&self) -> bool {
+        self.influx_url
+            .as_ref()
+            .is_some_and(|url| !url.as_str().trim().is_empty())
+    }
+
+    /// Problems with these settings, for [`Config::validate`].
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(url) = self.influx_url.as_ref().filter(|_| self.enabled()) else {
+            return problems;
+        };
+        match url::Url::parse(url.as_str().trim()) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+            _ => problems.push("INFLUX_URL must be an http:// or https:// URL".into()),
+        }
+        if self
+            .influx_token
+            .as_ref()
+            .is_none_or(|t| t.expose().is_empty())
+        {
+            problems.push("INFLUX_TOKEN is required with INFLUX_URL".into());
+        }
+        for (name, value) in [
+            ("INFLUX_ORG", &self.influx_org),
+            ("INFLUX_BUCKET", &self.influx_bucket),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(format!("{name} must not be empty with INFLUX_URL"));
+            }
+        }
+        for (name, value) in [
+            ("INFLUX_BATCH_SIZE", self.influx_batch_size as u64),
+            ("INFLUX_FLUSH_INTERVAL_MS", self.influx_flush_interval_ms),
+            ("INFLUX_QUEUE_CAPACITY", self.influx_queue_capacity as u64),
+            ("INFLUX_TIMEOUT_MS", self.influx_timeout_ms),
+        ] {
+            if value < 1 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        problems
+    }
 }
 
 impl Config {
@@ -427,6 +505,7 @@ impl Config {
         {
             problems.push("METRICS_TOKEN must be at least 16 bytes long".into());
         }
+        problems.extend(self.influx.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -607,6 +686,26 @@ mod tests {
         ] {
             assert!(err.0.iter().any(|p| p == expected), "{expected}: {err}");
         }
+    }
+
+    #[test]
+    fn influx_needs_a_url_a_token_and_positive_sizes_only_when_enabled() {
+        let mut config = Config::for_tests("postgres://x");
+        config.influx.influx_batch_size = 0;
+        assert_eq!(config.clone().validate(), Ok(()), "off: not checked");
+        config.influx.influx_url = Some(ConnectionUrl::new("influxdb:8086"));
+        let err = config.validate().unwrap_err();
+        for expected in [
+            "INFLUX_URL must be an http:// or https:// URL",
+            "INFLUX_TOKEN is required with INFLUX_URL",
+            "INFLUX_BATCH_SIZE must be at least 1",
+        ] {
+            assert!(err.0.iter().any(|p| p == expected), "{expected}: {err}");
+        }
+        let mut config = Config::for_tests("postgres://x");
+        config.influx.influx_url = Some(ConnectionUrl::new("http://influxdb:8086"));
+        config.influx.influx_token = Some(Secret::new("a-token"));
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct AppInner {
     pub hub: Arc<infra::hub::Hub>,
     /// Photo decodes running at once (each holds an image in memory).
     pub photo_slots: Arc<tokio::sync::Semaphore>,
+    /// Business series for InfluxDB (disabled without `INFLUX_URL`).
+    pub series: infra::influx::Series,
 }
 
 impl Deref for App {
@@ -87,17 +89,34 @@ pub async fn connect_database(config: &config::StoreConfig) -> anyhow::Result<Pg
         .with_context(|| "cannot connect to PostgreSQL (DATABASE_URL)")
 }
 
+/// Buckets of `http_request_duration_seconds`, in seconds: 500 ms (the latency alert's
+/// threshold) is a bucket boundary, so the alert's p99 is interpolated between true bounds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How the exporter is set up: request latency as histogram buckets (`_bucket{le=...}`), which
+/// Prometheus can add up across instances; other histograms stay summaries (quantiles).
+fn metrics_builder() -> PrometheusBuilder {
+    let builder = PrometheusBuilder::new();
+    match builder.set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Full("http_request_duration_seconds".into()),
+        LATENCY_BUCKETS,
+    ) {
+        Ok(builder) => builder,
+        // Only refused for an empty list of buckets, which ours is not.
+        Err(_) => PrometheusBuilder::new(),
+    }
+}
+
 /// The process-wide Prometheus recorder (installed once, shared by every `App` of the process).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                // Another recorder is installed (embedding application): keep ours local.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+        .get_or_init(|| match metrics_builder().install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder is installed (embedding application): keep ours local.
+            Err(_) => metrics_builder().build_recorder().handle(),
         })
         .clone()
 }
@@ -151,6 +170,14 @@ impl App {
             keys: message_keys.clone(),
             max_age: chrono::Duration::minutes(5),
         }));
+        let series = infra::influx::Series::from_config(&config.influx)
+            .context("INFLUX_URL or its settings")?;
+        if series.enabled() {
+            models.push(Arc::new(projections::series::SeriesProjection {
+                series: series.clone(),
+                max_age: chrono::Duration::hours(1),
+            }));
+        }
         let projections = Projections::new(
             pool.clone(),
             ProjectorSettings {
@@ -160,7 +187,8 @@ impl App {
             },
             models,
             wakeups.clone(),
-        );
+        )
+        .with_series(series.clone());
         projections
             .init()
             .await
@@ -174,6 +202,7 @@ impl App {
             &config.storage_dir,
         )?;
         let inner = AppInner {
+            series,
             photos,
             photo_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             store,
@@ -242,7 +271,8 @@ impl App {
     }
 }
 
-/// Names of every projector `serve` runs (read models, then the mail outbox).
+/// Names of every projector `serve` runs (read models, then the mail outbox and the live
+/// fan-out); with `INFLUX_URL`, `influx` ([`projections::series`]) runs after them.
 pub const PROJECTION_NAMES: &[&str] = &[
     "users",
     "plants",

@@ -112,20 +112,35 @@ pub fn with_layers(routes: Router<App>, app: App) -> Router {
             panic_answer,
         ))
         .layer(
-            TraceLayer::new_for_http().make_span_with(move |request: &Request| {
-                // The path only: query strings can carry personal data (`?q=` on user lists).
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    client_ip = %limits::client_ip(request, &proxies),
-                    request_id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or(""),
-                )
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(move |request: &Request| {
+                    // The path only: query strings can carry personal data (`?q=` on user lists).
+                    // The route template groups requests; `user_id` is recorded by the auth
+                    // extractor once the caller is known. The request id is the events'
+                    // correlation id unless the client sent one, and projectors log it.
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        route = request
+                            .extensions()
+                            .get::<MatchedPath>()
+                            .map_or("unmatched", MatchedPath::as_str),
+                        path = %request.uri().path(),
+                        client_ip = %limits::client_ip(request, &proxies),
+                        request_id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(""),
+                        user_id = tracing::field::Empty,
+                    )
+                })
+                // One line per answered request (status, latency), in its span.
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Millis),
+                ),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -185,6 +185,8 @@ impl FromRequestParts<App> for AuthUser {
                 });
             }
         }
+        // The request's span (and so each of its log lines) names the caller from here on.
+        tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
         Ok(AuthUser {
             user_id: claims.sub,
             role,

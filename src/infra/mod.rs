@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod hub;
 pub mod images;
+pub mod influx;
 pub mod mail;
 pub mod rate_limit;
 pub mod redis;

@@ -8,6 +8,7 @@ pub mod messaging;
 pub mod plants;
 pub mod rebuild;
 pub mod runner;
+pub mod series;
 pub mod sittings;
 pub mod users;
 

@@ -1083,7 +1083,12 @@ pub async fn list(
         };
         let state = match (code.map(|p| p.version()), checkpoint_version) {
             _ if locked => State::Rebuilding,
-            (None, _) if crate::PROJECTION_NAMES.contains(&name.as_str()) => State::SideEffects,
+            (None, _)
+                if crate::PROJECTION_NAMES.contains(&name.as_str())
+                    || name == super::series::NAME =>
+            {
+                State::SideEffects
+            }
             (None, _) => State::Unknown,
             (Some(code), Some(stored)) if code > stored => State::NeedsRebuild,
             (Some(code), Some(stored)) if code < stored => State::Newer,

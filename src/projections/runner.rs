@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::{Mode, Projection};
 use crate::events::store::Wakeups;
 use crate::events::{Position, StoredEvent};
+use crate::infra::influx::Series;
 
 /// How projectors run.
 #[derive(Debug, Clone)]
@@ -116,6 +117,8 @@ struct Inner {
     wakeups: Arc<Wakeups>,
     /// Whether this process runs the projectors (else waits read checkpoints from the database).
     running: std::sync::atomic::AtomicBool,
+    /// Where each batch's lag goes as a business series (InfluxDB), if anywhere.
+    series: Series,
 }
 
 /// What one batch did.
@@ -163,8 +166,18 @@ impl Projections {
                 projectors,
                 wakeups,
                 running: std::sync::atomic::AtomicBool::new(false),
+                series: Series::disabled(),
             }),
         }
+    }
+
+    /// Sends each batch's lag to `series` too (`projection_lag`, see `projections::series`).
+    /// Each batch runs in one instance, so N instances do not send N copies.
+    pub fn with_series(mut self, series: Series) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.series = series;
+        }
+        self
     }
 
     /// The registered projections, in their order.
@@ -396,7 +409,7 @@ impl Projections {
         let (reached, parked, failure) = if trouble.is_none() {
             let relevant = relevant(projection.as_ref(), &events);
             match projection.apply(&mut tx, &relevant).await {
-                Ok(()) => (last, 0, None),
+                Ok(()) => (last, Vec::new(), None),
                 Err(err) => {
                     // Find the event at fault: the next batches go one event at a time.
                     drop(tx);
@@ -410,10 +423,11 @@ impl Projections {
         };
         save_checkpoint(&mut tx, projection.name(), checkpoint, reached).await?;
         tx.commit().await?;
+        log_applied(projection.as_ref(), &events, reached, &parked);
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
             Some(err) => Err(err),
-            None => Ok(self.outcome(events.len(), parked, reached)),
+            None => Ok(self.outcome(events.len(), parked.len(), reached)),
         }
     }
 
@@ -468,16 +482,17 @@ impl Projections {
             .one_by_one(projector, conn, checkpoint, &events, false)
             .await?;
         save_checkpoint(&mut *conn, projection.name(), checkpoint, reached).await?;
+        log_applied(projection.as_ref(), &events, reached, &parked);
         self.record_lag(projection.as_ref(), &events, reached);
         match failure {
             Some(err) => Err(err),
-            None => Ok(self.outcome(events.len(), parked, reached)),
+            None => Ok(self.outcome(events.len(), parked.len(), reached)),
         }
     }
 
     /// Applies events one at a time (inside savepoints when `transactional`), parking one that
     /// has failed `max_attempts` times. Stops at the first other failure. Returns how far it got,
-    /// how many it parked, and the failure that stopped it.
+    /// the positions it parked, and the failure that stopped it.
     async fn one_by_one(
         &self,
         projector: &Projector,
@@ -485,10 +500,10 @@ impl Projections {
         checkpoint: i64,
         events: &[StoredEvent],
         transactional: bool,
-    ) -> anyhow::Result<(Position, usize, Option<anyhow::Error>)> {
+    ) -> anyhow::Result<(Position, Vec<i64>, Option<anyhow::Error>)> {
         let projection = &projector.projection;
         let mut reached = Position::new(checkpoint);
-        let mut parked = 0;
+        let mut parked = Vec::new();
         for event in events {
             if !projection
                 .aggregate_types()
@@ -529,7 +544,7 @@ impl Projections {
                         return Ok((reached, parked, Some(err)));
                     }
                     park(&mut *conn, projection.name(), event, &err, attempts).await?;
-                    parked += 1;
+                    parked.push(position);
                 }
             }
             reached = event.position;
@@ -599,6 +614,7 @@ impl Projections {
     fn record_lag(&self, projection: &dyn Projection, events: &[StoredEvent], reached: Position) {
         let now = Utc::now();
         let name = projection.name();
+        let mut worst: Option<f64> = None;
         for event in events.iter().filter(|e| {
             e.position <= reached
                 && projection
@@ -611,6 +627,12 @@ impl Projections {
                 .max(0) as f64
                 / 1e6;
             metrics::histogram!("projection_lag_seconds", "projection" => name).record(lag);
+            worst = Some(worst.map_or(lag, |w: f64| w.max(lag)));
+        }
+        if let Some(worst) = worst.filter(|_| self.inner.series.enabled()) {
+            self.inner
+                .series
+                .send(&super::series::lag_point(name, worst, now));
         }
     }
 
@@ -638,6 +660,46 @@ impl Projections {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// The chain of work an event belongs to (its metadata's `correlation_id`: the request id of the
+/// HTTP request that caused it, unless the client sent `X-Correlation-Id`).
+fn correlation_id(event: &StoredEvent) -> &str {
+    event
+        .metadata
+        .get("correlation_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// One line per event a projection has applied for good (committed, or acted on), with the
+/// event's correlation id: a grep for a request id follows it from HTTP to its projections.
+/// Parked events were logged when parked.
+fn log_applied(
+    projection: &dyn Projection,
+    events: &[StoredEvent],
+    reached: Position,
+    parked: &[i64],
+) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let name = projection.name();
+    for event in events.iter().filter(|e| {
+        e.position <= reached
+            && !parked.contains(&e.position.global_position)
+            && projection
+                .aggregate_types()
+                .contains(&e.aggregate_type.as_str())
+    }) {
+        tracing::info!(
+            projection = name,
+            position = event.position.global_position,
+            event_type = %event.event_type,
+            correlation_id = correlation_id(event),
+            "event projected"
+        );
     }
 }
 
@@ -693,6 +755,7 @@ pub(crate) async fn park(
         projection,
         position = event.position.global_position,
         event_type = %event.event_type,
+        correlation_id = correlation_id(event),
         attempts,
         error = %error,
         "event parked after repeated failures; the projection goes on without it"
