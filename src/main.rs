@@ -229,9 +229,18 @@ async fn seed(command: SeedCommand) -> anyhow::Result<()> {
                 force,
                 ..Default::default()
             };
-            let world = arosaje::seed::demo::seed(&app, options).await?;
-            print_demo(&world);
-            Ok(())
+            match arosaje::seed::demo::seed(&app, options).await {
+                Ok(world) => {
+                    print_demo(&world);
+                    Ok(())
+                }
+                // A refusal, not a failure: its message alone.
+                Err(refused @ arosaje::seed::SeedError::NotEmpty(_)) => {
+                    eprintln!("{refused}");
+                    std::process::exit(1);
+                }
+                Err(err) => Err(err.into()),
+            }
         }
         SeedCommand::Load {
             users,

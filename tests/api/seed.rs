@@ -85,6 +85,39 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
         ]
     );
 
+    // Each sitting and advice is in the state its label says, in the read models.
+    for (status, id) in &world.sittings {
+        let actual: String = sqlx::query_scalar("SELECT status FROM sittings WHERE id = $1")
+            .bind(id)
+            .fetch_one(&t.pool)
+            .await
+            .expect("sitting");
+        assert_eq!(actual, *status);
+    }
+    for (label, id) in &world.advice {
+        let (state, revision, validations, rejections): (String, i32, i32, i32) = sqlx::query_as(
+            "SELECT state, revision, validations, rejections FROM advice WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&t.pool)
+        .await
+        .expect("advice");
+        let expected = match *label {
+            "given" => ("active", 1, 0, 0),
+            "revised" => ("active", 2, 0, 0),
+            "validated" => ("active", 1, 1, 0),
+            "rejected" => ("active", 1, 0, 1),
+            "withdrawn" => ("withdrawn", 1, 0, 0),
+            "hidden" => ("hidden", 1, 0, 0),
+            other => panic!("advice labelled {other}"),
+        };
+        assert_eq!(
+            (state.as_str(), revision, validations, rejections),
+            expected,
+            "{label}"
+        );
+    }
+
     let owner = login(&t, &world, "camille").await;
     let sitter = login(&t, &world, "hugo").await;
     let botanist = login(&t, &world, "elise").await;
@@ -448,7 +481,10 @@ async fn seed_load_makes_exactly_the_counts_asked_for(
     assert_eq!(count(&t, "SELECT count(*) FROM reviews").await, 8);
     let booked = plan.sittings_by_status[1..=3].iter().sum::<u64>() as i64;
     assert_eq!(booked, 14);
-    assert_eq!(count(&t, "SELECT count(*) FROM sitter_bookings").await, booked);
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM sitter_bookings").await,
+        booked
+    );
     assert_eq!(
         count(&t, "SELECT count(*) FROM messaging.conversations").await,
         3
@@ -531,5 +567,8 @@ async fn seed_load_makes_exactly_the_counts_asked_for(
     assert!(verified.broken.is_none(), "{:?}", verified.broken);
     // The load, then a login from a new device, the application and the message.
     assert_eq!(verified.events, events + 3);
-    assert_eq!(count(&t, "SELECT count(*) FROM events").await, events as i64 + 3);
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM events").await,
+        events as i64 + 3
+    );
 }
