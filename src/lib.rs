@@ -15,6 +15,7 @@ pub mod messaging;
 pub mod photos;
 pub mod projections;
 pub mod reminders;
+pub mod seed;
 
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};

@@ -48,6 +48,48 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Populations: a demo world for newcomers, large loads for benches.
+    Seed {
+        #[command(subcommand)]
+        command: SeedCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SeedCommand {
+    /// Fill an empty database with a small French demo world (accounts of every role, plants
+    /// with photos, sittings in every state, advice, conversations), through the real commands;
+    /// prints the accounts and their password.
+    Demo {
+        /// Seed even though the log is not empty (the demo e-mail addresses must still be free).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Append a large population for benches, in batches straight into the event store (sealed,
+    /// hash-chained, as the aggregates would have written it), then wait for the read models.
+    Load {
+        #[arg(long, default_value_t = 0)]
+        users: u64,
+        #[arg(long, default_value_t = 0)]
+        plants: u64,
+        #[arg(long, default_value_t = 0)]
+        sittings: u64,
+        #[arg(long, default_value_t = 0)]
+        messages: u64,
+        /// Conversations the messages go into (default: one per 20 messages).
+        #[arg(long)]
+        conversations: Option<u64>,
+        /// Events per INSERT (and per transaction).
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Return once the events are appended; the read models catch up when `serve` runs.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        config: Config,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +217,147 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { command } => projections(command).await,
+        Command::Seed { command } => seed(command).await,
+    }
+}
+
+async fn seed(command: SeedCommand) -> anyhow::Result<()> {
+    match command {
+        SeedCommand::Demo { force, config } => {
+            let app = App::build(config).await?;
+            let options = arosaje::seed::demo::DemoOptions {
+                force,
+                ..Default::default()
+            };
+            match arosaje::seed::demo::seed(&app, options).await {
+                Ok(world) => {
+                    print_demo(&world);
+                    Ok(())
+                }
+                // A refusal, not a failure: its message alone.
+                Err(refused @ arosaje::seed::SeedError::NotEmpty(_)) => {
+                    eprintln!("{refused}");
+                    std::process::exit(1);
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        SeedCommand::Load {
+            users,
+            plants,
+            sittings,
+            messages,
+            conversations,
+            batch,
+            no_wait,
+            config,
+        } => {
+            let app = App::build(config).await?;
+            let options = arosaje::seed::load::LoadOptions {
+                users,
+                plants,
+                sittings,
+                messages,
+                conversations,
+                batch,
+                ..Default::default()
+            };
+            let plan = options.plan()?;
+            println!(
+                "appending {} users, {} plants, {} sittings, {} conversations, {} messages: {} events",
+                plan.users, plan.plants, plan.sittings, plan.conversations, plan.messages, plan.events
+            );
+            let bar = indicatif::ProgressBar::new(plan.events).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
+                )?,
+            );
+            let report = arosaje::seed::load::load(&app, &options, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            let report = report?;
+            println!(
+                "appended {} events (positions {}..={}) in {:.1} s: {:.0} events/s",
+                report.plan.events,
+                report.first_position,
+                report.last_position,
+                report.elapsed.as_secs_f64(),
+                report.events_per_second()
+            );
+            println!(
+                "loaded accounts log in with the password {}",
+                arosaje::seed::load::LOAD_PASSWORD
+            );
+            if no_wait {
+                println!("the read models catch up when `arosaje serve` runs");
+                return Ok(());
+            }
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message("read models catching up");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let caught_up = arosaje::seed::load::catch_up(&app).await;
+            spinner.finish_and_clear();
+            let (laps, total) = caught_up?;
+            let laps: Vec<String> = laps
+                .iter()
+                .map(|(name, t)| format!("{name} {:.1} s", t.as_secs_f64()))
+                .collect();
+            println!(
+                "read models caught up in {:.1} s ({})",
+                total.as_secs_f64(),
+                laps.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The demo's accounts and where to start.
+fn print_demo(world: &arosaje::seed::demo::DemoWorld) {
+    println!(
+        "demo world ready: {} accounts, {} plants, {} sittings, {} advice, {} conversations ({} events)",
+        world.accounts.len(),
+        world.plants.len(),
+        world.sittings.len(),
+        world.advice.len(),
+        world.conversations.len(),
+        world.events
+    );
+    println!(
+        "every account's password: {}",
+        arosaje::seed::demo::DEMO_PASSWORD
+    );
+    println!();
+    println!("{:<9} {:<32} {:<16} part", "role", "e-mail", "name");
+    for account in &world.accounts {
+        println!(
+            "{:<9} {:<32} {:<16} {}",
+            account.role.as_str(),
+            account.email,
+            account.display_name,
+            account.part
+        );
+    }
+    for account in world.accounts.iter().filter(|a| a.totp_secret.is_some()) {
+        println!();
+        println!(
+            "{} has two-factor authentication (ADMIN_MFA=required): TOTP secret {} \
+             (e.g. `oathtool --totp -b {}`), or one of these one-time recovery codes as \
+             `totp_code`: {}",
+            account.email,
+            account.totp_secret.as_deref().unwrap_or_default(),
+            account.totp_secret.as_deref().unwrap_or_default(),
+            account.recovery_codes.join(" ")
+        );
+    }
+    for (status, id) in &world.sittings {
+        if *status == "in_progress" {
+            println!();
+            println!("the sitting in progress (its events: GET /api/audit/aggregates/Sitting/{id}): {id}");
+        }
     }
 }
 

@@ -59,7 +59,9 @@ pub struct Cipher {
 }
 
 impl Cipher {
-    fn new(user_id: Uuid, key: &[u8]) -> Result<Self, CryptoError> {
+    /// The cipher of `user_id` under a 32-byte key (for bulk writers that create the keys rows
+    /// themselves, in the transaction of the events sealed with them: `seed load`).
+    pub fn new(user_id: Uuid, key: &[u8]) -> Result<Self, CryptoError> {
         if key.len() != 32 {
             return Err(CryptoError::Corrupt);
         }

@@ -25,6 +25,7 @@ mod ops;
 mod photos;
 mod plants;
 mod rebuild;
+mod seed;
 mod sittings;
 mod smtp;
 mod upcasting;
