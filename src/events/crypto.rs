@@ -169,6 +169,16 @@ impl KeyStore {
         }
     }
 
+    /// Whether a user's key is gone (erased). What projections skip by: the same answer live
+    /// and in any later replay, unlike the presence of a read-model row, which may lag.
+    pub async fn is_erased(&self, user_id: Uuid) -> Result<bool, CryptoError> {
+        match self.cipher(user_id).await {
+            Ok(_) => Ok(false),
+            Err(CryptoError::KeyMissing(_)) => Ok(true),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The ciphers of several users at once (one query for those not cached yet); users whose
     /// key is gone are absent from the answer.
     pub async fn ciphers(&self, user_ids: &[Uuid]) -> Result<HashMap<Uuid, Cipher>, CryptoError> {

@@ -49,13 +49,16 @@ impl AdviceProjection {
                 priority,
                 body,
             } => {
+                if self.keys.is_erased(author_id).await? {
+                    // Its author was erased: not shown (as the foreign key removes it live).
+                    return Ok(());
+                }
                 let body = self.open(author_id, &body).await?;
                 let inserted = sqlx::query(
                     "INSERT INTO advice (id, plant_id, plant_owner_id, sitting_id, sitter_id, \
                                          author_id, priority, body, revision, state, created_at, \
                                          updated_at, version) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1, 'active', $9, $9, $10 \
-                      WHERE EXISTS (SELECT 1 FROM users WHERE id = $6) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'active', $9, $9, $10) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(id)
@@ -262,26 +265,30 @@ async fn plant_of(conn: &mut PgConnection, advice: Uuid) -> anyhow::Result<Optio
 
 /// Recounts the queue rows of one plant, or of one sitting: the active advice on the plant since
 /// the sitting was requested (or given in its context), and whether the plant's latest active
-/// advice was urgent or asked for a follow-up.
+/// advice was urgent or asked for a follow-up. Two statements, each with a plain equality its
+/// index serves (`advice_queue_plant`, the primary key): an `$1 IS NULL OR ...` condition would
+/// make a prepared statement's generic plan scan the whole queue on every event.
 pub(super) async fn refresh_queue(
     conn: &mut PgConnection,
     plant: Option<Uuid>,
     sitting: Option<Uuid>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE advice_queue q SET \
+    const SET: &str = "UPDATE advice_queue q SET \
             advice_count = (SELECT count(*) FROM advice a \
                              WHERE a.plant_id = q.plant_id AND a.state = 'active' \
                                AND (a.created_at >= q.requested_at OR a.sitting_id = q.sitting_id)), \
             flagged = COALESCE((SELECT a.priority IN ('urgent', 'follow_up') FROM advice a \
                                  WHERE a.plant_id = q.plant_id AND a.state = 'active' \
-                                 ORDER BY a.updated_at DESC, a.id DESC LIMIT 1), false) \
-          WHERE ($1::uuid IS NULL OR q.plant_id = $1) AND ($2::uuid IS NULL OR q.sitting_id = $2)",
-    )
-    .bind(plant)
-    .bind(sitting)
-    .execute(&mut *conn)
-    .await?;
+                                 ORDER BY a.updated_at DESC, a.id DESC LIMIT 1), false) ";
+    let (condition, id) = match (plant, sitting) {
+        (Some(plant), _) => ("WHERE q.plant_id = $1", plant),
+        (None, Some(sitting)) => ("WHERE q.sitting_id = $1", sitting),
+        (None, None) => return Ok(()),
+    };
+    sqlx::query(&format!("{SET}{condition}"))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

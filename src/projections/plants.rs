@@ -58,6 +58,10 @@ impl Projection for PlantsProjection {
                     description,
                     care,
                 } => {
+                    if self.keys.is_erased(owner_id).await? {
+                        // Its owner was erased: never shown (as the foreign key removes it live).
+                        continue;
+                    }
                     created.ids.push(plant_id);
                     created.owners.push(owner_id);
                     created.names.push(name);
@@ -155,7 +159,6 @@ impl NewPlants {
                FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
                            $6::int4[], $7::text[], $8::text[], $9::timestamptz[], $10::int8[]) \
                     AS p(id, owner_id, name, species, description, watering, light, notes, at, version) \
-              WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.owner_id) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&batch.ids)

@@ -140,11 +140,14 @@ impl Projection for SittingsProjection {
                     applicant_id,
                     message,
                 } => {
+                    if self.keys.is_erased(applicant_id).await? {
+                        touch(None).execute(&mut *conn).await?;
+                        continue;
+                    }
                     let message = self.open_optional(applicant_id, &message).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO sitting_applications (sitting_id, applicant_id, message, applied_at) \
                          SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $1) \
-                            AND EXISTS (SELECT 1 FROM users WHERE id = $2) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(id)
@@ -171,14 +174,16 @@ impl Projection for SittingsProjection {
                 }
                 SittingEvent::SitterAccepted { sitter_id } => {
                     // An erased sitter is no longer anyone (as the foreign key's SET NULL).
-                    sqlx::query(
-                        "UPDATE sittings SET sitter_id = \
-                            (SELECT id FROM users WHERE id = $2) WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(sitter_id)
-                    .execute(&mut *conn)
-                    .await?;
+                    let sitter = if self.keys.is_erased(sitter_id).await? {
+                        None
+                    } else {
+                        Some(sitter_id)
+                    };
+                    sqlx::query("UPDATE sittings SET sitter_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(sitter)
+                        .execute(&mut *conn)
+                        .await?;
                     touch(Some(Status::Accepted)).execute(&mut *conn).await?;
                 }
                 SittingEvent::SittingStarted { .. } => {
@@ -192,13 +197,16 @@ impl Projection for SittingsProjection {
                     before_photo_id,
                     after_photo_id,
                 } => {
+                    if self.keys.is_erased(sitter_id).await? {
+                        touch(None).execute(&mut *conn).await?;
+                        continue;
+                    }
                     let note = self.open(sitter_id, &note).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO care_reports (id, sitting_id, plant_id, sitter_id, note, \
                                                    before_photo_id, after_photo_id, created_at) \
                          SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
                           WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $2) \
-                            AND EXISTS (SELECT 1 FROM users WHERE id = $4) \
                          ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(report_id)
@@ -237,12 +245,15 @@ impl Projection for SittingsProjection {
                     rating,
                     comment,
                 } => {
+                    if self.keys.is_erased(author_id).await? {
+                        touch(None).execute(&mut *conn).await?;
+                        continue;
+                    }
                     let comment = self.open_optional(author_id, &comment).await?;
                     sqlx::query(
                         "INSERT INTO reviews (sitting_id, author_id, subject_id, rating, comment, created_at) \
                          SELECT $1, $2, $3, $4, $5, $6 \
                           WHERE EXISTS (SELECT 1 FROM sittings WHERE id = $1) \
-                            AND EXISTS (SELECT 1 FROM users WHERE id = $2) \
                             AND EXISTS (SELECT 1 FROM users WHERE id = $3) \
                          ON CONFLICT DO NOTHING",
                     )
