@@ -204,24 +204,15 @@ async fn pseudonymise_erased(
             (id, alias)
         })
         .collect();
-    fn walk(value: &mut Value, aliases: &std::collections::HashMap<String, String>) {
-        match value {
-            Value::String(text) => {
-                if let Some(alias) = aliases.get(text.as_str()) {
-                    *text = alias.clone();
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, aliases)),
-            Value::Object(map) => map.values_mut().for_each(|v| walk(v, aliases)),
-            _ => {}
+    let mut replace = |text: &mut String| {
+        if let Some(alias) = aliases.get(text.as_str()) {
+            *text = alias.clone();
         }
-    }
+    };
     for event in events.iter_mut() {
-        if let Some(alias) = aliases.get(&event.aggregate_id) {
-            event.aggregate_id = alias.clone();
-        }
-        walk(&mut event.payload, &aliases);
-        walk(&mut event.metadata, &aliases);
+        replace(&mut event.aggregate_id);
+        for_each_string(&mut event.payload, &mut replace);
+        for_each_string(&mut event.metadata, &mut replace);
     }
     Ok(())
 }
@@ -234,8 +225,7 @@ pub(super) fn erased_alias(app: &App, id: &str) -> String {
     mac.update(b"erased pseudonym:");
     mac.update(id.as_bytes());
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("erased:{hex}")
+    format!("erased:{}", short_hex(&digest))
 }
 
 /// Every UUID-valued string in a JSON value.
@@ -262,22 +252,30 @@ fn open_strings(value: &mut Value, ciphers: &[Cipher]) {
 /// Replaces each sealed string (`v1:...`) by its plaintext under the first key that opens it, or
 /// by `otherwise` when none does.
 pub(super) fn open_strings_or(value: &mut Value, ciphers: &[Cipher], otherwise: &str) {
-    match value {
-        Value::String(text) if text.starts_with("v1:") => {
+    for_each_string(value, &mut |text| {
+        if text.starts_with("v1:") {
             let sealed = Sealed::from_stored(text.clone());
             *text = ciphers
                 .iter()
                 .find_map(|cipher| cipher.open(&sealed).ok())
                 .unwrap_or_else(|| otherwise.to_string());
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|item| open_strings_or(item, ciphers, otherwise)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|item| open_strings_or(item, ciphers, otherwise)),
+    });
+}
+
+/// Calls `f` on every string of a JSON value, at any depth (keys aside).
+pub(super) fn for_each_string(value: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        Value::String(text) => f(text),
+        Value::Array(items) => items.iter_mut().for_each(|item| for_each_string(item, f)),
+        Value::Object(map) => map.values_mut().for_each(|item| for_each_string(item, f)),
         _ => {}
     }
+}
+
+/// The first 8 bytes of a digest in hex: the 16 digits of a pseudonym.
+pub(super) fn short_hex(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 pub(super) const COLUMNS: &str =

@@ -32,7 +32,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::audit::{collect_ids, open_strings_or, AuditEvent, EventRow, COLUMNS};
+use super::audit::{
+    collect_ids, for_each_string, open_strings_or, short_hex, AuditEvent, EventRow, COLUMNS,
+};
 use super::docs::ErrorBody;
 use super::error::ApiError;
 use super::extract::{ApiPath, RequestMeta};
@@ -342,20 +344,14 @@ impl Exporter<'_> {
             .chain_update(self.salt)
             .chain_update(id.as_bytes())
             .finalize();
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Some(format!("person:{hex}"))
+        Some(format!("person:{}", short_hex(&digest)))
     }
 
     fn pseudonymise(&self, value: &mut Value) {
-        match value {
-            Value::String(text) => {
-                if let Some(alias) = text.parse::<Uuid>().ok().and_then(|id| self.alias(id)) {
-                    *text = alias;
-                }
+        for_each_string(value, &mut |text| {
+            if let Some(alias) = text.parse::<Uuid>().ok().and_then(|id| self.alias(id)) {
+                *text = alias;
             }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.pseudonymise(v)),
-            Value::Object(map) => map.values_mut().for_each(|v| self.pseudonymise(v)),
-            _ => {}
-        }
+        });
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::advice::{advise, botanists};
 use crate::helpers::{eventually, unique_email, Reply, TestApp, PASSWORD};
 use crate::photos::{jpeg, upload};
-use crate::sittings::{owner_with_plants, request, sitting_body};
+use crate::sittings::{act, owner_with_plants, request, sitting_body};
 use arosaje::projections::rebuild::{self, RebuildOptions};
 
 const LYON: (f64, f64) = (45.764, 4.8357);
@@ -25,15 +25,6 @@ fn id_of(reply: &Reply) -> String {
         Some(id) => id.to_string(),
         None => panic!("no id in {reply:?}"),
     }
-}
-
-async fn act(t: &TestApp, token: &str, sitting: &str, action: &str, body: Value) -> Reply {
-    t.post(
-        &format!("/api/sittings/{sitting}/{action}"),
-        Some(token),
-        body,
-    )
-    .await
 }
 
 async fn ok(reply: Reply, status: StatusCode) -> Reply {
@@ -66,40 +57,11 @@ struct World {
     botanist: Uuid,
 }
 
-/// A verified account with this name; returns (id, token).
-async fn person(t: &TestApp, email: &str, name: &str) -> (Uuid, String) {
-    let registered = ok(t.register(email, name).await, StatusCode::CREATED).await;
-    let id: Uuid = registered.body["id"]
-        .as_str()
-        .expect("id")
-        .parse()
-        .expect("uuid");
-    let link = t
-        .app
-        .tokens
-        .issue(arosaje::infra::tokens::Purpose::VerifyEmail, id, 0)
-        .expect("token");
-    ok(
-        t.post("/api/auth/verify-email", None, json!({ "token": link }))
-            .await,
-        StatusCode::NO_CONTENT,
-    )
-    .await;
-    let login = ok(t.login(email, PASSWORD).await, StatusCode::OK).await;
-    (
-        id,
-        login.body["access_token"]
-            .as_str()
-            .expect("token")
-            .to_string(),
-    )
-}
-
 async fn world(t: &TestApp) -> World {
     let tag = Uuid::new_v4().simple().to_string();
     let eve_name = format!("Evelyne {}", &tag[..10]);
     let eve_email = unique_email("eve");
-    let (eve, eve_token) = person(t, &eve_email, &eve_name).await;
+    let (eve, eve_token) = t.verified_user_named(&eve_email, &eve_name).await;
     let digits = format!("{:08}", Uuid::new_v4().as_u128() % 100_000_000);
     let eve_phone = format!("+33 6 {} {}", &digits[..4], &digits[4..]);
     let eve_text = format!("my door code is {}", &tag[18..26]);
@@ -127,7 +89,7 @@ async fn world(t: &TestApp) -> World {
 
     let sam_email = unique_email("sam");
     let sam_name = format!("Samuel {}", &tag[26..32]);
-    let (sam, sam_token) = person(t, &sam_email, &sam_name).await;
+    let (sam, sam_token) = t.verified_user_named(&sam_email, &sam_name).await;
     let (olga, olga_token, olga_plants) = owner_with_plants(t, 2).await;
 
     // Completed: Eve owns, Sam sits, reports, both review.

@@ -217,7 +217,12 @@ impl TestApp {
 
     /// Registers and logs in a user; returns (user id, access token).
     pub async fn user(&self, email: &str) -> (Uuid, String) {
-        let registered = self.register(email, "Test User").await;
+        self.user_named(email, "Test User").await
+    }
+
+    /// Registers and logs in a user with this display name; returns (user id, access token).
+    pub async fn user_named(&self, email: &str, display_name: &str) -> (Uuid, String) {
+        let registered = self.register(email, display_name).await;
         assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
         let login = self.login(email, PASSWORD).await;
         assert_eq!(login.status, StatusCode::OK, "{login:?}");
@@ -238,7 +243,12 @@ impl TestApp {
     /// A user whose e-mail address is verified (through the link's token, as a user would);
     /// returns (user id, access token).
     pub async fn verified_user(&self, email: &str) -> (Uuid, String) {
-        let (id, token) = self.user(email).await;
+        self.verified_user_named(email, "Test User").await
+    }
+
+    /// [`TestApp::verified_user`] with this display name.
+    pub async fn verified_user_named(&self, email: &str, display_name: &str) -> (Uuid, String) {
+        let (id, token) = self.user_named(email, display_name).await;
         let link = self
             .app
             .tokens

@@ -46,7 +46,7 @@ fn id_of(reply: &Reply) -> String {
     reply.body["id"].as_str().expect("id").to_string()
 }
 
-async fn act(t: &TestApp, token: &str, sitting: &str, action: &str, body: Value) -> Reply {
+pub async fn act(t: &TestApp, token: &str, sitting: &str, action: &str, body: Value) -> Reply {
     t.post(
         &format!("/api/sittings/{sitting}/{action}"),
         Some(token),
