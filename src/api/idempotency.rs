@@ -240,6 +240,12 @@ fn replay(status: i16, content_type: Option<String>, body: Vec<u8>) -> Result<Re
     Ok(response)
 }
 
+/// What a handler wants stored for replay instead of the answer it sends (a response
+/// extension): the same outcome without what must not rest in `idempotency_keys` (a home's
+/// exact place and instructions).
+#[derive(Clone)]
+pub struct StoredAnswer(pub Bytes);
+
 /// Whether an answer is the request's outcome, to be replayed.
 fn is_outcome(status: StatusCode) -> bool {
     !(status.is_server_error()
@@ -260,7 +266,8 @@ async fn finish(
         release(app, user_id, key, claimed_at).await;
         return response;
     }
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    let instead = parts.extensions.remove::<StoredAnswer>();
     let bytes = match axum::body::to_bytes(body, MAX_STORED_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -282,7 +289,11 @@ async fn finish(
     .bind(claimed_at)
     .bind(parts.status.as_u16() as i16)
     .bind(content_type)
-    .bind(bytes.as_ref())
+    .bind(
+        instead
+            .as_ref()
+            .map_or(bytes.as_ref(), |stored| stored.0.as_ref()),
+    )
     .execute(&app.pool)
     .await;
     if let Err(err) = stored {
@@ -316,16 +327,22 @@ fn sweep_now() -> bool {
 /// Deletes expired keys in the background.
 fn sweep(app: App) {
     tokio::spawn(async move {
-        let swept = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
-        )
-        .execute(&app.pool)
-        .await;
-        match swept {
-            Ok(done) => tracing::debug!(rows = done.rows_affected(), "expired idempotency keys"),
+        match sweep_expired(&app.pool).await {
+            Ok(rows) => tracing::debug!(rows, "expired idempotency keys"),
             Err(err) => tracing::warn!(error = %err, "sweeping idempotency keys failed"),
         }
     });
+}
+
+/// Deletes the keys older than 24 h, with the answers they kept (which may quote a message's
+/// text): run by claims now and then, and by the hourly retention job, so no stored answer
+/// outlives its day even when no one sends a key.
+pub async fn sweep_expired(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let swept =
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(pool)
+            .await?;
+    Ok(swept.rows_affected())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<App> {
         .routes(routes!(change_password))
         .routes(routes!(revoke_session))
         .merge(super::export::me_routes())
+        .merge(super::sittings::me_routes())
 }
 
 /// One signed-in device.

@@ -705,6 +705,25 @@ async fn every_sitting_route_answers_each_role_as_the_matrix_says(
             [401, 200, 200, 200, 200, 200],
         ),
         (Method::GET, s.clone(), None, [401, 200, 200, 200, 200, 200]),
+        // An admin's reason opens the home (recorded); for anyone else it changes nothing.
+        (
+            Method::GET,
+            format!("{s}?reason=support"),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("{s}?reason={}", "r".repeat(501)),
+            None,
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::GET,
+            "/api/me/applications".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
         (
             Method::GET,
             format!("{s}/applications"),

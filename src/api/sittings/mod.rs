@@ -28,7 +28,12 @@ use crate::events::sitting::Location;
 use crate::events::store::Committed;
 use crate::events::Metadata;
 use crate::App;
-use views::SittingView;
+use views::{Disclosure, SittingView};
+
+/// The caller's own applications, under `/api/me`.
+pub fn me_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(queries::list_my_applications))
+}
 
 pub fn router() -> OpenApiRouter<App> {
     let (schemas, paths, create) = routes!(request_sitting);
@@ -237,11 +242,28 @@ async fn respond(
     if !super::settle(app, "Sitting", committed).await {
         return Ok(super::accepted(id, committed));
     }
-    let row = views::load(&app.pool, viewer.user_id, id)
+    let row = views::load(&app.pool, id)
         .await?
         .ok_or(ApiError::NotFound("sitting"))?;
-    let view = row.view_for(viewer);
-    Ok((status, Json(super::positioned(view, committed))).into_response())
+    let disclosure = row.disclosure(viewer, false);
+    // A replay of this answer (Idempotency-Key) is stored without the home's secrets: the
+    // client GETs the sitting for them.
+    let stored = (disclosure == Disclosure::Home).then(|| {
+        let public = row
+            .clone()
+            .without_home()
+            .view_for(viewer, Disclosure::Public);
+        serde_json::to_vec(&super::positioned(public, committed))
+    });
+    let view = row.view_for(viewer, disclosure);
+    let mut response = (status, Json(super::positioned(view, committed))).into_response();
+    if let Some(stored) = stored {
+        let stored = stored.map_err(|err| ApiError::Internal(err.into()))?;
+        response
+            .extensions_mut()
+            .insert(super::idempotency::StoredAnswer(stored.into()));
+    }
+    Ok(response)
 }
 
 /// Runs a lifecycle command and answers with the sitting.

@@ -3,16 +3,18 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::NaiveDate;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::IntoParams;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::views::{self, SittingRow, SittingView, COLUMNS};
+use super::views::{self, Disclosure, SittingRow, SittingView, COLUMNS};
 use super::{ApplicationView, ReportView, SITTING_ID};
+use crate::access::{AccessDetails, AccessKind};
 use crate::api::docs::{ErrorBody, Page};
 use crate::api::error::ApiError;
-use crate::api::extract::{ApiPath, ApiQuery};
+use crate::api::extract::{ApiPath, ApiQuery, RequestMeta};
 use crate::api::pagination::{self, PageParams};
 use crate::api::token::AuthUser;
 use crate::api::users::PublicProfile;
@@ -160,9 +162,9 @@ pub async fn list_sittings(
     }
     filters.push("($2::date IS NULL OR s.ends_on >= $2)".into());
     filters.push("($3::date IS NULL OR s.starts_on <= $3)".into());
-    // Browsing (no `role`) is the same for everyone: answered from the query cache. The rows
-    // carry no caller-specific part (`applied` is computed for nobody); each caller's view of
-    // them is made below.
+    // Browsing (no `role`) is the same for everyone: answered from the query cache, with the
+    // public view of each sitting (no exact place, no instructions), for every caller, so the
+    // cache holds no home's secrets. Callers' own sittings are under `role=`.
     let browsing = role.is_none();
     let viewer = if browsing { Uuid::nil() } else { auth.user_id };
     let cache_key = if browsing {
@@ -172,11 +174,7 @@ pub async fn list_sittings(
             status.map(|s| s.as_str()),
             near.map(|p| (p.lat, p.lon)),
         );
-        Some(crate::infra::cache::QueryCache::key(
-            "sittings",
-            &versions,
-            &parameters,
-        ))
+        Some(app.cache.key("sittings", &versions, &parameters))
     } else {
         None
     };
@@ -196,15 +194,24 @@ pub async fn list_sittings(
             )
             .await?;
             if let Some(key) = &cache_key {
+                let rows: Vec<SittingRow> =
+                    rows.into_iter().map(SittingRow::without_home).collect();
                 app.cache.put(key, &rows).await;
+                rows
+            } else {
+                rows
             }
-            rows
         }
     };
     let page = pagination::keyset_page(rows, limit, |row| (row.distance_m.unwrap_or(0.0), row.id));
     Ok(Json(page.map(|row| {
         let metres = row.distance_m.unwrap_or(0.0);
-        let mut view = row.view_for(&auth);
+        let disclosure = if browsing {
+            Disclosure::Public
+        } else {
+            row.disclosure(&auth, false)
+        };
+        let mut view = row.view_for(&auth, disclosure);
         if near.is_some() {
             view.distance_km = Some((metres / 100.0).round() / 10.0);
         }
@@ -279,21 +286,62 @@ async fn fetch_rows(
     Ok(rows)
 }
 
-/// One sitting: open ones for everyone; others for their owner, applicants and sitter,
-/// botanists and admins.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SittingParams {
+    /// ADMIN: why the exact place and the instructions are needed (1 to 500 characters). The
+    /// look is recorded as an access (`sitting_home`); without it an admin sees the public view.
+    #[param(min_length = 1, max_length = 500)]
+    reason: Option<String>,
+}
+
+/// The longest `reason` an admin gives for reading a home's secrets.
+const MAX_REASON_CHARS: usize = 500;
+
+/// One sitting: open ones for everyone; others for their owner, sitter (a former sitter sees
+/// it as history, without the home), botanists and admins. The exact place and the
+/// instructions: see `views`.
 #[utoipa::path(get, path = "/{id}", tag = "sittings", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = SITTING_ID)),
+    params(("id" = Uuid, Path, description = SITTING_ID), SittingParams),
     responses(
         (status = 200, description = "The sitting", body = SittingView),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `reason` too long", body = ErrorBody),
     ))]
 pub async fn get_sitting(
     State(app): State<App>,
     auth: AuthUser,
+    RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(params): ApiQuery<SittingParams>,
 ) -> Result<Json<SittingView>, ApiError> {
+    let reason = params
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    if reason.is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
+        let mut errors = FieldErrors::new();
+        errors.add(
+            "reason",
+            format!("must be at most {MAX_REASON_CHARS} characters"),
+        );
+        return Err(ApiError::Validation(errors));
+    }
     let row = views::visible(&app.pool, &auth, id).await?;
-    Ok(Json(row.view_for(&auth)))
+    let admin_reason = auth.role == Role::Admin && reason.is_some();
+    let disclosure = row.disclosure(&auth, admin_reason);
+    if admin_reason && disclosure == Disclosure::Home && row.owner_id != auth.user_id {
+        // Recorded before it is served; fails closed (crate::access).
+        let details = AccessDetails {
+            kind: AccessKind::SittingHome,
+            subject_id: Some(row.owner_id),
+            reason: reason.map(str::to_string),
+            query: serde_json::json!({ "sitting_id": id }),
+        };
+        crate::access::record(&app, &auth.metadata(meta), &details).await?;
+    }
+    Ok(Json(row.view_for(&auth, disclosure)))
 }
 
 #[derive(sqlx::FromRow)]
@@ -433,4 +481,65 @@ pub async fn list_reports(
     .fetch_all(&app.pool)
     .await?;
     Ok(Json(pagination::page(rows, limit, |r: &ReportView| r.id)))
+}
+
+/// One of the caller's applications, with what they may still know of the sitting.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct MyApplicationView {
+    pub sitting_id: Uuid,
+    /// `pending` (the sitting is open), `accepted` (the caller was chosen: the sitting is
+    /// theirs to follow), `not_selected` (the owner chose someone else), or `closed` (the
+    /// sitting ended before anyone was chosen).
+    pub status: String,
+    pub message: Option<String>,
+    pub applied_at: chrono::DateTime<chrono::Utc>,
+    pub starts_on: NaiveDate,
+    pub ends_on: NaiveDate,
+    pub city: String,
+}
+
+/// The caller's applications, newest sitting first. A sitting whose owner chose someone else
+/// shows here as `not_selected` and is no longer readable (404) for the applicant.
+#[utoipa::path(get, path = "/applications", operation_id = "list_my_applications", tag = "me",
+    security(("bearer" = [])), params(PageParams),
+    responses(
+        (status = 200, description = "A page of the caller's applications", body = Page<MyApplicationView>),
+        (status = 422, description = "`validation_failed` on a parameter", body = ErrorBody),
+    ))]
+pub async fn list_my_applications(
+    State(app): State<App>,
+    auth: AuthUser,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<Page<MyApplicationView>>, ApiError> {
+    let mut errors = FieldErrors::new();
+    let (limit, cursor) = pagination::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let rows: Vec<MyApplicationView> = sqlx::query_as(
+        "SELECT a.sitting_id, \
+                CASE WHEN s.sitter_id = a.applicant_id THEN 'accepted' \
+                     WHEN s.status = 'open' THEN 'pending' \
+                     WHEN s.sitter_id IS NOT NULL OR s.status IN ('accepted', 'in_progress', 'completed') \
+                          THEN 'not_selected' \
+                     ELSE 'closed' END AS status, \
+                a.message, a.applied_at, s.starts_on, s.ends_on, s.city \
+           FROM sitting_applications a JOIN sittings s ON s.id = a.sitting_id \
+          WHERE a.applicant_id = $1 AND ($2::uuid IS NULL OR a.sitting_id < $2) \
+          ORDER BY a.sitting_id DESC LIMIT $3",
+    )
+    .bind(auth.user_id)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(Json(pagination::page(
+        rows,
+        limit,
+        |r: &MyApplicationView| r.sitting_id,
+    )))
 }

@@ -1,9 +1,16 @@
 //! What a caller sees of a sitting, and the queries behind `GET /api/sittings`.
 //!
-//! Location privacy: everyone who may see a sitting sees its city and a point rounded to about
-//! 1 km (`GeoPoint::approximate`); the exact point and the instructions (door codes, where the
-//! key is) only its owner, its accepted sitter and admins. Distances in search results are
-//! computed from the rounded point, so ordering by distance reveals nothing finer either.
+//! Home secrets: everyone who may see a sitting sees its city and a point rounded to about 1 km
+//! (`GeoPoint::approximate`). The exact point and the instructions (door codes, where the key is)
+//! go to its owner, to its accepted sitter only while the sitting is `accepted` or
+//! `in_progress` (a former sitter sees it as history), and to an admin only for a stated reason,
+//! recorded as an access (`GET /api/sittings/{id}?reason=`). Browse lists show every caller the
+//! public view, so the query cache holds no secret. Distances in search results are computed
+//! from the rounded point, so ordering by distance reveals nothing finer either.
+//!
+//! Applicants see an open sitting like everyone; once the owner chose someone else (or the
+//! sitting closed) it is no longer theirs to follow: 404, and `not_selected` in their list of
+//! applications (`GET /api/me/applications`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -34,7 +41,8 @@ pub struct SittingView {
     pub ends_on: NaiveDate,
     pub plant_ids: Vec<Uuid>,
     pub location: LocationView,
-    /// For the owner, the accepted sitter and admins only.
+    /// For the owner, the accepted sitter while the sitting is `accepted` or `in_progress`, and
+    /// admins who give a `reason`; null for everyone else.
     pub instructions: Option<String>,
     pub sitter_id: Option<Uuid>,
     /// How many applications are pending.
@@ -51,7 +59,7 @@ pub struct SittingView {
     pub version: i64,
 }
 
-#[derive(Debug, sqlx::FromRow, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, serde::Deserialize)]
 pub struct SittingRow {
     pub id: Uuid,
     pub owner_id: Uuid,
@@ -72,18 +80,24 @@ pub struct SittingRow {
     pub updated_at: DateTime<Utc>,
     pub version: i64,
     pub plant_ids: Vec<Uuid>,
-    /// Whether the caller has a pending application.
-    pub applied: bool,
     /// Metres from the searched point (rounded points), or the sort key of other lists.
     pub distance_m: Option<f64>,
 }
 
-/// Columns of a [`SittingRow`] for caller `$1`.
+/// Columns of a [`SittingRow`].
 pub const COLUMNS: &str = "s.id, s.owner_id, s.status, s.starts_on, s.ends_on, s.lat, s.lon, \
      s.approx_lat, s.approx_lon, s.city, s.instructions, s.sitter_id, s.applications, s.reports, \
      s.cancel_reason, s.created_at, s.updated_at, s.version, \
-     ARRAY(SELECT sp.plant_id FROM sitting_plants sp WHERE sp.sitting_id = s.id ORDER BY sp.plant_id) AS plant_ids, \
-     EXISTS (SELECT 1 FROM sitting_applications a WHERE a.sitting_id = s.id AND a.applicant_id = $1) AS applied";
+     ARRAY(SELECT sp.plant_id FROM sitting_plants sp WHERE sp.sitting_id = s.id ORDER BY sp.plant_id) AS plant_ids";
+
+/// How much of a sitting's home a caller is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disclosure {
+    /// The city and a point rounded to about 1 km; no instructions.
+    Public,
+    /// The exact point and the instructions.
+    Home,
+}
 
 impl SittingRow {
     fn is_owner(&self, viewer: &AuthUser) -> bool {
@@ -94,24 +108,48 @@ impl SittingRow {
         self.sitter_id == Some(viewer.user_id)
     }
 
-    /// Open sittings are public (people apply to them); others belong to their participants,
-    /// botanists (who advise on plants in care) and admins.
+    /// Open sittings are public (people apply to them); others belong to their owner, their
+    /// sitter (a former one sees them as history), botanists (who advise on plants in care) and
+    /// admins. Applicants who were not chosen no longer follow them.
     pub fn visible_to(&self, viewer: &AuthUser) -> bool {
         self.status == "open"
             || self.is_owner(viewer)
             || self.is_sitter(viewer)
-            || self.applied
             || matches!(viewer.role, Role::Botanist | Role::Admin)
     }
 
-    /// Who sees the exact place and the instructions.
-    pub fn is_insider(&self, viewer: &AuthUser) -> bool {
-        self.is_owner(viewer) || self.is_sitter(viewer) || viewer.role == Role::Admin
+    /// Whether the sitting's home is the sitter's business now: accepted or running.
+    fn in_care(&self) -> bool {
+        matches!(self.status.as_str(), "accepted" | "in_progress")
     }
 
-    pub fn view_for(self, viewer: &AuthUser) -> SittingView {
-        let insider = self.is_insider(viewer);
-        let participant = insider || self.applied;
+    /// What `viewer` is shown of the home: the owner and, while it is in their care, the
+    /// sitter see it; an admin only with a recorded reason (`admin_reason`).
+    pub fn disclosure(&self, viewer: &AuthUser, admin_reason: bool) -> Disclosure {
+        let home = self.is_owner(viewer)
+            || (self.is_sitter(viewer) && self.in_care())
+            || (viewer.role == Role::Admin && admin_reason);
+        if home {
+            Disclosure::Home
+        } else {
+            Disclosure::Public
+        }
+    }
+
+    /// The row without its secrets (exact point, instructions): what may be cached or stored.
+    pub fn without_home(mut self) -> Self {
+        self.lat = self.approx_lat;
+        self.lon = self.approx_lon;
+        self.instructions = None;
+        self
+    }
+
+    /// The sitting as `viewer` sees it, with the home as `disclosure` allows.
+    pub fn view_for(self, viewer: &AuthUser, disclosure: Disclosure) -> SittingView {
+        let insider = disclosure == Disclosure::Home;
+        // Cancel reasons: for the owner, the sitter (past or present) and admins.
+        let participant =
+            self.is_owner(viewer) || self.is_sitter(viewer) || viewer.role == Role::Admin;
         let location = if insider {
             LocationView {
                 lat: self.lat,
@@ -148,15 +186,10 @@ impl SittingRow {
     }
 }
 
-pub async fn load(
-    pool: &PgPool,
-    viewer: Uuid,
-    id: Uuid,
-) -> Result<Option<SittingRow>, sqlx::Error> {
+pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<SittingRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, NULL::float8 AS distance_m FROM sittings s WHERE s.id = $2"
+        "SELECT {COLUMNS}, NULL::float8 AS distance_m FROM sittings s WHERE s.id = $1"
     ))
-    .bind(viewer)
     .bind(id)
     .fetch_optional(pool)
     .await
@@ -164,7 +197,7 @@ pub async fn load(
 
 /// The sitting as the caller may see it; 404 when they may not (whether or not it exists).
 pub async fn visible(pool: &PgPool, viewer: &AuthUser, id: Uuid) -> Result<SittingRow, ApiError> {
-    load(pool, viewer.user_id, id)
+    load(pool, id)
         .await?
         .filter(|row| row.visible_to(viewer))
         .ok_or(ApiError::NotFound("sitting"))
