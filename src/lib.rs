@@ -209,7 +209,12 @@ impl App {
             store,
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
-            cache: infra::cache::QueryCache::new(redis.clone()),
+            cache: infra::cache::QueryCache::new(
+                redis.clone(),
+                infra::cache::namespace(&pool)
+                    .await
+                    .context("reading the deployment id (migrations applied?)")?,
+            ),
             redis: redis.clone(),
             hub: Arc::new(infra::hub::Hub::default()),
             message_keys,

@@ -62,9 +62,11 @@ pub struct MessageView {
 pub struct ParticipantView {
     pub id: Uuid,
     pub display_name: String,
-    /// A live socket is open (refreshed every 10 s, expires after 30 s).
-    pub online: bool,
-    /// When a socket of theirs was last open.
+    /// A live socket is open (refreshed every 10 s, expires after 30 s). Null unless the caller
+    /// and this participant share an accepted or running sitting, or a conversation in which
+    /// both have written.
+    pub online: Option<bool>,
+    /// When a socket of theirs was last open; null when unknown or not shown (as `online`).
     pub last_seen: Option<DateTime<Utc>>,
 }
 
@@ -135,13 +137,13 @@ async fn conversations(
     let mut users: Vec<Uuid> = people.iter().map(|(_, id, _)| *id).collect();
     users.sort();
     users.dedup();
+    let users = presence_shown(app, user, users).await?;
     let presence = crate::infra::hub::presence(&app.redis, &users).await;
-    let presence_of = |user: &Uuid| {
-        users
-            .iter()
-            .position(|u| u == user)
-            .and_then(|i| presence.get(i).copied())
-            .unwrap_or((false, None))
+    let presence_of = |user: &Uuid| match users.iter().position(|u| u == user) {
+        Some(i) => presence
+            .get(i)
+            .map_or((Some(false), None), |(online, seen)| (Some(*online), *seen)),
+        None => (None, None),
     };
     Ok(rows
         .into_iter()
@@ -183,6 +185,34 @@ async fn conversations(
             (view, row.last_position)
         })
         .collect())
+}
+
+/// Of `people`, those whose presence `viewer` may see: themself, the other party of an
+/// accepted or running sitting they share, and those who wrote in a conversation in which the
+/// viewer wrote too. Opening a conversation with someone shows nothing of them until both have
+/// written.
+async fn presence_shown(
+    app: &App,
+    viewer: Uuid,
+    people: Vec<Uuid>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT u FROM UNNEST($2::uuid[]) AS u \
+          WHERE u = $1 \
+             OR EXISTS (SELECT 1 FROM sittings s \
+                         WHERE s.status IN ('accepted', 'in_progress') \
+                           AND ((s.owner_id = $1 AND s.sitter_id = u) \
+                                OR (s.owner_id = u AND s.sitter_id = $1))) \
+             OR EXISTS (SELECT 1 FROM messaging.participants a \
+                          JOIN messaging.participants b ON b.conversation_id = a.conversation_id \
+                         WHERE a.user_id = $1 AND a.has_written \
+                           AND b.user_id = u AND b.has_written) \
+          ORDER BY u",
+    )
+    .bind(viewer)
+    .bind(&people)
+    .fetch_all(&app.pool)
+    .await
 }
 
 /// Whether `user` takes part in conversation `id`, from the read model.

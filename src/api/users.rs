@@ -126,7 +126,7 @@ async fn public_profile(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<PublicProfile>, ApiError> {
     let versions = crate::infra::cache::versions(&app.pool, &["users", "sittings"]).await?;
-    let key = crate::infra::cache::QueryCache::key("profile", &versions, &id.to_string());
+    let key = app.cache.key("profile", &versions, &id.to_string());
     if let Some(profile) = app.cache.get::<PublicProfile>("public_profile", &key).await {
         return Ok(Json(profile));
     }

@@ -20,19 +20,26 @@ pub const TTL: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct QueryCache {
     redis: Redis,
+    /// The database's own id (`deployment`): answers of two databases sharing one Redis (two
+    /// deployments, parallel tests) never meet.
+    namespace: String,
 }
 
 impl QueryCache {
-    pub fn new(redis: Redis) -> Self {
-        QueryCache { redis }
+    pub fn new(redis: Redis, namespace: String) -> Self {
+        QueryCache { redis, namespace }
     }
 
     /// The key of an answer of `kind`, for these read-model versions and request parameters.
-    pub fn key(kind: &str, versions: &[i64], parameters: &str) -> String {
+    pub fn key(&self, kind: &str, versions: &[i64], parameters: &str) -> String {
         let versions: Vec<String> = versions.iter().map(i64::to_string).collect();
         let digest = Sha256::digest(parameters.as_bytes());
         let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("cache:{kind}:v{}:{hash}", versions.join("."))
+        format!(
+            "cache:{kind}:{}:v{}:{hash}",
+            self.namespace,
+            versions.join(".")
+        )
     }
 
     /// A stored answer; `None` on a miss, on an answer that no longer parses, or when Redis
@@ -85,6 +92,14 @@ impl QueryCache {
             tracing::debug!(error = %err, "query cache not written");
         }
     }
+}
+
+/// This database's id in shared infrastructure (the `deployment` row).
+pub async fn namespace(pool: &PgPool) -> Result<String, sqlx::Error> {
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM deployment")
+        .fetch_one(pool)
+        .await?;
+    Ok(id.simple().to_string())
 }
 
 /// The versions of these read models (0 for one never changed), in the order asked.

@@ -69,18 +69,17 @@ impl Projection for MessagingProjection {
             match event.aggregate_type.as_str() {
                 "Conversation" => match event.decode::<Conversation>()? {
                     ConversationEvent::ConversationStarted {
-                        started_by,
                         participant_ids,
                         sitting_id,
+                        ..
                     } => {
                         sqlx::query(
                             "INSERT INTO conversations \
-                                 (id, sitting_id, started_by, created_at, last_position) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                                 (id, sitting_id, created_at, last_position) \
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
                         )
                         .bind(id)
                         .bind(sitting_id)
-                        .bind(started_by)
                         .bind(event.timestamp)
                         .bind(position)
                         .execute(&mut *conn)
@@ -136,8 +135,19 @@ impl Projection for MessagingProjection {
                             .bind(id)
                             .execute(&mut *conn)
                             .await?;
-                            // Senders have read what they wrote.
-                            mark_read(conn, conversation_id, sender_id, position).await?;
+                            // Senders have read what they wrote, and have written here
+                            // (presence is shown between people who both wrote).
+                            sqlx::query(
+                                "UPDATE participants \
+                                    SET last_read_position = GREATEST(last_read_position, $3), \
+                                        has_written = true \
+                                  WHERE conversation_id = $1 AND user_id = $2",
+                            )
+                            .bind(conversation_id)
+                            .bind(sender_id)
+                            .bind(position)
+                            .execute(&mut *conn)
+                            .await?;
                         }
                     }
                 },

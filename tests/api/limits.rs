@@ -456,7 +456,7 @@ async fn a_redis_outage_makes_the_query_cache_miss_never_fail() {
     )
     .await
     .expect("redis");
-    let cache = arosaje::infra::cache::QueryCache::new(connection);
+    let cache = arosaje::infra::cache::QueryCache::new(connection, "test".into());
     cache.put("cache:test:v1:abc", &vec![1, 2, 3]).await;
     assert_eq!(
         cache.get::<Vec<i32>>("test", "cache:test:v1:abc").await,

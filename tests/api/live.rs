@@ -193,6 +193,21 @@ async fn reconnecting_with_a_position_delivers_exactly_what_was_missed(
 
     let second = say(&t, &ana, &talk, "second").await;
     let third = say(&t, &ana, &talk, "third").await;
+    // Reconnect once both were published live (to no socket of Ben's): otherwise the new
+    // socket could get "third" live before it asks to resume (frames before `resume` are live).
+    let published = |position: i64| {
+        let app = t.app.clone();
+        async move {
+            app.projections
+                .checkpoint("fanout")
+                .is_some_and(|c| c.global_position >= position)
+        }
+    };
+    let third_position = third;
+    crate::helpers::eventually("fan-out published", Duration::from_secs(10), || {
+        published(third_position)
+    })
+    .await;
     let mut ben_socket = open_with_token(a, &ben).await;
     send(&mut ben_socket, json!({"type": "resume", "after": first})).await;
     let missed = [next(&mut ben_socket).await, next(&mut ben_socket).await];
@@ -324,8 +339,21 @@ async fn sitting_changes_reports_and_advice_reach_its_owner_and_sitter_live(
     );
 }
 
+/// A participant's presence as `viewer`'s conversation list shows it.
+async fn presence_seen(t: &TestApp, viewer: &str, who: Uuid) -> Value {
+    let reply = t.get("/api/conversations", viewer).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.body["items"][0]["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .find(|p| p["id"] == who.to_string())
+        .cloned()
+        .expect("participant")
+}
+
 #[sqlx::test]
-async fn conversations_show_who_is_online_and_when_others_were_last_seen(
+async fn presence_shows_only_once_both_have_written(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
@@ -333,26 +361,72 @@ async fn conversations_show_who_is_online_and_when_others_were_last_seen(
     let a = serve(t.app.clone()).await;
     let (ana_id, ana) = t.user(&unique_email("ana")).await;
     let (ben_id, ben) = t.user(&unique_email("ben")).await;
-    conversation(&t, &ana, &[ben_id]).await;
-    let presence = |reply: &crate::helpers::Reply, who: Uuid| {
-        reply.body["items"][0]["participants"]
-            .as_array()
-            .expect("participants")
-            .iter()
-            .find(|p| p["id"] == who.to_string())
-            .cloned()
-            .expect("participant")
-    };
-    let before = t.get("/api/conversations", &ana).await;
-    assert_eq!(presence(&before, ben_id)["online"], false, "{before:?}");
-    assert!(presence(&before, ben_id)["last_seen"].is_null());
+    let talk = conversation(&t, &ana, &[ben_id]).await;
     let mut socket = open_with_token(a, &ben).await;
     send(&mut socket, json!({"type": "ping"})).await;
     assert_eq!(next(&mut socket).await["type"], "pong");
-    let during = t.get("/api/conversations", &ana).await;
-    assert_eq!(presence(&during, ben_id)["online"], true, "{during:?}");
-    assert!(presence(&during, ben_id)["last_seen"].is_string());
-    assert_eq!(presence(&during, ana_id)["online"], false);
+    // Ben is online, but Ana merely opened a conversation with him: she sees nothing of it,
+    // nor after writing to him alone.
+    for _ in 0..2 {
+        let hidden = presence_seen(&t, &ana, ben_id).await;
+        assert!(hidden["online"].is_null(), "{hidden}");
+        assert!(hidden["last_seen"].is_null(), "{hidden}");
+        say(&t, &ana, &talk, "bonjour").await;
+    }
+    // Her own presence is hers to see.
+    assert_eq!(presence_seen(&t, &ana, ana_id).await["online"], false);
+    // Once Ben answered, they see each other.
+    say(&t, &ben, &talk, "bonjour Ana").await;
+    let shown = presence_seen(&t, &ana, ben_id).await;
+    assert_eq!(shown["online"], true, "{shown}");
+    assert!(shown["last_seen"].is_string(), "{shown}");
+    let back = presence_seen(&t, &ben, ana_id).await;
+    assert_eq!(back["online"], false, "{back}");
+}
+
+#[sqlx::test]
+async fn owner_and_sitter_see_each_others_presence_while_the_sitting_is_theirs(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let a = serve(t.app.clone()).await;
+    let (_, owner, plants) = crate::sittings::owner_with_plants(&t, 1).await;
+    let (sitter_id, sitter) = t.verified_user(&unique_email("sitter")).await;
+    let created = crate::sittings::request(
+        &t,
+        &owner,
+        crate::sittings::sitting_body(&plants, 1, 3, crate::sittings::LYON, "Lyon"),
+    )
+    .await;
+    let sitting = created.body["id"].as_str().expect("id").to_string();
+    crate::sittings::act(&t, &sitter, &sitting, "applications", json!({})).await;
+    conversation(&t, &owner, &[sitter_id]).await;
+    let mut socket = open_with_token(a, &sitter).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await["type"], "pong");
+    // An applicant is still a stranger.
+    assert!(presence_seen(&t, &owner, sitter_id).await["online"].is_null());
+    let accepted = crate::sittings::act(
+        &t,
+        &owner,
+        &sitting,
+        "accept",
+        json!({"sitter_id": sitter_id}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
+    assert_eq!(presence_seen(&t, &owner, sitter_id).await["online"], true);
+    let cancelled = crate::sittings::act(
+        &t,
+        &owner,
+        &sitting,
+        "cancel",
+        json!({"reason": "plans changed"}),
+    )
+    .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    assert!(presence_seen(&t, &owner, sitter_id).await["online"].is_null());
 }
 
 #[sqlx::test]
