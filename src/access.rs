@@ -37,6 +37,8 @@ pub enum AccessKind {
     AuditEvents,
     /// An auditor (or admin) read one aggregate's history.
     AuditAggregate,
+    /// An admin read a sitting's exact place and instructions (with a reason).
+    SittingHome,
 }
 
 impl AccessKind {
@@ -47,6 +49,7 @@ impl AccessKind {
             AccessKind::AdminUserSearch => "admin_user_search",
             AccessKind::AuditEvents => "audit_events",
             AccessKind::AuditAggregate => "audit_aggregate",
+            AccessKind::SittingHome => "sitting_home",
         }
     }
 }
@@ -62,6 +65,34 @@ pub struct AccessDetails {
     /// The query's parameters.
     pub query: Value,
 }
+
+/// A search term that may be personal data (an e-mail address, a name), as an access record
+/// keeps it: sealed under the key of each person the search found (`{"sealed_for": {id:
+/// sealed}}`), so it reads as long as one of them is not erased and never rests in clear, in
+/// the log or in `monitoring.access_log`. A search that found nobody names no one: its term is
+/// not kept (`{"sealed_for": {}}`). Auditors read it opened (`api::audit`).
+pub async fn sealed_term(
+    app: &App,
+    term: &str,
+    found: &[Uuid],
+) -> Result<Value, crate::events::crypto::CryptoError> {
+    let ciphers = app.keys.ciphers(found).await?;
+    let sealed: serde_json::Map<String, Value> = found
+        .iter()
+        .filter_map(|id| {
+            ciphers.get(id).map(|cipher| {
+                (
+                    id.to_string(),
+                    Value::String(cipher.seal(term).as_str().into()),
+                )
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ SEALED_FOR: sealed }))
+}
+
+/// The key of a [`sealed_term`]'s object.
+pub const SEALED_FOR: &str = "sealed_for";
 
 /// The first day of the month of `day`.
 pub fn month_of(day: NaiveDate) -> NaiveDate {

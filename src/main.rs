@@ -103,8 +103,9 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Make the texts of messages older than MESSAGE_RETENTION_DAYS unreadable now (`serve`
-    /// does it every hour by itself).
+    /// Make the texts of messages older than MESSAGE_RETENTION_DAYS unreadable now, and delete
+    /// idempotency keys (and the answers they kept) older than 24 hours (`serve` does both every
+    /// hour by itself).
     ExpireMessages {
         #[command(flatten)]
         config: Config,
@@ -206,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("{expired} message texts older than {days} days made unreadable");
+            let swept = api::idempotency::sweep_expired(&app.pool).await?;
+            println!("{swept} idempotency keys older than 24 hours deleted");
             Ok(())
         }
         Command::Audit { command } => audit(command).await,

@@ -74,20 +74,31 @@ pub async fn expire_texts(app: &App, older_than: std::time::Duration) -> anyhow:
     Ok(expired.len() as u64)
 }
 
-/// Runs [`expire_texts`] and the retention of access records ([`crate::access::expire`]) every
-/// hour (what `serve` starts).
-pub async fn run_retention(app: App) {
+/// One round of retention: [`expire_texts`], the retention of access records
+/// ([`crate::access::expire`]) and the sweep of expired idempotency keys (whose stored answers
+/// may quote a message). Failures are logged; each part runs whatever the others did.
+pub async fn retain(app: &App) {
     let retention =
         std::time::Duration::from_secs(u64::from(app.config.message_retention_days) * 86_400);
+    if let Err(err) = expire_texts(app, retention).await {
+        tracing::warn!(error = %format!("{err:#}"), "message retention");
+    }
+    // Access records (crate::access): a year, then their month's key and partition go.
+    if let Err(err) = crate::access::expire(app, chrono::Utc::now().date_naive()).await {
+        tracing::warn!(error = %format!("{err:#}"), "access record retention");
+    }
+    match crate::api::idempotency::sweep_expired(&app.pool).await {
+        Ok(rows) if rows > 0 => tracing::info!(rows, "expired idempotency keys swept"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "idempotency key retention"),
+    }
+}
+
+/// Runs [`retain`] every hour (what `serve` starts).
+pub async fn run_retention(app: App) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every.tick().await;
-        if let Err(err) = expire_texts(&app, retention).await {
-            tracing::warn!(error = %format!("{err:#}"), "message retention");
-        }
-        // Access records (crate::access): a year, then their month's key and partition go.
-        if let Err(err) = crate::access::expire(&app, chrono::Utc::now().date_naive()).await {
-            tracing::warn!(error = %format!("{err:#}"), "access record retention");
-        }
+        retain(&app).await;
     }
 }

@@ -201,6 +201,121 @@ impl Guard<Plant> for UploadCompleted {
     }
 }
 
+/// Deletes a plant and, once that is committed, its photo objects. The transaction that appends
+/// `PlantDeleted` queues the objects in `photo_uploads` (where the sweeper finds them should
+/// this process die before deleting them), so nothing of a deleted plant's photos stays stored.
+pub async fn delete_plant(
+    app: &App,
+    plant_id: Uuid,
+    actor: Actor,
+    metadata: &Metadata,
+) -> Result<Committed, CommandError<PlantError>> {
+    let guard = ReleasePhotos {
+        keys: app.keys.clone(),
+        queued: std::sync::Mutex::new(Vec::new()),
+    };
+    let committed = app
+        .store
+        .execute_guarded::<Plant>(
+            &plant_id.to_string(),
+            PlantCommand::DeletePlant { actor },
+            &(),
+            metadata,
+            &guard,
+        )
+        .await?;
+    let queued = guard
+        .queued
+        .lock()
+        .map(|mut queued| std::mem::take(&mut *queued))
+        .unwrap_or_default();
+    if let Err(err) = delete_queued(app, queued).await {
+        tracing::warn!(error = %format!("{err:#}"), %plant_id,
+            "deleted plant: photo objects left to the sweeper");
+    }
+    Ok(committed)
+}
+
+/// A photo's objects queued for deletion: its id and object keys.
+pub type Queued = (Uuid, Vec<String>);
+
+/// Queues the photo objects of a plant being deleted, in the transaction that deletes it.
+struct ReleasePhotos {
+    keys: std::sync::Arc<crate::events::crypto::KeyStore>,
+    queued: std::sync::Mutex<Vec<Queued>>,
+}
+
+#[async_trait::async_trait]
+impl Guard<Plant> for ReleasePhotos {
+    async fn check(
+        &self,
+        conn: &mut PgConnection,
+        _aggregate_id: &str,
+        before: &Plant,
+        events: &[PlantEvent],
+    ) -> Result<(), CommandError<PlantError>> {
+        if !events.iter().any(|e| matches!(e, PlantEvent::PlantDeleted)) {
+            return Ok(());
+        }
+        let Some(owner) = before.created_by() else {
+            return Ok(());
+        };
+        // An owner erased meanwhile: erasure itself queued these objects.
+        let cipher = match self.keys.cipher(owner).await {
+            Ok(cipher) => cipher,
+            Err(crate::events::crypto::CryptoError::KeyMissing(_)) => return Ok(()),
+            Err(err) => return Err(CommandError::Internal(err.into())),
+        };
+        let mut photos = Vec::with_capacity(before.photos().len());
+        for photo in before.photos() {
+            let keys = [&photo.object_key, &photo.thumbnail_key]
+                .into_iter()
+                .map(|sealed| cipher.open(sealed))
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(|err| CommandError::Internal(err.into()))?;
+            photos.push((photo.photo_id, keys));
+        }
+        let queued = queue(conn, photos)
+            .await
+            .map_err(|err| CommandError::Internal(err.into()))?;
+        if let Ok(mut slot) = self.queued.lock() {
+            *slot = queued;
+        }
+        Ok(())
+    }
+}
+
+/// Queues photo objects for deletion in `photo_uploads` (in the caller's transaction); returns
+/// those it queued (a photo already queued is left to whoever queued it).
+pub async fn queue(
+    conn: &mut PgConnection,
+    photos: Vec<Queued>,
+) -> Result<Vec<Queued>, sqlx::Error> {
+    let mut queued = Vec::with_capacity(photos.len());
+    for (photo_id, keys) in photos {
+        let inserted = sqlx::query(
+            "INSERT INTO photo_uploads (photo_id, keys) VALUES ($1, $2) \
+             ON CONFLICT (photo_id) DO NOTHING",
+        )
+        .bind(photo_id)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() > 0 {
+            queued.push((photo_id, keys));
+        }
+    }
+    Ok(queued)
+}
+
+/// Deletes queued photo objects, then their `photo_uploads` rows.
+pub async fn delete_queued(app: &App, queued: Vec<Queued>) -> anyhow::Result<()> {
+    for (photo_id, keys) in queued {
+        forget(app, photo_id, &keys).await?;
+    }
+    Ok(())
+}
+
 /// Deletes the objects of uploads older than `older_than` whose event never committed; returns
 /// how many uploads it cleaned. Safe with several instances (rows are claimed with
 /// `SKIP LOCKED`).

@@ -90,14 +90,6 @@ async fn list_users(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    // An admin's look at accounts is an access to personal data: recorded (crate::access).
-    let details = crate::access::AccessDetails {
-        kind: crate::access::AccessKind::AdminUserSearch,
-        subject_id: None,
-        reason: None,
-        query: serde_json::json!({ "role": role, "q": q, "after": cursor }),
-    };
-    crate::access::record(&app, &admin.metadata(meta), &details).await?;
     let rows: Vec<UserView> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users \
           WHERE ($1::text IS NULL OR role = $1) \
@@ -111,6 +103,22 @@ async fn list_users(
     .bind(limit + 1)
     .fetch_all(&app.pool)
     .await?;
+    // An admin's look at accounts is an access to personal data: recorded (crate::access)
+    // before it is served. The search term is sealed under the keys of those it found.
+    let q = match q {
+        Some(q) => {
+            let found: Vec<Uuid> = rows.iter().take(limit as usize).map(|u| u.id).collect();
+            Some(crate::access::sealed_term(&app, q, &found).await?)
+        }
+        None => None,
+    };
+    let details = crate::access::AccessDetails {
+        kind: crate::access::AccessKind::AdminUserSearch,
+        subject_id: None,
+        reason: None,
+        query: serde_json::json!({ "role": role, "q": q, "after": cursor }),
+    };
+    crate::access::record(&app, &admin.metadata(meta), &details).await?;
     Ok(Json(pagination::page(rows, limit, |u: &UserView| u.id)))
 }
 

@@ -165,15 +165,58 @@ async fn open_page(app: &App, events: &mut [AuditEvent]) -> Result<(), ApiError>
         ciphers.extend(ids.iter().filter_map(|id| users.get(id).cloned()));
         open_strings(&mut event.payload, &ciphers);
         if let Some(details) = event.payload.pointer_mut("/AccessRecorded/details") {
-            if let Some(parsed) = details
+            if let Some(mut parsed) = details
                 .as_str()
                 .and_then(|text| serde_json::from_str::<Value>(text).ok())
             {
+                open_sealed_terms(app, &mut parsed).await?;
                 *details = parsed;
             }
         }
     }
     pseudonymise_erased(app, events, &everyone).await
+}
+
+/// Replaces each search term an access record sealed for the people it found
+/// (`crate::access::sealed_term`) by its text, while one of them is not erased.
+async fn open_sealed_terms(app: &App, details: &mut Value) -> Result<(), ApiError> {
+    match details {
+        Value::Object(map) => {
+            if let Some(Value::Object(sealed)) = map.get(crate::access::SEALED_FOR) {
+                let mut opened = None;
+                if sealed.is_empty() {
+                    opened = Some("[not kept: the search found nobody]".to_string());
+                } else {
+                    let ids: Vec<Uuid> = sealed.keys().filter_map(|k| k.parse().ok()).collect();
+                    let ciphers = app.keys.ciphers(&ids).await?;
+                    for (id, value) in sealed {
+                        let (Some(cipher), Some(text)) = (
+                            id.parse().ok().and_then(|id: Uuid| ciphers.get(&id)),
+                            value.as_str(),
+                        ) else {
+                            continue;
+                        };
+                        if let Ok(text) = cipher.open(&Sealed::from_stored(text.to_string())) {
+                            opened = Some(text);
+                            break;
+                        }
+                    }
+                }
+                *details = Value::String(opened.unwrap_or_else(|| "[erased]".to_string()));
+                return Ok(());
+            }
+            for value in map.values_mut() {
+                Box::pin(open_sealed_terms(app, value)).await?;
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                Box::pin(open_sealed_terms(app, item)).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Erased people appear as stable pseudonyms (`erased:` and 16 hex digits of an HMAC of their
@@ -184,26 +227,10 @@ async fn pseudonymise_erased(
     events: &mut [AuditEvent],
     everyone: &[Uuid],
 ) -> Result<(), ApiError> {
-    if everyone.is_empty() {
+    let aliases = erased_aliases(app, everyone).await?;
+    if aliases.is_empty() {
         return Ok(());
     }
-    let erased: Vec<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM events \
-          WHERE aggregate_type = 'User' AND aggregate_id = ANY($1) AND event_type = 'UserErased'",
-    )
-    .bind(everyone.iter().map(Uuid::to_string).collect::<Vec<_>>())
-    .fetch_all(&app.pool)
-    .await?;
-    if erased.is_empty() {
-        return Ok(());
-    }
-    let aliases: std::collections::HashMap<String, String> = erased
-        .into_iter()
-        .map(|id| {
-            let alias = erased_alias(app, &id);
-            (id, alias)
-        })
-        .collect();
     let mut replace = |text: &mut String| {
         if let Some(alias) = aliases.get(text.as_str()) {
             *text = alias.clone();
@@ -215,6 +242,45 @@ async fn pseudonymise_erased(
         for_each_string(&mut event.metadata, &mut replace);
     }
     Ok(())
+}
+
+/// The same pseudonyms in any JSON value (an aggregate's folded state).
+async fn pseudonymise_value(app: &App, value: &mut Value) -> Result<(), ApiError> {
+    let mut ids = Vec::new();
+    collect_ids(value, &mut ids);
+    let aliases = erased_aliases(app, &ids).await?;
+    if !aliases.is_empty() {
+        for_each_string(value, &mut |text: &mut String| {
+            if let Some(alias) = aliases.get(text.as_str()) {
+                *text = alias.clone();
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The pseudonym of each erased person among `ids`, by their id as text.
+async fn erased_aliases(
+    app: &App,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let erased: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events \
+          WHERE aggregate_type = 'User' AND aggregate_id = ANY($1) AND event_type = 'UserErased'",
+    )
+    .bind(ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+    .fetch_all(&app.pool)
+    .await?;
+    Ok(erased
+        .into_iter()
+        .map(|id| {
+            let alias = erased_alias(app, &id);
+            (id, alias)
+        })
+        .collect())
 }
 
 /// The stable pseudonym of an erased person's id.
@@ -593,10 +659,12 @@ async fn aggregate_history(
     .fetch_all(&app.pool)
     .await?;
     let rows: Vec<EventRow> = rows.into_iter().filter(|r| r.timestamp <= at).collect();
-    let state = match fold(&aggregate_type, &rows) {
+    let mut state = match fold(&aggregate_type, &rows) {
         None => return Err(ApiError::NotFound("aggregate type")),
         Some(state) => state?,
     };
+    // Erased people as the events show them: pseudonyms, not their ids.
+    pseudonymise_value(&app, &mut state).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound("aggregate"));
     }

@@ -384,13 +384,8 @@ async fn delete_plant(
     RequestMeta(meta): RequestMeta,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
-    let command = PlantCommand::DeletePlant {
-        actor: auth.actor(),
-    };
-    let committed = app
-        .store
-        .execute::<Plant>(&id.to_string(), command, &(), &auth.metadata(meta))
-        .await?;
+    let committed =
+        crate::photos::delete_plant(&app, id, auth.actor(), &auth.metadata(meta)).await?;
     if !super::settle(&app, "Plant", &committed).await {
         return Ok(super::accepted(id, &committed));
     }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::values::PlantName;
 use super::Actor;
+use crate::events::crypto::Sealed;
 use crate::events::plant::{Care, PlantChanges, PlantEvent};
 
 /// Changes to care instructions; `None` keeps a field, `Some(None)` clears it.
@@ -73,9 +74,31 @@ pub struct Plant {
     species: Option<String>,
     description: Option<String>,
     care: Care,
+    /// Where its photos are stored (sealed under the owner's key), so that deleting the plant
+    /// deletes them.
+    #[serde(default)]
+    photos: Vec<StoredPhoto>,
+}
+
+/// A photo of the plant and its stored objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPhoto {
+    pub photo_id: Uuid,
+    pub object_key: Sealed,
+    pub thumbnail_key: Sealed,
 }
 
 impl Plant {
+    /// The photos of the plant, whether or not it was deleted since.
+    pub fn photos(&self) -> &[StoredPhoto] {
+        &self.photos
+    }
+
+    /// Its owner, whether or not it was deleted since.
+    pub fn created_by(&self) -> Option<Uuid> {
+        self.owner_id
+    }
+
     /// The owner of a plant that exists (not deleted).
     pub fn owner_id(&self) -> Option<Uuid> {
         self.owner_id.filter(|_| !self.deleted)
@@ -224,7 +247,16 @@ impl Aggregate for Plant {
                 }
             }
             PlantEvent::PlantDeleted => self.deleted = true,
-            PlantEvent::PhotoAdded { .. } => {}
+            PlantEvent::PhotoAdded {
+                photo_id,
+                object_key,
+                thumbnail_key,
+                ..
+            } => self.photos.push(StoredPhoto {
+                photo_id,
+                object_key,
+                thumbnail_key,
+            }),
         }
     }
 }

@@ -38,7 +38,9 @@ use uuid::Uuid;
 use crate::commands::sitting::{Sitting, SittingCommand, SittingError};
 use crate::commands::user::{User, UserCommand, UserError};
 use crate::commands::Actor;
+use crate::events::bookings::SitterCalendar;
 use crate::events::crypto::KeyStore;
+use crate::events::crypto::{Cipher, Sealed};
 use crate::events::store::{CommandError, Committed, Guard};
 use crate::events::user::{Role, UserEvent};
 use crate::events::{Metadata, Position};
@@ -101,8 +103,15 @@ pub async fn erase(
     }
     close_sittings(app, user_id, &role, initiator, metadata).await?;
 
+    // Opens where their photos are stored (sealed in the log) before the key goes.
+    let cipher = match app.keys.cipher(user_id).await {
+        Ok(cipher) => Some(cipher),
+        Err(crate::events::crypto::CryptoError::KeyMissing(_)) => None,
+        Err(err) => return Err(ErasureError::Internal(err.into())),
+    };
     let guard = ShredKeys {
         user_id,
+        cipher,
         queued: std::sync::Mutex::new(Vec::new()),
     };
     let committed = app
@@ -140,7 +149,7 @@ pub async fn erase(
         .lock()
         .map(|mut queued| std::mem::take(&mut *queued))
         .unwrap_or_default();
-    if let Err(err) = delete_photo_objects(app, queued).await {
+    if let Err(err) = crate::photos::delete_queued(app, queued).await {
         tracing::warn!(error = %format!("{err:#}"), %user_id,
             "erasure: photo objects left to the orphan sweeper");
     }
@@ -218,9 +227,16 @@ async fn run_sitting(
     command: SittingCommand,
     metadata: &Metadata,
 ) -> Result<Option<Position>, ErasureError> {
+    // Through the calendar guard, as any cancellation: the sitter's days are freed.
     match app
         .store
-        .execute::<Sitting>(&sitting.to_string(), command, &(), metadata)
+        .execute_guarded::<Sitting>(
+            &sitting.to_string(),
+            command,
+            &(),
+            metadata,
+            &SitterCalendar,
+        )
         .await
     {
         Ok(committed) => Ok(committed.position),
@@ -238,8 +254,10 @@ async fn run_sitting(
 /// copies no projection replays (see the module's documentation).
 struct ShredKeys {
     user_id: Uuid,
+    /// The person's key, to open where their photos are stored (None: already gone).
+    cipher: Option<Cipher>,
     /// The photos queued for deletion by the transaction that committed (photo id, object keys).
-    queued: std::sync::Mutex<Vec<(Uuid, Vec<String>)>>,
+    queued: std::sync::Mutex<Vec<crate::photos::Queued>>,
 }
 
 #[async_trait::async_trait]
@@ -257,7 +275,7 @@ impl Guard<User> for ShredKeys {
         {
             return Ok(());
         }
-        let queued = shred(conn, self.user_id)
+        let queued = shred(conn, self.user_id, self.cipher.as_ref())
             .await
             .map_err(|err| CommandError::Internal(err.into()))?;
         if let Ok(mut slot) = self.queued.lock() {
@@ -271,26 +289,34 @@ impl Guard<User> for ShredKeys {
 async fn shred(
     conn: &mut PgConnection,
     user_id: Uuid,
-) -> Result<Vec<(Uuid, Vec<String>)>, sqlx::Error> {
+    cipher: Option<&Cipher>,
+) -> Result<Vec<crate::photos::Queued>, ErasureError> {
     // What cached answers might quote, read before the row goes.
     let quoted: Option<(String, String, Option<String>)> =
         sqlx::query_as("SELECT email, display_name, phone FROM users WHERE id = $1")
             .bind(user_id)
             .fetch_optional(&mut *conn)
             .await?;
-    // The photo objects of their plants (sealed under the owner's key, whoever uploaded them),
-    // deleted after the commit, or by the sweeper if this process dies first. Their rows go with
-    // the plants.
-    let queued: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
-        "INSERT INTO photo_uploads (photo_id, keys) \
-         SELECT f.id, ARRAY[f.object_key, f.thumbnail_key] FROM plant_photos f \
-          WHERE f.plant_id IN (SELECT id FROM plants WHERE owner_id = $1) \
-         ON CONFLICT (photo_id) DO NOTHING \
-         RETURNING photo_id, keys",
-    )
-    .bind(user_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    // The photo objects of every plant they ever created, deleted ones included (sealed under
+    // the owner's key, whoever uploaded them), found in the log, not in a read model that no
+    // longer lists deleted plants; deleted after the commit, or by the sweeper if this process
+    // dies first. Their rows go with the plants.
+    let photos = match cipher {
+        Some(cipher) => photos_in_log(conn, user_id, cipher).await?,
+        None => Vec::new(),
+    };
+    let queued = crate::photos::queue(conn, photos).await?;
+    // The record of mails sent to them (kept so that a replay mails no one twice; nothing can
+    // be mailed to them any more).
+    sqlx::query("DELETE FROM sent_mails WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    // Their days in the sitters' calendar (the write side's own table).
+    sqlx::query("DELETE FROM sitter_bookings WHERE sitter_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM user_keys WHERE user_id = $1")
         .bind(user_id)
         .execute(&mut *conn)
@@ -342,6 +368,42 @@ async fn shred(
     .execute(&mut *conn)
     .await?;
     Ok(queued)
+}
+
+/// The photos (id, object keys) of the plants `user_id` created, from the log: their
+/// `PlantCreated` events by the actor index, then each plant's `PhotoAdded` by its stream.
+async fn photos_in_log(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    cipher: &Cipher,
+) -> Result<Vec<crate::photos::Queued>, ErasureError> {
+    let added: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT (p.payload -> 'PhotoAdded' ->> 'photo_id')::uuid, \
+                    p.payload -> 'PhotoAdded' ->> 'object_key', \
+                    p.payload -> 'PhotoAdded' ->> 'thumbnail_key' \
+               FROM events c \
+               JOIN events p ON p.aggregate_type = 'Plant' AND p.aggregate_id = c.aggregate_id \
+                            AND p.event_type = 'PhotoAdded' \
+              WHERE c.metadata ->> 'actor_id' = $1::text \
+                AND c.aggregate_type = 'Plant' AND c.event_type = 'PlantCreated' \
+                AND c.payload -> 'PlantCreated' ->> 'owner_id' = $1::text",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    added
+        .into_iter()
+        .map(|(photo_id, object, thumbnail)| {
+            Ok((
+                photo_id,
+                vec![
+                    cipher.open(&Sealed::from_stored(object))?,
+                    cipher.open(&Sealed::from_stored(thumbnail))?,
+                ],
+            ))
+        })
+        .collect::<Result<_, crate::events::crypto::CryptoError>>()
+        .map_err(|err| ErasureError::Internal(err.into()))
 }
 
 /// Tells every instance that `user_id`'s key is gone.
@@ -424,18 +486,4 @@ async fn forget_in_redis(redis: &Redis, user_id: Uuid) -> redis::RedisResult<()>
             Ok(())
         })
         .await
-}
-
-/// Deletes the photo objects [`shred`] queued, and their `photo_uploads` rows.
-async fn delete_photo_objects(app: &App, queued: Vec<(Uuid, Vec<String>)>) -> anyhow::Result<()> {
-    for (photo_id, keys) in queued {
-        for key in &keys {
-            app.photos.delete(key).await?;
-        }
-        sqlx::query("DELETE FROM photo_uploads WHERE photo_id = $1")
-            .bind(photo_id)
-            .execute(&app.pool)
-            .await?;
-    }
-    Ok(())
 }

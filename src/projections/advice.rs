@@ -49,10 +49,18 @@ impl AdviceProjection {
                 priority,
                 body,
             } => {
-                if self.keys.is_erased(author_id).await? {
-                    // Its author was erased: not shown (as the foreign key removes it live).
+                if self.keys.is_erased(author_id).await?
+                    || self.keys.is_erased(plant_owner_id).await?
+                {
+                    // Its author or the plant's owner was erased: not shown (as the foreign
+                    // keys remove it live).
                     return Ok(());
                 }
+                // An erased sitter is no one (as the foreign key's SET NULL live).
+                let sitter_id = match sitter_id {
+                    Some(sitter) if self.keys.is_erased(sitter).await? => None,
+                    other => other,
+                };
                 let body = self.open(author_id, &body).await?;
                 let inserted = sqlx::query(
                     "INSERT INTO advice (id, plant_id, plant_owner_id, sitting_id, sitter_id, \

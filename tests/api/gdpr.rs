@@ -501,14 +501,45 @@ async fn after_an_erasure_nothing_readable_of_the_person_remains_and_the_others_
     )
     .await;
     ok(
-        t.get(
-            &format!("/api/admin/users?q={}", &w.eve_email[..12]),
-            &admin,
-        )
-        .await,
+        t.get(&format!("/api/admin/users?q={}", w.eve_email), &admin)
+            .await,
         StatusCode::OK,
     )
     .await;
+    // A plant of Eve's, photographed, then deleted: its photo objects go with it.
+    let (before, _) = files_holding(&t.app.config.storage_dir, &[]);
+    let cactus = id_of(
+        &ok(
+            t.create_plant(&w.eve_token, "Cactus").await,
+            StatusCode::CREATED,
+        )
+        .await,
+    );
+    ok(
+        upload(&t, &w.eve_token, &cactus, "cactus.jpg", &jpeg(64, 48)).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(files_holding(&t.app.config.storage_dir, &[]).0, before + 2);
+    assert_eq!(
+        t.delete(&format!("/api/plants/{cactus}"), &w.eve_token)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        files_holding(&t.app.config.storage_dir, &[]).0,
+        before,
+        "a deleted plant's photo objects are deleted"
+    );
+    // Eve sits Olga's accepted sitting: her days are booked.
+    let booked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sitter_bookings WHERE sitter_id = $1")
+            .bind(w.eve)
+            .fetch_one(&t.pool)
+            .await
+            .expect("bookings");
+    assert_eq!(booked, 1);
     let needles = [
         w.eve_email.as_str(),
         w.eve_name.as_str(),
@@ -552,6 +583,26 @@ async fn after_an_erasure_nothing_readable_of_the_person_remains_and_the_others_
     let (files, left) = files_holding(&t.app.config.storage_dir, &needles);
     assert!(left.is_empty(), "storage still holds: {left:?}");
     assert_eq!(files, 0, "the photo of Eve's plant is deleted");
+    // Nor does any table hold her id, but the log itself, access records (kept a year for
+    // accountability) and the messages she sent in others' conversations (kept, unreadable).
+    let kept = [
+        "public.events",
+        "monitoring.access_log",
+        "messaging.messages",
+    ];
+    let left: Vec<String> = rows_holding(&t.pool, &[&w.eve.to_string()])
+        .await
+        .into_iter()
+        .filter(|row| !kept.iter().any(|table| row.starts_with(table)))
+        .collect();
+    assert!(left.is_empty(), "her id is still in: {left:?}");
+    let freed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sitter_bookings WHERE sitter_id = $1")
+            .bind(w.eve)
+            .fetch_one(&t.pool)
+            .await
+            .expect("bookings");
+    assert_eq!(freed, 0, "her booked days are freed");
     let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM user_keys WHERE user_id = $1")
         .bind(w.eve)
         .fetch_one(&t.pool)

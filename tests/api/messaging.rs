@@ -387,3 +387,41 @@ async fn retention_makes_an_old_text_unreadable_everywhere_and_keeps_the_message
     assert!(!payload.to_string().contains("4812"));
     assert!(recent.body["body"].is_string());
 }
+
+#[sqlx::test]
+async fn the_retention_job_sweeps_stored_answers_past_their_day(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (ana_id, ana) = t.user(&unique_email("ana")).await;
+    let (ben_id, _) = t.user(&unique_email("ben")).await;
+    let talk = id(&start(&t, &ana, &[ben_id]).await);
+    for key in ["old-key", "new-key"] {
+        let request = axum::http::Request::post(format!("/api/conversations/{talk}/messages"))
+            .header("authorization", format!("Bearer {ana}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(axum::body::Body::from(
+                json!({"body": format!("Le code du portail ({key}) est 4812")}).to_string(),
+            ))
+            .expect("request");
+        assert_eq!(t.raw(request).await.status, StatusCode::CREATED);
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' \
+          WHERE user_id = $1 AND key = 'old-key'",
+    )
+    .bind(ana_id)
+    .execute(&t.pool)
+    .await
+    .expect("backdate");
+    arosaje::messaging::retain(&t.app).await;
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE user_id = $1 ORDER BY key")
+            .bind(ana_id)
+            .fetch_all(&t.pool)
+            .await
+            .expect("keys");
+    assert_eq!(left, vec!["new-key".to_string()]);
+}
