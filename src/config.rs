@@ -240,6 +240,13 @@ pub struct Config {
     /// was sent stays).
     #[arg(long, env = "MESSAGE_RETENTION_DAYS", default_value_t = 30)]
     pub message_retention_days: u32,
+    /// A GDPR export whose client reads nothing for this long is cut short (seconds): it holds
+    /// no database connection meanwhile, only its caller's one export slot.
+    #[arg(long, env = "EXPORT_STALL_SECS", default_value_t = 60)]
+    pub export_stall_secs: u64,
+    /// Events per page of a GDPR export: each page is one short statement.
+    #[arg(long, env = "EXPORT_PAGE_EVENTS", default_value_t = 256)]
+    pub export_page_events: usize,
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,

@@ -40,6 +40,13 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("too many requests; retry in {} s", retry_after.as_secs_f64().ceil())]
     RateLimited { retry_after: std::time::Duration },
+    /// A 429 with its own code (a limit on something other than the request rate).
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     #[error(transparent)]
@@ -91,6 +98,7 @@ impl ApiError {
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -112,7 +120,8 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let retry_after = match &self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyRequests { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             _ => None,

@@ -2,11 +2,19 @@
 //! acting on a person's request. The export replays every event the person took part in and
 //! streams one JSON document, a page of events at a time, so a large export never sits in memory.
 //!
-//! Which events: every stream the person acted on (the log's actor index), their account, and
-//! the streams that concern them without their acting: sittings they own, sit or applied to,
-//! their plants, advice on their plants or their sittings, the conversations they are in and the
-//! messages of those conversations. Read models name those streams (a lookup, not a source of
-//! content: everything exported comes from the log).
+//! Which events: every event the person caused (the log's actor index), every event of their
+//! account, and whole streams that concern them without their acting: sittings they own or
+//! sit, their plants, advice on their plants or sittings or written by them, the conversations
+//! they are in and the messages of those conversations. Streams they only touched (an
+//! application to someone else's sitting, an admin's action on another account) give only
+//! the events they caused. Read models name those streams (a lookup, not a source of content:
+//! everything exported comes from the log).
+//!
+//! Cost: one statement lists the positions of those events, then pages of
+//! `EXPORT_PAGE_EVENTS` are read by position, each a short statement on a pooled connection
+//! that is returned before the page is sent. A client that stops reading holds no connection,
+//! and is cut off after `EXPORT_STALL_SECS`. One export at a time per caller (Redis
+//! `export:{user_id}`, 429 `export_in_progress`).
 //!
 //! What is opened: fields sealed under the person's own key, and the texts of the messages of
 //! their conversations (an exchange belongs to both sides). Other people's sealed fields (an
@@ -21,7 +29,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
 use serde::Serialize;
 use serde_json::Value;
@@ -45,9 +52,6 @@ use crate::access::{AccessDetails, AccessKind};
 use crate::events::crypto::{Cipher, CryptoError};
 use crate::events::Metadata;
 use crate::App;
-
-/// Events opened and sent per batch.
-const BATCH: usize = 256;
 
 /// What stands in for another person's sealed field.
 const OTHERS: &str = "[another person's data]";
@@ -95,6 +99,7 @@ pub struct ExportPhoto {
 #[utoipa::path(get, path = "/export", operation_id = "export_me", tag = "me", security(("bearer" = [])),
     responses(
         (status = 200, description = "The export (`Content-Disposition: attachment`)", body = ExportDocument),
+        (status = 429, description = "`export_in_progress`: one export at a time (`Retry-After`)", body = ErrorBody),
     ))]
 async fn export_me(
     State(app): State<App>,
@@ -102,7 +107,14 @@ async fn export_me(
     RequestMeta(meta): RequestMeta,
 ) -> Result<Response, ApiError> {
     let metadata = auth.metadata(meta);
-    export(app, auth.user_id, AccessKind::Export, metadata).await
+    export(
+        app,
+        auth.user_id,
+        AccessKind::Export,
+        metadata,
+        auth.user_id,
+    )
+    .await
 }
 
 /// Everything a person took part in, exported by an admin on their behalf.
@@ -112,6 +124,7 @@ async fn export_me(
         (status = 200, description = "The export (`Content-Disposition: attachment`)", body = ExportDocument),
         (status = 403, description = "`forbidden`: ADMIN only", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
+        (status = 429, description = "`export_in_progress`: one export at a time per admin (`Retry-After`)", body = ErrorBody),
     ))]
 async fn export_user(
     State(app): State<App>,
@@ -120,32 +133,128 @@ async fn export_user(
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Response, ApiError> {
     let metadata = admin.metadata(meta);
-    export(app, user_id, AccessKind::AdminExport, metadata).await
+    let caller = admin.user_id;
+    export(app, user_id, AccessKind::AdminExport, metadata, caller).await
 }
 
-/// The streams that concern `$1` (see the module's documentation).
-const STREAMS: &str = "\
-    SELECT DISTINCT aggregate_type, aggregate_id FROM events WHERE metadata ->> 'actor_id' = $1::text \
-    UNION SELECT 'User', $1::text \
-    UNION SELECT 'Sitting', id::text FROM sittings WHERE owner_id = $1 OR sitter_id = $1 \
-    UNION SELECT 'Sitting', sitting_id::text FROM sitting_applications WHERE applicant_id = $1 \
-    UNION SELECT 'Plant', id::text FROM plants WHERE owner_id = $1 \
-    UNION SELECT 'Advice', id::text FROM advice \
-           WHERE plant_owner_id = $1 OR sitter_id = $1 OR author_id = $1 \
-    UNION SELECT 'Conversation', conversation_id::text FROM messaging.participants WHERE user_id = $1 \
-    UNION SELECT 'Message', m.id::text FROM messaging.messages m \
-            JOIN messaging.participants p ON p.conversation_id = m.conversation_id \
-           WHERE p.user_id = $1";
+/// The log positions of the events that concern `$1` (see the module's documentation), in
+/// log order.
+const POSITIONS: &str = "\
+    SELECT global_position FROM events WHERE metadata ->> 'actor_id' = $1::text \
+    UNION \
+    SELECT e.global_position FROM events e JOIN ( \
+        SELECT 'User' AS aggregate_type, $1::text AS aggregate_id \
+        UNION SELECT 'Sitting', id::text FROM sittings WHERE owner_id = $1 OR sitter_id = $1 \
+        UNION SELECT 'Plant', id::text FROM plants WHERE owner_id = $1 \
+        UNION SELECT 'Advice', id::text FROM advice \
+               WHERE plant_owner_id = $1 OR sitter_id = $1 OR author_id = $1 \
+        UNION SELECT 'Conversation', conversation_id::text FROM messaging.participants \
+               WHERE user_id = $1 \
+        UNION SELECT 'Message', m.id::text FROM messaging.messages m \
+                JOIN messaging.participants p ON p.conversation_id = m.conversation_id \
+               WHERE p.user_id = $1 \
+    ) s ON e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id \
+    ORDER BY 1";
+
+/// How long an export slot outlives a process that died holding it.
+const SLOT_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// The caller's one export slot (Redis `export:{user_id}`), released when dropped.
+struct ExportSlot {
+    redis: crate::infra::redis::Redis,
+    key: String,
+    token: String,
+}
+
+impl ExportSlot {
+    /// Takes the slot, or `None` while another export of the caller runs.
+    async fn take(app: &App, caller: Uuid) -> Result<Option<ExportSlot>, ApiError> {
+        let key = format!("export:{caller}");
+        let token = Uuid::new_v4().to_string();
+        let (k, t) = (key.clone(), token.clone());
+        let taken: Option<String> = app
+            .redis
+            .call(|mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&t)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(SLOT_TTL_MS)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(taken.map(|_| ExportSlot {
+            redis: app.redis.clone(),
+            key,
+            token,
+        }))
+    }
+
+    /// Keeps the slot while the export makes progress.
+    async fn renew(&self) {
+        let (key, token) = (self.key.clone(), self.token.clone());
+        let renewed = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                       return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+                )
+                .key(key)
+                .arg(token)
+                .arg(SLOT_TTL_MS)
+                .invoke_async::<i64>(&mut conn)
+                .await
+            })
+            .await;
+        if let Err(err) = renewed {
+            tracing::warn!(error = %err, "export slot not renewed");
+        }
+    }
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        let (redis, key, token) = (self.redis.clone(), self.key.clone(), self.token.clone());
+        tokio::spawn(async move {
+            let released = redis
+                .call(|mut conn| async move {
+                    redis::Script::new(
+                        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                           return redis.call('DEL', KEYS[1]) end return 0",
+                    )
+                    .key(key)
+                    .arg(token)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                })
+                .await;
+            if let Err(err) = released {
+                tracing::warn!(error = %err, "export slot not released (it expires by itself)");
+            }
+        });
+    }
+}
 
 async fn export(
     app: App,
     user_id: Uuid,
     kind: AccessKind,
     metadata: Metadata,
+    caller: Uuid,
 ) -> Result<Response, ApiError> {
     let subject = load_user(&app.pool, user_id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
+    let slot = ExportSlot::take(&app, caller)
+        .await?
+        .ok_or_else(|| ApiError::TooManyRequests {
+            code: "export_in_progress",
+            message: "an export of yours is still running; wait for it to finish".into(),
+            retry_after: std::time::Duration::from_secs(5),
+        })?;
     let details = AccessDetails {
         kind,
         subject_id: Some(user_id),
@@ -179,8 +288,11 @@ async fn export(
     head.pop(); // the closing brace: the events follow
     head.push_str(",\"events\":[");
 
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let whole = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = whole.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let _ = sender.send(Ok(Bytes::from(head))).await;
         let mut exporter = Exporter {
             app: &app,
@@ -188,24 +300,28 @@ async fn export(
             own,
             salt,
             people: HashMap::new(),
+            slot: &_slot,
         };
+        let stall = std::time::Duration::from_secs(app.config.export_stall_secs);
         match exporter.stream(&sender).await {
             Ok(count) => {
                 let tail = format!("],\"event_count\":{count}}}");
-                let _ = sender.send(Ok(Bytes::from(tail))).await;
+                let sent = tokio::time::timeout(stall, sender.send(Ok(Bytes::from(tail)))).await;
+                if matches!(sent, Ok(Ok(()))) {
+                    finished.store(true, std::sync::atomic::Ordering::Release);
+                }
                 metrics::counter!("gdpr_exports_total").increment(1);
             }
             Err(err) => {
                 // The status is sent already: cut the body short, so the client sees a broken
-                // transfer and never a document that looks whole.
-                tracing::error!(error = %format!("{err:#}"), %user_id, "export failed midway");
-                let _ = sender
-                    .send(Err(std::io::Error::other("export failed")))
-                    .await;
+                // transfer and never a document that looks whole (a stalled client's full
+                // channel drops the stream all the same).
+                tracing::warn!(error = %format!("{err:#}"), %user_id, "export cut short");
+                drop(sender);
             }
         }
     });
-    let body = Body::from_stream(tokio_stream_from(receiver));
+    let body = Body::from_stream(tokio_stream_from(receiver, whole));
     Ok((
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
@@ -219,10 +335,29 @@ async fn export(
         .into_response())
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut receiver: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+/// The body's stream; a channel closed before the document was finished (`whole` unset) ends
+/// in an error, so the transfer reads as broken, not as a whole document.
+fn tokio_stream_from(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    whole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let mut ended = false;
+    futures::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
+        }
+        match receiver.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
+                ended = true;
+                if whole.load(std::sync::atomic::Ordering::Acquire) {
+                    std::task::Poll::Ready(None)
+                } else {
+                    std::task::Poll::Ready(Some(Err(std::io::Error::other("export cut short"))))
+                }
+            }
+            other => other,
+        }
+    })
 }
 
 struct Exporter<'a> {
@@ -232,31 +367,31 @@ struct Exporter<'a> {
     salt: [u8; 32],
     /// Ids known to be people (true) or not (false).
     people: HashMap<Uuid, bool>,
+    slot: &'a ExportSlot,
 }
 
 impl Exporter<'_> {
-    /// Sends every event, batch by batch; returns how many.
+    /// Sends every event, page by page; returns how many. No statement stays open while a page
+    /// waits for the client, and a client that reads nothing for `EXPORT_STALL_SECS` is cut off.
     async fn stream(
         &mut self,
         sender: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> anyhow::Result<i64> {
-        let sql = format!(
-            "WITH streams AS ({STREAMS}) \
-             SELECT {COLUMNS} FROM events e JOIN streams s USING (aggregate_type, aggregate_id) \
-              ORDER BY e.global_position"
-        );
-        let pool = self.app.pool.clone();
-        let mut rows = sqlx::query_as::<_, EventRow>(&sql)
+        let positions: Vec<i64> = sqlx::query_scalar(POSITIONS)
             .bind(self.user_id)
-            .fetch(&pool)
-            .map_err(anyhow::Error::from)
-            .chunks(BATCH);
+            .fetch_all(&self.app.pool)
+            .await?;
+        let stall = std::time::Duration::from_secs(self.app.config.export_stall_secs);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE global_position = ANY($1) ORDER BY global_position"
+        );
         let mut count: i64 = 0;
-        while let Some(batch) = rows.next().await {
-            let batch: Vec<AuditEvent> = batch
-                .into_iter()
-                .map(|row| row.map(AuditEvent::from))
-                .collect::<anyhow::Result<_>>()?;
+        for page in positions.chunks(self.app.config.export_page_events.max(1)) {
+            let rows: Vec<EventRow> = sqlx::query_as(&sql)
+                .bind(page)
+                .fetch_all(&self.app.pool)
+                .await?;
+            let batch: Vec<AuditEvent> = rows.into_iter().map(AuditEvent::from).collect();
             let mut out = Vec::with_capacity(batch.len() * 512);
             for event in self.disclose(batch).await? {
                 if count > 0 {
@@ -265,9 +400,15 @@ impl Exporter<'_> {
                 serde_json::to_writer(&mut out, &event)?;
                 count += 1;
             }
-            if sender.send(Ok(Bytes::from(out))).await.is_err() {
-                anyhow::bail!("the client went away");
+            match tokio::time::timeout(stall, sender.send(Ok(Bytes::from(out)))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => anyhow::bail!("the client went away"),
+                Err(_) => {
+                    metrics::counter!("gdpr_exports_stalled_total").increment(1);
+                    anyhow::bail!("the client read nothing for {} s", stall.as_secs());
+                }
             }
+            self.slot.renew().await;
         }
         Ok(count)
     }
