@@ -767,6 +767,9 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
         json!({}),
     )
     .await;
+    t.get("/api/me/applications", &sitter).await;
+    t.get(&format!("/api/sittings/{open}?reason=tour"), &admin)
+        .await;
     t.delete(&format!("/api/sittings/{open}/applications/mine"), &sitter)
         .await;
     t.post(

@@ -238,6 +238,11 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
             owner.clone(),
         ),
         (
+            "/api/me/applications",
+            "/api/me/applications".into(),
+            sitter.clone(),
+        ),
+        (
             "/api/sittings/{id}/reports",
             format!("/api/sittings/{running}/reports"),
             owner.clone(),
