@@ -40,6 +40,13 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("too many requests; retry in {} s", retry_after.as_secs_f64().ceil())]
     RateLimited { retry_after: std::time::Duration },
+    /// 429 with a code of its own (per-account limits), and `Retry-After`.
+    #[error("{message}")]
+    TooManyAttempts {
+        code: &'static str,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     #[error(transparent)]
@@ -91,6 +98,7 @@ impl ApiError {
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooManyAttempts { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -112,7 +120,8 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let retry_after = match &self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyAttempts { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             _ => None,
@@ -331,6 +340,24 @@ impl From<IdentityError> for ApiError {
             IdentityError::WrongPassword => ApiError::invalid("current_password", message),
             IdentityError::MfaRequired => ApiError::unauthorized("mfa_required", message),
             IdentityError::MfaInvalid => ApiError::unauthorized("mfa_invalid", message),
+            IdentityError::MfaLocked { retry_after } => ApiError::TooManyAttempts {
+                code: "mfa_locked",
+                message,
+                retry_after,
+            },
+            IdentityError::PasswordAttemptsExceeded { retry_after } => ApiError::TooManyAttempts {
+                code: "too_many_password_attempts",
+                message,
+                retry_after,
+            },
+            IdentityError::LimiterUnavailable(err) => {
+                metrics::counter!("rate_limit_errors_total").increment(1);
+                tracing::warn!(error = %err, "per-account limits unavailable; attempt refused");
+                ApiError::Unavailable {
+                    code: "rate_limiter_unavailable",
+                    message,
+                }
+            }
             IdentityError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
                 message,
