@@ -337,15 +337,19 @@ async fn walk_matrix<F, Fut>(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A second factor locked by wrong codes in a row refuses every route that takes a code, for
-/// every role (429 `mfa_locked`, right code or not), and nothing else.
+/// The per-account limits, for every role: a second factor locked by wrong codes in a row
+/// refuses every route that takes a code (429 `mfa_locked`, right code or not), and an account
+/// out of password attempts every route that checks its password (429
+/// `too_many_password_attempts`, right password or not); other routes answer as usual.
 #[sqlx::test]
-async fn a_locked_second_factor_refuses_every_code_route_whatever_the_role(
+async fn per_account_limits_refuse_their_routes_whatever_the_role(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
     let mut roomy = crate::helpers::config();
     roomy.rate_limit_auth = 1000;
+    // One wrong password per hour (right ones do not count).
+    roomy.password_attempts_per_account = 1;
     let t = TestApp::with_config(options, connect, roomy, true).await;
     let (_, admin) = t.admin().await;
     let (_, owner) = t.user(&unique_email("owner")).await;
@@ -362,6 +366,14 @@ async fn a_locked_second_factor_refuses_every_code_route_whatever_the_role(
             .post("/api/me/mfa/verify", Some(token), json!({"code": "000000"}))
             .await;
         assert_eq!(locked.code(), "mfa_locked", "{locked:?}");
+        let wrong = t
+            .post(
+                "/api/me/password",
+                Some(token),
+                json!({"current_password": "not the password", "new_password": "a new long passphrase"}),
+            )
+            .await;
+        assert_eq!(wrong.code(), "validation_failed", "{wrong:?}");
     }
     let callers: [Option<&str>; 6] = [
         None,
@@ -390,12 +402,17 @@ async fn a_locked_second_factor_refuses_every_code_route_whatever_the_role(
             Some(json!({"code": "123456"})),
             [401, 429, 429, 429, 429, 429],
         ),
-        // Enrolling checks a password, not a code: TOTP is simply on already.
         (
             Method::POST,
             "/api/me/mfa/totp".into(),
             Some(json!({"current_password": PASSWORD})),
-            [401, 409, 409, 409, 409, 409],
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::POST,
+            "/api/me/password".into(),
+            Some(json!({"current_password": PASSWORD, "new_password": "a new long passphrase"})),
+            [401, 429, 429, 429, 429, 429],
         ),
         (
             Method::GET,
@@ -408,6 +425,23 @@ async fn a_locked_second_factor_refuses_every_code_route_whatever_the_role(
         unreachable!("no {{fresh}} route")
     })
     .await;
+    // Each 429 is the limit's own, not the per-client rate limit.
+    for (method, path, body, _) in &table[..table.len() - 1] {
+        let code =
+            if path.ends_with("/verify") || path.ends_with("/confirm") || *method == Method::DELETE
+            {
+                "mfa_locked"
+            } else {
+                "too_many_password_attempts"
+            };
+        for token in callers.iter().flatten() {
+            let reply = t
+                .call(method.clone(), path, Some(token), body.clone())
+                .await;
+            assert_eq!(reply.code(), code, "{method} {path}: {reply:?}");
+            assert!(reply.headers.contains_key("retry-after"));
+        }
+    }
 }
 
 #[sqlx::test]
