@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
             let enrolment: serde_json::Value = http
                 .post(format!("{base}/api/me/mfa/totp"))
                 .bearer_auth(&token)
-                .json(&json!({}))
+                .json(&json!({"current_password": common::PASSWORD}))
                 .send()
                 .await?
                 .json()

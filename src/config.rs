@@ -263,6 +263,22 @@ pub struct Config {
     /// Attempts per window against one e-mail address (login, registration), from any IP.
     #[arg(long, env = "RATE_LIMIT_AUTH_PER_EMAIL", default_value_t = 10)]
     pub rate_limit_auth_per_email: u32,
+    /// Password checks one account may fail within `PASSWORD_ATTEMPTS_WINDOW_SECS` (login,
+    /// password change, TOTP enrolment), from any address; more get 429
+    /// `too_many_password_attempts`. Counted per e-mail address at login, whether or not an
+    /// account has it.
+    #[arg(long, env = "PASSWORD_ATTEMPTS_PER_ACCOUNT", default_value_t = 100)]
+    pub password_attempts_per_account: u32,
+    /// The sliding window of `PASSWORD_ATTEMPTS_PER_ACCOUNT`, in seconds.
+    #[arg(long, env = "PASSWORD_ATTEMPTS_WINDOW_SECS", default_value_t = 3600)]
+    pub password_attempts_window_secs: u64,
+    /// Wrong second-factor codes in a row (login, step-up, confirmation, removal) that lock an
+    /// account's second factor.
+    #[arg(long, env = "MFA_MAX_FAILURES", default_value_t = 5)]
+    pub mfa_max_failures: u32,
+    /// How long a locked second factor refuses every code (429 `mfa_locked`), in seconds.
+    #[arg(long, env = "MFA_LOCKOUT_SECS", default_value_t = 15 * 60)]
+    pub mfa_lockout_secs: u64,
     /// Proxies whose `X-Forwarded-For` is believed (comma-separated IPs); others' is ignored.
     #[arg(
         long,
@@ -463,6 +479,16 @@ impl Config {
                 "RATE_LIMIT_AUTH_PER_EMAIL",
                 i64::from(self.rate_limit_auth_per_email),
             ),
+            (
+                "PASSWORD_ATTEMPTS_PER_ACCOUNT",
+                i64::from(self.password_attempts_per_account),
+            ),
+            (
+                "PASSWORD_ATTEMPTS_WINDOW_SECS",
+                self.password_attempts_window_secs as i64,
+            ),
+            ("MFA_MAX_FAILURES", i64::from(self.mfa_max_failures)),
+            ("MFA_LOCKOUT_SECS", self.mfa_lockout_secs as i64),
         ];
         for (name, value) in positive {
             if value < 1 {

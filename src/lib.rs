@@ -52,6 +52,8 @@ pub struct AppInner {
     pub email_index: EmailIndex,
     pub sessions: Sessions,
     pub rate_limiter: infra::rate_limit::RateLimiter,
+    /// Per-account limits on password checks and second-factor codes.
+    pub attempts: infra::attempts::Attempts,
     pub jwt: JwtKeys,
     pub tokens: Arc<ActionTokens>,
     pub metrics: PrometheusHandle,
@@ -209,6 +211,7 @@ impl App {
             store,
             wakeups,
             rate_limiter: infra::rate_limit::RateLimiter::new(redis.clone()),
+            attempts: infra::attempts::Attempts::new(redis.clone()),
             cache: infra::cache::QueryCache::new(
                 redis.clone(),
                 infra::cache::namespace(&pool)

@@ -129,6 +129,7 @@ pub struct LoginBody {
         (status = 200, description = "The session's tokens and the account", body = TokenPair),
         (status = 401, description = "`invalid_credentials`; `mfa_required` when the account has TOTP and no code came; `mfa_invalid`", body = ErrorBody),
         (status = 403, description = "`account_disabled`", body = ErrorBody),
+        (status = 429, description = "`too_many_password_attempts`: too many wrong passwords for this address lately, from anywhere; `mfa_locked` (right password): too many wrong codes in a row, every code is refused for a while; `rate_limited`. Each with `Retry-After` (seconds)", body = ErrorBody),
     ))]
 async fn login(
     State(app): State<App>,
@@ -176,6 +177,8 @@ async fn login(
                 IdentityError::Settling => "account_settling",
                 IdentityError::MfaRequired => "mfa_required",
                 IdentityError::MfaInvalid => "mfa_invalid",
+                IdentityError::MfaLocked { .. } => "mfa_locked",
+                IdentityError::PasswordAttemptsExceeded { .. } => "too_many_password_attempts",
                 _ => "error",
             };
             security_log::login_failed(&email_hash, reason);

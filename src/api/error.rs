@@ -340,6 +340,24 @@ impl From<IdentityError> for ApiError {
             IdentityError::WrongPassword => ApiError::invalid("current_password", message),
             IdentityError::MfaRequired => ApiError::unauthorized("mfa_required", message),
             IdentityError::MfaInvalid => ApiError::unauthorized("mfa_invalid", message),
+            IdentityError::MfaLocked { retry_after } => ApiError::TooManyRequests {
+                code: "mfa_locked",
+                message,
+                retry_after,
+            },
+            IdentityError::PasswordAttemptsExceeded { retry_after } => ApiError::TooManyRequests {
+                code: "too_many_password_attempts",
+                message,
+                retry_after,
+            },
+            IdentityError::LimiterUnavailable(err) => {
+                metrics::counter!("rate_limit_errors_total").increment(1);
+                tracing::warn!(error = %err, "per-account limits unavailable; attempt refused");
+                ApiError::Unavailable {
+                    code: "rate_limiter_unavailable",
+                    message,
+                }
+            }
             IdentityError::AccountDisabled => ApiError::Forbidden {
                 code: "account_disabled",
                 message,

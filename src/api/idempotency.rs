@@ -9,13 +9,20 @@
 //! - the same key with another method, path or body: 422 `idempotency_key_reused`;
 //! - a retry while the first request still runs: 409 `request_in_progress` with `Retry-After: 1`.
 //!
+//! Sessions first: before any key is claimed or any answer replayed, the caller is authenticated
+//! exactly as the handler would ([`AuthUser`]): a token whose session was logged out, revoked or
+//! ended by disabling the account gets 401 (never the stored answer), and the caller's role is
+//! the one the session has now.
+//!
 //! Answers below 500 are stored (201, 202 pending, 4xx domain and validation errors), except 401,
 //! 408 and 429, which say the request was not judged at all; on those and on 5xx the claim is
-//! released so a retry runs again. Expired keys (24 h) are swept by one claim in
-//! [`SWEEP_ONE_IN`], in the background.
+//! released so a retry runs again. A stored 4xx is replayed only to the role that got it: after a
+//! role change the request runs again (a refusal changed nothing, and the new role may be
+//! answered otherwise), while a success is replayed to any role (it happened). Expired keys
+//! (24 h) are swept by one claim in [`SWEEP_ONE_IN`], in the background.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{OriginalUri, Request};
+use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +34,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::token::AuthUser;
 use crate::App;
 
 /// The request header carrying the key.
@@ -45,21 +53,26 @@ pub const SWEEP_ONE_IN: u32 = 100;
 
 /// Claims a key, or takes over a row that expired (24 h) or was abandoned: no answer after the
 /// request time-out plus a grace, for the same request (the time-out layer wraps this
-/// middleware, so no live request holds a claim that old).
+/// middleware, so no live request holds a claim that old); or a refusal (4xx) of the same
+/// request given to another role than the caller's now.
 const CLAIM: &str = "\
-    INSERT INTO idempotency_keys AS k (user_id, key, fingerprint) VALUES ($1, $2, $3) \
+    INSERT INTO idempotency_keys AS k (user_id, key, fingerprint, role) VALUES ($1, $2, $3, $5) \
     ON CONFLICT (user_id, key) DO UPDATE \
        SET fingerprint = EXCLUDED.fingerprint, status = NULL, content_type = NULL, body = NULL, \
-           created_at = now() \
+           role = EXCLUDED.role, created_at = now() \
      WHERE k.created_at < now() - interval '24 hours' \
         OR (k.status IS NULL AND k.fingerprint = EXCLUDED.fingerprint \
             AND k.created_at < now() - make_interval(secs => $4)) \
+        OR (k.status >= 400 AND k.fingerprint = EXCLUDED.fingerprint \
+            AND k.role IS DISTINCT FROM EXCLUDED.role) \
     RETURNING created_at";
 
-/// Makes a creating POST idempotent when it carries `Idempotency-Key` and a valid bearer token.
+/// Makes a creating POST idempotent when it carries `Idempotency-Key`.
 ///
-/// Without the header, with another method or without a valid token (the handler then answers
-/// 401) the request passes untouched.
+/// Without the header, with another method or without a bearer token (the handler then answers
+/// 401) the request passes untouched. With a token, the caller is authenticated first, as the
+/// handler would: a refusal (401 for a session that ended, 403 `mfa_enrollment_required`, 503)
+/// is answered as is, with nothing claimed or replayed.
 ///
 /// Window of a duplicate: a request that committed its command but never stored its answer (the
 /// time-out layer dropped it, or the process died) leaves a bare claim; a retry after
@@ -73,11 +86,17 @@ pub async fn idempotent(Extension(app): Extension<App>, request: Request, next: 
         return next.run(request).await;
     };
     let key = parse_key(first.as_bytes(), values.next().is_some());
-    let Some(user_id) = bearer_user(&app, request.headers()) else {
+    if !has_bearer(request.headers()) {
         return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let auth = match AuthUser::from_request_parts(&mut parts, &app).await {
+        Ok(auth) => auth,
+        Err(refused) => return refused.into_response(),
     };
+    let request = Request::from_parts(parts, body);
     let outcome = match key {
-        Ok(key) => run(&app, user_id, &key, request, next).await,
+        Ok(key) => run(&app, &auth, &key, request, next).await,
         Err(err) => Err(err),
     };
     outcome.unwrap_or_else(IntoResponse::into_response)
@@ -96,23 +115,24 @@ fn parse_key(raw: &[u8], repeated: bool) -> Result<String, ApiError> {
     Ok(String::from_utf8_lossy(raw).into_owned())
 }
 
-/// The user of a valid bearer token (signature and expiry; the handler checks the session).
-fn bearer_user(app: &App, headers: &HeaderMap) -> Option<Uuid> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    app.jwt.verify(token.trim()).ok().map(|claims| claims.sub)
+/// Whether the request carries a bearer token (valid or not: [`AuthUser`] judges it).
+fn has_bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
 }
 
 async fn run(
     app: &App,
-    user_id: Uuid,
+    auth: &AuthUser,
     key: &str,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let user_id = auth.user_id;
+    let role = auth.role.as_str();
     let (parts, body) = request.into_parts();
     let bytes = read_body(body, app.config.max_json_body_bytes).await?;
     // Nested routers see their own part of the path; the fingerprint needs the whole one.
@@ -124,7 +144,7 @@ async fn run(
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let fingerprint = fingerprint(&parts.method, path, &bytes);
 
-    let claimed_at = match claim(app, user_id, key, &fingerprint).await? {
+    let claimed_at = match claim(app, user_id, role, key, &fingerprint).await? {
         Claim::Ours(claimed_at) => claimed_at,
         Claim::Done(response) => return Ok(response),
     };
@@ -172,9 +192,21 @@ enum Claim {
     Done(Response),
 }
 
-type StoredRow = (Vec<u8>, Option<i16>, Option<String>, Option<Vec<u8>>);
+type StoredRow = (
+    Vec<u8>,
+    Option<i16>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+);
 
-async fn claim(app: &App, user_id: Uuid, key: &str, fingerprint: &[u8]) -> Result<Claim, ApiError> {
+async fn claim(
+    app: &App,
+    user_id: Uuid,
+    role: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Claim, ApiError> {
     let abandoned_after = (app.config.request_timeout_secs + ABANDON_GRACE_SECS) as f64;
     // A row may vanish between the two statements (a 5xx released it, or the sweep): claim again.
     for _ in 0..3 {
@@ -183,6 +215,7 @@ async fn claim(app: &App, user_id: Uuid, key: &str, fingerprint: &[u8]) -> Resul
             .bind(key)
             .bind(fingerprint)
             .bind(abandoned_after)
+            .bind(role)
             .fetch_optional(&app.pool)
             .await?;
         if let Some(claimed_at) = claimed {
@@ -192,7 +225,7 @@ async fn claim(app: &App, user_id: Uuid, key: &str, fingerprint: &[u8]) -> Resul
             return Ok(Claim::Ours(claimed_at));
         }
         let row: Option<StoredRow> = sqlx::query_as(
-            "SELECT fingerprint, status, content_type, body FROM idempotency_keys \
+            "SELECT fingerprint, status, content_type, body, role FROM idempotency_keys \
               WHERE user_id = $1 AND key = $2",
         )
         .bind(user_id)
@@ -207,7 +240,13 @@ async fn claim(app: &App, user_id: Uuid, key: &str, fingerprint: &[u8]) -> Resul
                     message: "this Idempotency-Key was sent with a different request".into(),
                 })
             }
-            Some((_, Some(status), content_type, body)) => {
+            // A refusal given to another role, stored between our two statements: claim again.
+            Some((_, Some(status), .., stored_role))
+                if status >= 400 && stored_role.as_deref() != Some(role) =>
+            {
+                continue
+            }
+            Some((_, Some(status), content_type, body, _)) => {
                 metrics::counter!("idempotent_replays_total").increment(1);
                 return replay(status, content_type, body.unwrap_or_default()).map(Claim::Done);
             }

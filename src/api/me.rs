@@ -117,6 +117,7 @@ pub struct ChangePasswordBody {
     responses(
         (status = 204, description = "Changed; the other sessions are revoked"),
         (status = 422, description = "`validation_failed`: `current_password` is wrong, or `new_password` is too weak", body = ErrorBody),
+        (status = 429, description = "`too_many_password_attempts`: too many wrong passwords for this account lately (`Retry-After`); or `rate_limited`", body = ErrorBody),
     ))]
 async fn change_password(
     State(app): State<App>,

@@ -1,4 +1,6 @@
-//! `/api/me/mfa/totp`: enrol an authenticator app, confirm it, remove it.
+//! `/api/me/mfa/totp`: enrol an authenticator app (with the current password), confirm it,
+//! remove it; `/api/me/mfa/verify`: step-up. Every route that takes a code answers 429
+//! `mfa_locked` while the account's second factor is locked (too many wrong codes in a row).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -31,6 +33,7 @@ pub fn router() -> OpenApiRouter<App> {
         (status = 204, description = "Verified: sensitive actions pass for 5 minutes"),
         (status = 401, description = "`mfa_invalid`", body = ErrorBody),
         (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),
+        (status = 429, description = "`mfa_locked`: too many wrong codes in a row; every code is refused until `Retry-After` (seconds) has passed; or `rate_limited`", body = ErrorBody),
     ))]
 async fn verify(
     State(app): State<App>,
@@ -65,7 +68,8 @@ pub struct TotpEnrolment {
     position: Option<i64>,
 }
 
-/// TOTP turned on: the recovery codes, each good for one login, shown this once.
+/// TOTP turned on: the recovery codes, each good for one login, shown this once
+/// (24 random symbols each, as `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx`; dashes and case do not matter).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecoveryCodes {
     recovery_codes: Vec<String>,
@@ -73,23 +77,46 @@ pub struct RecoveryCodes {
     position: Option<i64>,
 }
 
-/// Starts enrolling an authenticator app; confirm with a code from it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StartTotpBody {
+    /// The account's current password: a session alone does not enrol an app.
+    #[schema(required = true, value_type = String)]
+    current_password: Option<String>,
+}
+
+/// Starts enrolling an authenticator app, given the current password; confirm with a code from
+/// it. Neither step counts as a fresh login for sensitive actions (step-up).
 #[utoipa::path(post, path = "/totp", operation_id = "start_totp", tag = "me", security(("bearer" = [])),
+    request_body = StartTotpBody,
     responses(
         (status = 201, description = "The secret to enrol", body = TotpEnrolment),
         (status = 409, description = "`mfa_already_enabled`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `current_password` is missing or wrong", body = ErrorBody),
+        (status = 429, description = "`too_many_password_attempts`: too many wrong passwords for this account lately (`Retry-After`); or `rate_limited`", body = ErrorBody),
     ))]
 async fn start(
     State(app): State<App>,
     auth: AuthUser,
     RequestMeta(meta): RequestMeta,
+    ApiJson(body): ApiJson<StartTotpBody>,
 ) -> Result<(StatusCode, Json<TotpEnrolment>), ApiError> {
+    let current_password = body
+        .current_password
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::invalid("current_password", "is required"))?;
     let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
         .bind(auth.user_id)
         .fetch_optional(&app.pool)
         .await?;
     let account = email.ok_or(ApiError::NotFound("user"))?;
-    let enrolment = mfa::start(&app, auth.user_id, &account, &auth.metadata(meta)).await?;
+    let enrolment = mfa::start(
+        &app,
+        auth.user_id,
+        &account,
+        current_password,
+        &auth.metadata(meta),
+    )
+    .await?;
     super::settle(&app, "User", &enrolment.committed).await;
     Ok((
         StatusCode::CREATED,
@@ -118,12 +145,14 @@ fn code(body: &CodeBody) -> Result<&str, ApiError> {
 }
 
 /// A code from the app turns TOTP on; the answer carries the recovery codes, shown this once.
+/// The owner is mailed.
 #[utoipa::path(post, path = "/totp/confirm", operation_id = "confirm_totp", tag = "me", security(("bearer" = [])),
     request_body = CodeBody,
     responses(
         (status = 200, description = "TOTP is on", body = RecoveryCodes),
         (status = 401, description = "`mfa_invalid`", body = ErrorBody),
         (status = 409, description = "`no_pending_enrolment` or `mfa_already_enabled`", body = ErrorBody),
+        (status = 429, description = "`mfa_locked`: too many wrong codes in a row; every code is refused until `Retry-After` (seconds) has passed; or `rate_limited`", body = ErrorBody),
     ))]
 async fn confirm(
     State(app): State<App>,
@@ -163,6 +192,7 @@ async fn confirm(
         (status = 204, description = "TOTP is off"),
         (status = 401, description = "`mfa_invalid`", body = ErrorBody),
         (status = 409, description = "`mfa_not_enabled`", body = ErrorBody),
+        (status = 429, description = "`mfa_locked`: too many wrong codes in a row; every code is refused until `Retry-After` (seconds) has passed; or `rate_limited`", body = ErrorBody),
     ))]
 async fn disable(
     State(app): State<App>,

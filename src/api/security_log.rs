@@ -52,6 +52,17 @@ pub fn mfa_failed(user_id: Uuid, during: &str) {
     tracing::warn!(target: "security", event = "mfa_failed", %user_id, during);
 }
 
+/// Too many wrong codes in a row: the user's second factor is locked.
+pub fn mfa_locked(user_id: Uuid, failures: u32) {
+    metrics::counter!("mfa_lockouts_total").increment(1);
+    tracing::warn!(target: "security", event = "mfa_locked", %user_id, failures);
+}
+
+/// A code came while the user's second factor is locked; it was not checked.
+pub fn mfa_refused_while_locked(user_id: Uuid) {
+    tracing::warn!(target: "security", event = "mfa_refused_while_locked", %user_id);
+}
+
 pub fn mfa_changed(user_id: Uuid, now: &str) {
     tracing::info!(target: "security", event = "mfa_changed", %user_id, now);
 }

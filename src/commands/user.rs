@@ -53,6 +53,12 @@ pub enum UserCommand {
     },
     /// A current code was checked at the edge.
     DisableTotp,
+    /// Too many wrong second-factor codes in a row locked the second factor until `until`
+    /// (the lock is kept in Redis; this records it so the owner is told).
+    RecordSecondFactorLock {
+        failures: u32,
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// A successful login from `device` (a hash of the user agent): recorded only when new.
     RecordLogin {
         device: String,
@@ -292,6 +298,13 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::TotpDisabled, self).await;
             }
+            UserCommand::RecordSecondFactorLock { failures, until } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                sink.write(UserEvent::SecondFactorLocked { failures, until }, self)
+                    .await;
+            }
             UserCommand::RecordLogin { device, user_agent } => {
                 self.active()?;
                 if !self.devices.contains(&device) {
@@ -356,6 +369,7 @@ impl Aggregate for User {
                 self.totp_enabled = false;
                 self.recovery_codes.clear();
             }
+            UserEvent::SecondFactorLocked { .. } => {}
             UserEvent::LoggedInFromNewDevice { device, .. } => {
                 self.devices.push(device);
                 if self.devices.len() > MAX_DEVICES {
@@ -657,6 +671,22 @@ mod tests {
             .given(vec![registered(&c)])
             .when(UserCommand::DisableTotp)
             .then_expect_error(UserError::MfaNotEnabled);
+    }
+
+    #[test]
+    fn a_second_factor_lock_is_recorded_for_a_registered_account_only() {
+        let c = cipher();
+        let until = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:15:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        UserTest::with(())
+            .given(vec![registered(&c)])
+            .when(UserCommand::RecordSecondFactorLock { failures: 5, until })
+            .then_expect_events(vec![UserEvent::SecondFactorLocked { failures: 5, until }]);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RecordSecondFactorLock { failures: 5, until })
+            .then_expect_error(UserError::NotFound);
     }
 
     #[test]

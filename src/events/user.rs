@@ -149,6 +149,12 @@ pub enum UserEvent {
     RecoveryCodeUsed { code_hash: String },
     /// Version 1. The user removed their TOTP app.
     TotpDisabled,
+    /// Version 1. `failures` wrong second-factor codes in a row: every code is refused until
+    /// `until` (the lock itself lives in Redis; this records it, and the owner is mailed).
+    SecondFactorLocked {
+        failures: u32,
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// Version 1. A login from a device (a hash of its user agent) not seen on this account before;
     /// `first` for the account's very first device, which nobody needs warning about.
     LoggedInFromNewDevice {
@@ -179,6 +185,7 @@ impl DomainEvent for UserEvent {
             UserEvent::TotpEnabled { .. } => "TotpEnabled",
             UserEvent::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             UserEvent::TotpDisabled => "TotpDisabled",
+            UserEvent::SecondFactorLocked { .. } => "SecondFactorLocked",
             UserEvent::LoggedInFromNewDevice { .. } => "LoggedInFromNewDevice",
             UserEvent::UserErased { .. } => "UserErased",
         }

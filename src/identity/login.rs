@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::passwords::{dummy_hash, verify_password};
+use super::passwords::{attempts_key, dummy_hash, verify_limited};
 use super::IdentityError;
 use crate::commands::values::Email;
 use crate::events::user::Role;
@@ -45,6 +45,11 @@ const ACCOUNT_COLUMNS: &str = "id, password_hash, role, status, version, mfa_ena
 /// Checks the password (and, when the account has TOTP, the code) and opens a session acting
 /// with the account's role.
 ///
+/// Password checks count against the address's per-account limit (whether or not an account has
+/// it), before any hashing. A second factor is asked for only once the password is right, so a
+/// locked second factor (`MfaLocked`) shows only to whoever knows the password, as `mfa_required`
+/// already does.
+///
 /// The account is read from the users read model, which may trail the log. Account changes
 /// stamp the user in Redis as they commit (see `infra::sessions`): after opening the session,
 /// login reads the stamp, and when the read model is older it waits for it and checks the account
@@ -57,17 +62,18 @@ pub async fn login(
     user_agent: Option<String>,
     metadata: &crate::events::Metadata,
 ) -> Result<LoggedIn, IdentityError> {
+    let email_hash = app.email_index.hash(email);
     let account: Option<Account> = sqlx::query_as(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM users WHERE email_hash = $1"
     ))
-    .bind(app.email_index.hash(email))
+    .bind(&email_hash)
     .fetch_optional(&app.pool)
     .await?;
     let hash = account
         .as_ref()
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(dummy_hash);
-    let verified = verify_password(password, hash).await?;
+    let verified = verify_limited(app, &attempts_key(&email_hash), password, hash).await?;
     let Some(account) = account.filter(|_| verified) else {
         return Err(IdentityError::InvalidCredentials);
     };
@@ -75,6 +81,7 @@ pub async fn login(
         return Err(IdentityError::AccountDisabled);
     }
     if account.mfa_enabled {
+        super::mfa::refuse_if_locked(app, account.id).await?;
         let (Some(code), Some(secret)) = (totp_code, account.totp_secret.as_deref()) else {
             return Err(IdentityError::MfaRequired);
         };

@@ -37,6 +37,21 @@ pub enum IdentityError {
     /// A TOTP or recovery code that is wrong, expired or already used.
     #[error("this code is not valid")]
     MfaInvalid,
+    /// Too many wrong codes in a row: every code is refused for a while, the right one too.
+    #[error(
+        "too many wrong codes in a row: two-factor codes are refused for {} more seconds",
+        retry_after.as_secs_f64().ceil()
+    )]
+    MfaLocked { retry_after: std::time::Duration },
+    /// Too many wrong passwords for this account lately, from wherever they came.
+    #[error(
+        "too many password attempts for this account; retry in {} seconds",
+        retry_after.as_secs_f64().ceil()
+    )]
+    PasswordAttemptsExceeded { retry_after: std::time::Duration },
+    /// The per-account limits cannot be counted (Redis): the attempt is refused, not let through.
+    #[error("sign-in is paused while the rate limiter is unavailable; try again shortly")]
+    LimiterUnavailable(redis::RedisError),
     #[error("the refresh token is not valid")]
     InvalidRefreshToken,
     #[error("this refresh token was already used; the session has been revoked")]

@@ -1,6 +1,7 @@
 //! Password hashing: argon2id with OWASP's parameters, off the async runtime.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::SaltString;
@@ -14,6 +15,7 @@ use crate::commands::values::Password;
 use crate::events::store::Committed;
 use crate::events::user::PasswordHash as HashInEvents;
 use crate::events::Metadata;
+use crate::infra::attempts::Reservation;
 use crate::infra::sessions::SessionChange;
 use crate::App;
 
@@ -58,6 +60,72 @@ pub fn dummy_hash() -> String {
     .clone()
 }
 
+/// What password checks of one account count under (see `infra::attempts`): 16 bytes of its
+/// e-mail hash, in hex. Login counts under the address given, whether or not an account has it,
+/// so the limit says nothing about which addresses have accounts.
+pub fn attempts_key(email_hash: &[u8]) -> String {
+    email_hash
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Checks `password` against the PHC string `hash` under the per-account limit
+/// (`PASSWORD_ATTEMPTS_PER_ACCOUNT` in `PASSWORD_ATTEMPTS_WINDOW_SECS`): the attempt is reserved
+/// first (refused with `PasswordAttemptsExceeded` past the limit, before any hashing), and given
+/// back when the password was right, so only wrong guesses stay counted. Fails closed when the
+/// limit cannot be counted.
+pub async fn verify_limited(
+    app: &App,
+    account: &str,
+    password: String,
+    hash: String,
+) -> Result<bool, IdentityError> {
+    let window = Duration::from_secs(app.config.password_attempts_window_secs);
+    let reservation = app
+        .attempts
+        .reserve_password(account, app.config.password_attempts_per_account, window)
+        .await
+        .map_err(IdentityError::LimiterUnavailable)?;
+    let member = match reservation {
+        Reservation::Granted(member) => member,
+        Reservation::Refused(retry_after) => {
+            crate::api::security_log::rate_limited("password", "account");
+            metrics::counter!("rate_limit_rejections_total", "endpoint" => "per_account")
+                .increment(1);
+            return Err(IdentityError::PasswordAttemptsExceeded { retry_after });
+        }
+    };
+    let verified = verify_password(password, hash).await?;
+    if verified {
+        if let Err(err) = app.attempts.release_password(account, member).await {
+            tracing::warn!(error = %err, "a right password stays counted as an attempt");
+        }
+    }
+    Ok(verified)
+}
+
+/// Checks the current password of a logged-in user (to confirm a sensitive change), under the
+/// per-account limit; `WrongPassword` when it is not theirs.
+pub async fn confirm_current_password(
+    app: &App,
+    user_id: Uuid,
+    password: String,
+) -> Result<(), IdentityError> {
+    let account: Option<(Vec<u8>, String)> =
+        sqlx::query_as("SELECT email_hash, password_hash FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&app.pool)
+            .await?;
+    let (email_hash, hash) = account.ok_or(IdentityError::WrongPassword)?;
+    if verify_limited(app, &attempts_key(&email_hash), password, hash).await? {
+        Ok(())
+    } else {
+        Err(IdentityError::WrongPassword)
+    }
+}
+
 /// A logged-in user changes their password: the current one must match. Every other session
 /// ends at once; the one making the change goes on. The outbox mails the owner about it.
 pub async fn change_password(
@@ -68,14 +136,7 @@ pub async fn change_password(
     new: Password,
     metadata: &Metadata,
 ) -> Result<Committed, IdentityError> {
-    let hash: Option<String> = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(&app.pool)
-        .await?;
-    let hash = hash.ok_or(IdentityError::WrongPassword)?;
-    if !verify_password(current, hash).await? {
-        return Err(IdentityError::WrongPassword);
-    }
+    confirm_current_password(app, user_id, current).await?;
     let password_hash = seal_hash(app, user_id, hash_password(new).await?).await?;
     let committed = app
         .store

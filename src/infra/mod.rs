@@ -1,5 +1,6 @@
 //! Adapters to infrastructure other than the event store.
 
+pub mod attempts;
 pub mod cache;
 pub mod hub;
 pub mod images;

@@ -195,6 +195,17 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(session))
 return 1
 "#;
 
+/// Marks a session as having a second factor (TOTP just turned on in it), if it still exists,
+/// without touching `authenticated_at`: enrolling is no proof of who is there.
+const MARK_ENROLLED: &str = r#"
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local session = cjson.decode(value)
+session['mfa'] = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(session))
+return 1
+"#;
+
 /// Sets one session's role if it still exists (a login reconciling with a newer account state).
 const SET_ROLE: &str = r#"
 local value = redis.call('HGET', KEYS[1], ARGV[1])
@@ -408,6 +419,22 @@ impl Sessions {
                     .key(key(user_id))
                     .arg(session_id.to_string())
                     .arg(now)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Records that TOTP was turned on in this session (it now counts as having a second
+    /// factor), leaving its step-up clock alone; false when it is gone.
+    pub async fn mark_enrolled(&self, user_id: Uuid, session_id: Uuid) -> redis::RedisResult<bool> {
+        let updated: i64 = self
+            .redis
+            .call(|mut conn| async move {
+                redis::Script::new(MARK_ENROLLED)
+                    .key(key(user_id))
+                    .arg(session_id.to_string())
                     .invoke_async(&mut conn)
                     .await
             })

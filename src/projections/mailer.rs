@@ -1,5 +1,6 @@
 //! The mail outbox: a side-effect projector that mails what events ask for: to an account (a
-//! verification link after registration, a reset link after a reset request, security notices),
+//! verification link after registration, a reset link after a reset request, security notices:
+//! password changed, two-factor authentication turned on or off or locked, a new device),
 //! and to the people of a sitting (an application to the owner, the acceptance to the sitter, a
 //! care report to the owner, and the start reminder to both), and urgent advice to the plant's
 //! owner and its sitter.
@@ -152,6 +153,28 @@ impl MailerProjection {
                     ),
                 ))
             }
+            UserEvent::TotpEnabled { .. } => Some((
+                "mfa_enabled",
+                "Two-factor authentication was turned on".to_string(),
+                "Two-factor authentication was just turned on for your A'rosa-je account: \
+                 logging in now takes your password and a code from an authenticator app.\r\n\r\n\
+                 If it was not you, someone knows your password and holds one of your \
+                 sessions: reset your password at once from the login page (it ends every \
+                 session), and write to us to remove the app they enrolled.\r\n"
+                    .to_string(),
+            )),
+            UserEvent::SecondFactorLocked { failures, until } => Some((
+                "mfa_locked",
+                "Two-factor codes locked after wrong attempts".to_string(),
+                format!(
+                    "{failures} wrong two-factor codes in a row were entered for your \
+                     A'rosa-je account, so codes are refused until {} UTC.\r\n\r\nIf it \
+                     was not you, someone knows your password or holds one of your sessions: \
+                     change your password and end your other sessions as soon as you can log \
+                     in, or reset your password from the login page.\r\n",
+                    until.format("%Y-%m-%d %H:%M")
+                ),
+            )),
             UserEvent::TotpDisabled => Some((
                 "mfa_disabled",
                 "Two-factor authentication was turned off".to_string(),

@@ -169,6 +169,7 @@ impl Projection for UsersProjection {
                 // Handled above, before the key is looked for.
                 UserEvent::UserErased { .. } => {}
                 UserEvent::PasswordResetRequested { .. }
+                | UserEvent::SecondFactorLocked { .. }
                 | UserEvent::LoggedInFromNewDevice { .. } => {
                     sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                         .bind(user_id)

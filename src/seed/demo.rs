@@ -1413,7 +1413,14 @@ impl Seeder<'_> {
         for local in ["admin", "auditeur"] {
             let account = self.who(local)?.clone();
             let enrolment = step(
-                identity::mfa::start(self.app, account.id, &account.email, &self.by(local)?).await,
+                identity::mfa::start(
+                    self.app,
+                    account.id,
+                    &account.email,
+                    DEMO_PASSWORD.to_string(),
+                    &self.by(local)?,
+                )
+                .await,
                 "TOTP enrolment",
             )?;
             // The confirmation reads the pending secret from the users read model.

@@ -13,7 +13,11 @@ async fn every_route_answers_each_role_as_the_matrix_says(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let t = TestApp::spawn(options, connect).await;
+    // Six callers on each row: more than the per-client quota of the authentication endpoints
+    // (the MFA routes share one per path), which is not what this table is about.
+    let mut roomy = crate::helpers::config();
+    roomy.rate_limit_auth = 1000;
+    let t = TestApp::with_config(options, connect, roomy, true).await;
     let (_, admin) = t.admin().await;
     let (_, owner) = t.user(&unique_email("owner")).await;
     let (_, other) = t.user(&unique_email("other")).await;
@@ -253,10 +257,29 @@ async fn every_route_answers_each_role_as_the_matrix_says(
             [401, 409, 409, 409, 409, 409],
         ),
         (
+            // Enrolling needs the current password.
             Method::POST,
             "/api/me/mfa/totp".into(),
-            None,
+            Some(json!({})),
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp".into(),
+            Some(json!({"current_password": "not the password"})),
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp".into(),
+            Some(json!({"current_password": PASSWORD})),
             [401, 201, 201, 201, 201, 201],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp/confirm".into(),
+            Some(json!({"code": "000000"})),
+            [401, 401, 401, 401, 401, 401],
         ),
         (
             Method::DELETE,
@@ -312,6 +335,113 @@ async fn walk_matrix<F, Fut>(
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The per-account limits, for every role: a second factor locked by wrong codes in a row
+/// refuses every route that takes a code (429 `mfa_locked`, right code or not), and an account
+/// out of password attempts every route that checks its password (429
+/// `too_many_password_attempts`, right password or not); other routes answer as usual.
+#[sqlx::test]
+async fn per_account_limits_refuse_their_routes_whatever_the_role(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut roomy = crate::helpers::config();
+    roomy.rate_limit_auth = 1000;
+    // One wrong password per hour (right ones do not count).
+    roomy.password_attempts_per_account = 1;
+    let t = TestApp::with_config(options, connect, roomy, true).await;
+    let (_, admin) = t.admin().await;
+    let (_, owner) = t.user(&unique_email("owner")).await;
+    let (_, other) = t.user(&unique_email("other")).await;
+    let (_, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+    let (_, auditor) = t.user_with_role(&admin, "AUDITOR").await;
+    for token in [&owner, &other, &botanist, &admin, &auditor] {
+        crate::mfa::enrol(&t, token).await;
+        for _ in 0..5 {
+            t.post("/api/me/mfa/verify", Some(token), json!({"code": "000000"}))
+                .await;
+        }
+        let locked = t
+            .post("/api/me/mfa/verify", Some(token), json!({"code": "000000"}))
+            .await;
+        assert_eq!(locked.code(), "mfa_locked", "{locked:?}");
+        let wrong = t
+            .post(
+                "/api/me/password",
+                Some(token),
+                json!({"current_password": "not the password", "new_password": "a new long passphrase"}),
+            )
+            .await;
+        assert_eq!(wrong.code(), "validation_failed", "{wrong:?}");
+    }
+    let callers: [Option<&str>; 6] = [
+        None,
+        Some(&owner),
+        Some(&other),
+        Some(&botanist),
+        Some(&admin),
+        Some(&auditor),
+    ];
+    let table: Vec<(Method, String, Option<Value>, [u16; 6])> = vec![
+        (
+            Method::POST,
+            "/api/me/mfa/verify".into(),
+            Some(json!({"code": "123456"})),
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp/confirm".into(),
+            Some(json!({"code": "123456"})),
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::DELETE,
+            "/api/me/mfa/totp".into(),
+            Some(json!({"code": "123456"})),
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::POST,
+            "/api/me/mfa/totp".into(),
+            Some(json!({"current_password": PASSWORD})),
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::POST,
+            "/api/me/password".into(),
+            Some(json!({"current_password": PASSWORD, "new_password": "a new long passphrase"})),
+            [401, 429, 429, 429, 429, 429],
+        ),
+        (
+            Method::GET,
+            "/api/me".into(),
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+    ];
+    walk_matrix(&t, &callers, &table, || async {
+        unreachable!("no {{fresh}} route")
+    })
+    .await;
+    // Each 429 is the limit's own, not the per-client rate limit.
+    for (method, path, body, _) in &table[..table.len() - 1] {
+        let code =
+            if path.ends_with("/verify") || path.ends_with("/confirm") || *method == Method::DELETE
+            {
+                "mfa_locked"
+            } else {
+                "too_many_password_attempts"
+            };
+        for token in callers.iter().flatten() {
+            let reply = t
+                .call(method.clone(), path, Some(token), body.clone())
+                .await;
+            assert_eq!(reply.code(), code, "{method} {path}: {reply:?}");
+            assert!(reply.headers.contains_key("retry-after"));
+        }
+    }
 }
 
 #[sqlx::test]

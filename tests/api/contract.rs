@@ -610,7 +610,12 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
         json!({"token": "nope", "new_password": "another long passphrase"}),
     )
     .await;
-    t.post("/api/me/mfa/totp", Some(&token), json!({})).await;
+    t.post(
+        "/api/me/mfa/totp",
+        Some(&token),
+        json!({"current_password": PASSWORD}),
+    )
+    .await;
     t.post(
         "/api/me/mfa/totp/confirm",
         Some(&token),

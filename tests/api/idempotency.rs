@@ -263,3 +263,124 @@ async fn an_oversized_body_with_a_key_is_413(options: PgPoolOptions, connect: Pg
         "{reply:?}"
     );
 }
+
+/// A second session of the user of `email` (another device).
+async fn second_session(t: &TestApp, email: &str) -> String {
+    let login = t.login(email, crate::helpers::PASSWORD).await;
+    assert_eq!(login.status, StatusCode::OK, "{login:?}");
+    login.body["access_token"].as_str().unwrap().to_string()
+}
+
+#[sqlx::test]
+async fn a_replay_after_logout_is_401_not_the_stored_answer(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+
+    let first = create(&t, &token, Some("before-logout"), &fern()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let replayed = create(&t, &token, Some("before-logout"), &fern()).await;
+    assert_eq!(
+        replayed.headers["idempotent-replayed"], "true",
+        "{replayed:?}"
+    );
+    let out = t.post("/api/auth/logout", Some(&token), json!({})).await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{out:?}");
+
+    let after = create(&t, &token, Some("before-logout"), &fern()).await;
+    assert_eq!(
+        (after.status, after.code()),
+        (StatusCode::UNAUTHORIZED, "session_revoked"),
+        "{after:?}"
+    );
+    assert!(!after.headers.contains_key("idempotent-replayed"));
+    assert_eq!(plant_counts(&t).await, (1, 1));
+}
+
+#[sqlx::test]
+async fn a_replay_after_the_session_is_revoked_or_the_user_disabled_is_401(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+
+    // Revoked from another device.
+    let email = unique_email("phone-lost");
+    let (_, phone) = t.user(&email).await;
+    let laptop = second_session(&t, &email).await;
+    let first = create(&t, &phone, Some("from-phone"), &fern()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let phone_session = t.app.jwt.verify(&phone).unwrap().sid;
+    let revoked = t
+        .delete(&format!("/api/me/sessions/{phone_session}"), &laptop)
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{revoked:?}");
+    let after = create(&t, &phone, Some("from-phone"), &fern()).await;
+    assert_eq!(
+        (after.status, after.code()),
+        (StatusCode::UNAUTHORIZED, "session_revoked"),
+        "{after:?}"
+    );
+    assert!(!after.headers.contains_key("idempotent-replayed"));
+
+    // Disabled by an admin.
+    let (user_id, token) = t.user(&unique_email("disabled")).await;
+    let first = create(&t, &token, Some("before-disable"), &fern()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let disabled = t
+        .call(
+            Method::POST,
+            &format!("/api/admin/users/{user_id}/disable"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::OK, "{disabled:?}");
+    let after = create(&t, &token, Some("before-disable"), &fern()).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{after:?}");
+    assert!(!after.headers.contains_key("idempotent-replayed"));
+    assert_eq!(plant_counts(&t).await, (2, 2));
+}
+
+#[sqlx::test]
+async fn a_stored_refusal_is_not_replayed_to_another_role(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let (botanist_id, botanist) = t.user_with_role(&admin, "BOTANIST").await;
+
+    // Botanists do not create plants: 403, kept and replayed to the same role.
+    let refused = create(&t, &botanist, Some("my-fern"), &fern()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{refused:?}");
+    let again = create(&t, &botanist, Some("my-fern"), &fern()).await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN, "{again:?}");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    // Made a USER, the same session retries the same request: it runs, and creates.
+    let changed = t
+        .call(
+            Method::PUT,
+            &format!("/api/admin/users/{botanist_id}/role"),
+            Some(&admin),
+            Some(json!({"role": "USER"})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    let created = create(&t, &botanist, Some("my-fern"), &fern()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert!(!created.headers.contains_key("idempotent-replayed"));
+    assert_eq!(created.body["owner_id"], botanist_id.to_string());
+    // From then on that success is the answer.
+    let replayed = create(&t, &botanist, Some("my-fern"), &fern()).await;
+    assert_eq!(
+        replayed.headers["idempotent-replayed"], "true",
+        "{replayed:?}"
+    );
+    assert_eq!(replayed.body, created.body);
+    assert_eq!(plant_counts(&t).await, (1, 1));
+}

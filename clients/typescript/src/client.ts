@@ -106,3 +106,15 @@ export async function devices(baseUrl: string, token: string) {
   }
   return others.map((session) => ({ id: session.id, seen: session.last_seen_at }));
 }
+
+/** Starts enrolling an authenticator app: the current password is required (422 otherwise, 429
+ * `too_many_password_attempts` after too many wrong ones); confirm with a code from the app. */
+export async function enrolTotp(baseUrl: string, token: string, currentPassword: string) {
+  const { data, error } = await client(baseUrl, token).POST("/api/me/mfa/totp", {
+    body: { current_password: currentPassword },
+  });
+  if (error !== undefined) {
+    return error;
+  }
+  return { secret: data.secret, otpauthUrl: data.otpauth_url };
+}
