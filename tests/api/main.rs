@@ -5,6 +5,7 @@ mod access;
 mod advice;
 mod audit;
 mod auth;
+mod constraints;
 mod contract;
 mod dashboards;
 mod edge;
