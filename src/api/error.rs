@@ -353,6 +353,9 @@ impl DomainError for SittingError {
             SittingError::AlreadyReviewed => conflict("already_reviewed"),
             // Only the reminder job meets it; no route runs that command.
             SittingError::NotStartingTomorrow(_) => conflict("sitting_not_starting_tomorrow"),
+            SittingError::Expired => conflict("sitting_expired"),
+            // Only the expiry job meets it.
+            SittingError::NotEnded(_) => conflict("sitting_not_ended"),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The sitters' calendar: a write-side guard (table `sitter_bookings`, not a read model) that
 //! keeps a sitter from being accepted for two sittings on overlapping days. A row is inserted in
 //! the transaction that appends `SitterAccepted` and deleted in the one that appends the
-//! cancellation of an accepted sitting; an exclusion constraint (`btree_gist`) makes two racing
-//! acceptances of one sitter for overlapping days impossible, whichever instance runs them.
+//! cancellation or the expiry of an accepted sitting; an exclusion constraint (`btree_gist`)
+//! makes two racing acceptances of one sitter for overlapping days impossible, whichever
+//! instance runs them.
 //!
 //! Two acceptances of one sitting at the same moment (the owner's two tabs, two applicants or
 //! the same one) meet on the booking's primary key, or, for the same sitter, on the exclusion
@@ -44,7 +45,7 @@ impl Guard<Sitting> for SitterCalendar {
                     };
                     book(conn, sitting_id, *sitter_id, starts_on, ends_on).await?;
                 }
-                SittingEvent::SittingCancelled { .. } => {
+                SittingEvent::SittingCancelled { .. } | SittingEvent::SittingExpired { .. } => {
                     sqlx::query("DELETE FROM sitter_bookings WHERE sitting_id = $1")
                         .bind(sitting_id)
                         .execute(&mut *conn)
