@@ -10,6 +10,7 @@ mod contract;
 mod dashboards;
 mod edge;
 mod event_order;
+mod expiry;
 mod gdpr;
 mod hardening;
 mod helpers;
