@@ -1074,7 +1074,48 @@ impl Seeder<'_> {
         )
         .await?;
         sittings.push(("cancelled", bordeaux_cancelled));
+
+        // Expired: Chloé's request for the days after her holiday found an applicant she never
+        // accepted; once its last day had passed, the expiry job expired it (as `serve` does).
+        let marseille_expired = self
+            .request(
+                "chloe",
+                &["Aloe vera"],
+                (-12, -9),
+                -20,
+                MARSEILLE,
+                "L'aloe se contente d'un verre d'eau.",
+            )
+            .await?;
+        self.apply(
+            marseille_expired,
+            "lea",
+            -19,
+            "Je descends à Marseille ces jours-là.",
+        )
+        .await?;
+        self.expire(marseille_expired).await?;
+        sittings.push(("expired", marseille_expired));
         Ok(sittings)
+    }
+
+    /// What the expiry job does today for a sitting whose last day has passed, as the system.
+    async fn expire(&self, id: Uuid) -> anyhow::Result<()> {
+        let command = SittingCommand::ExpireSitting { today: self.day(0) };
+        step(
+            self.app
+                .store
+                .execute_guarded::<Sitting>(
+                    &id.to_string(),
+                    command,
+                    &(),
+                    &self.metadata(None, "SYSTEM"),
+                    &SitterCalendar,
+                )
+                .await,
+            "sitting expiry",
+        )?;
+        Ok(())
     }
 
     async fn give_advice(
