@@ -236,6 +236,10 @@ pub struct Config {
     /// (owner and sitter are mailed once, whatever the number of instances).
     #[arg(long, env = "START_REMINDER_INTERVAL_SECS", default_value_t = 600)]
     pub start_reminder_interval_secs: u64,
+    /// How often the expiry job looks for open (or accepted, never started) sittings whose last
+    /// day has passed, in seconds (one instance at a time; each owner is mailed once).
+    #[arg(long, env = "SITTING_EXPIRY_INTERVAL_SECS", default_value_t = 600)]
+    pub sitting_expiry_interval_secs: u64,
     /// Message texts become unreadable everywhere after this many days (the fact that a message
     /// was sent stays).
     #[arg(long, env = "MESSAGE_RETENTION_DAYS", default_value_t = 30)]
@@ -458,6 +462,10 @@ impl Config {
                 "START_REMINDER_INTERVAL_SECS",
                 self.start_reminder_interval_secs as i64,
             ),
+            (
+                "SITTING_EXPIRY_INTERVAL_SECS",
+                self.sitting_expiry_interval_secs as i64,
+            ),
             ("MAX_JSON_BODY_BYTES", self.max_json_body_bytes as i64),
             ("REQUEST_TIMEOUT_SECS", self.request_timeout_secs as i64),
             ("REDIS_TIMEOUT_MS", self.redis_timeout_ms as i64),
@@ -576,6 +584,10 @@ impl Config {
 
     pub fn start_reminder_interval(&self) -> Duration {
         Duration::from_secs(self.start_reminder_interval_secs)
+    }
+
+    pub fn sitting_expiry_interval(&self) -> Duration {
+        Duration::from_secs(self.sitting_expiry_interval_secs)
     }
 
     /// Warnings an operator should see at start-up.

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod expiry;
 pub mod identity;
 pub mod infra;
 pub mod messaging;
@@ -237,7 +238,8 @@ impl App {
 
     /// Starts the background work of this process: the notifier that tells other instances of
     /// appends, the start reminder job (on every instance: the aggregate issues each reminder
-    /// once) and, with `run_projectors`, the projectors. They stop when the guard is dropped.
+    /// once), the sitting expiry job (one instance at a time) and, with `run_projectors`, the
+    /// projectors. They stop when the guard is dropped.
     pub fn start(&self, run_projectors: bool) -> BackgroundTasks {
         let mut tasks = vec![tokio::spawn(events::wakeups::run_notifier(
             self.pool.clone(),
@@ -246,6 +248,10 @@ impl App {
         tasks.push(tokio::spawn(reminders::run_scheduler(
             self.clone(),
             self.config.start_reminder_interval(),
+        )));
+        tasks.push(tokio::spawn(expiry::run_scheduler(
+            self.clone(),
+            self.config.sitting_expiry_interval(),
         )));
         if run_projectors {
             tasks.extend(self.projections.spawn());

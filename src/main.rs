@@ -110,6 +110,16 @@ enum AdminCommand {
         #[command(flatten)]
         config: Config,
     },
+    /// Expire the open (and accepted, never started) sittings whose last day is before today, or
+    /// before `--as-of` (`serve` does it every SITTING_EXPIRY_INTERVAL_SECS by itself); each
+    /// owner is mailed once.
+    ExpireSittings {
+        /// The day to expire as of (YYYY-MM-DD, UTC); default today.
+        #[arg(long)]
+        as_of: Option<chrono::NaiveDate>,
+        #[command(flatten)]
+        config: Config,
+    },
     /// Create an ADMIN account (the first admin of a new deployment).
     Create {
         #[arg(long)]
@@ -209,6 +219,25 @@ async fn main() -> anyhow::Result<()> {
             println!("{expired} message texts older than {days} days made unreadable");
             let swept = api::idempotency::sweep_expired(&app.pool).await?;
             println!("{swept} idempotency keys older than 24 hours deleted");
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::ExpireSittings { as_of, config },
+        } => {
+            let app = App::build(config).await?;
+            let today = as_of.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            let run = arosaje::expiry::run_expiry(&app, today).await?;
+            if run.standby {
+                println!("another instance is expiring sittings right now; nothing done");
+                return Ok(());
+            }
+            println!(
+                "{} sittings ending before {today} expired ({} had nothing to do, {} failed)",
+                run.expired, run.skipped, run.failed
+            );
+            if run.failed > 0 {
+                anyhow::bail!("{} sittings could not be expired; see the log", run.failed);
+            }
             Ok(())
         }
         Command::Audit { command } => audit(command).await,

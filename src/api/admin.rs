@@ -232,7 +232,8 @@ pub struct AdminStats {
     disabled_users: i64,
     pending_botanist_verifications: i64,
     plants: i64,
-    /// Sittings by status (`open`, `accepted`, `in_progress`, `completed`, `cancelled`).
+    /// Sittings by status (`open`, `accepted`, `in_progress`, `completed`, `cancelled`,
+    /// `expired`).
     sittings: BTreeMap<String, i64>,
     conversations: i64,
     messages: i64,
@@ -284,11 +285,17 @@ async fn stats(
         sqlx::query_as("SELECT status, count(*) FROM sittings GROUP BY status")
             .fetch_all(&app.pool)
             .await?;
-    let mut sittings: BTreeMap<String, i64> =
-        ["open", "accepted", "in_progress", "completed", "cancelled"]
-            .into_iter()
-            .map(|status| (status.to_string(), 0))
-            .collect();
+    let mut sittings: BTreeMap<String, i64> = [
+        "open",
+        "accepted",
+        "in_progress",
+        "completed",
+        "cancelled",
+        "expired",
+    ]
+    .into_iter()
+    .map(|status| (status.to_string(), 0))
+    .collect();
     sittings.extend(by_status);
     let counts = |sql: &'static str, keys: &[&str]| {
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();

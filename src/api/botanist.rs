@@ -31,8 +31,9 @@ pub fn router() -> OpenApiRouter<App> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct QueueParams {
-    /// `to_review` (default): plants of open, accepted or running sittings that no botanist has
-    /// advised since the sitting was requested; `urgent` ones first (a botanist's latest advice on
+    /// `to_review` (default): plants of open, accepted or running sittings (not expired: the
+    /// last day of an open or accepted one has not passed) that no botanist has advised since
+    /// the sitting was requested; `urgent` ones first (a botanist's latest advice on
     /// the plant was urgent or asked for a follow-up), then by sitting start. `reviewed`: the
     /// plants I advised, newest advice first, with my latest advice on each.
     #[param(value_type = Option<String>, pattern = "^(to_review|reviewed)$")]
@@ -150,12 +151,15 @@ async fn botanist_queue(
         flagged: bool,
     }
     // An ordered scan of `advice_queue_to_review`: (not urgent, start, sitting, plant) ascending,
-    // so the cursor is one row comparison.
+    // so the cursor is one row comparison. Open and accepted sittings whose last day has passed
+    // leave the queue when the expiry job expires them; until then they are skipped here (they
+    // would head it). A running sitting stays until it is completed.
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT q.sitting_id, q.plant_id, p.name AS plant_name, p.species, q.sitting_status, \
                 q.starts_on, q.ends_on, q.flagged \
            FROM advice_queue q JOIN plants p ON p.id = q.plant_id \
           WHERE q.advice_count = 0 \
+            AND (q.ends_on >= $6 OR q.sitting_status = 'in_progress') \
             AND ($1::boolean IS NULL \
                  OR (NOT q.flagged, q.starts_on, q.sitting_id, q.plant_id) > ($1, $2, $3, $4)) \
           ORDER BY NOT q.flagged, q.starts_on, q.sitting_id, q.plant_id \
@@ -166,6 +170,7 @@ async fn botanist_queue(
     .bind(after.map(|(.., sitting, _)| sitting))
     .bind(after.map(|(.., plant)| plant))
     .bind(limit + 1)
+    .bind(chrono::Utc::now().date_naive())
     .fetch_all(&app.pool)
     .await?;
     let more = rows.len() as i64 > limit;

@@ -15,6 +15,7 @@ use crate::commands::plant::PlantError;
 use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
+use crate::events::constraints::{self, OnViolation};
 use crate::events::store::CommandError;
 use crate::identity::IdentityError;
 
@@ -107,8 +108,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let message = match &self {
+        let this = self.or_constraint_conflict();
+        let (status, code) = this.status_and_code();
+        let message = match &this {
             ApiError::Internal(err) => {
                 tracing::error!(error = %format!("{err:#}"), "internal error");
                 "internal error".to_string()
@@ -119,14 +121,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let retry_after = match &self {
+        let retry_after = match &this {
             ApiError::RateLimited { retry_after }
             | ApiError::TooManyRequests { retry_after, .. } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             _ => None,
         };
-        let fields = match self {
+        let fields = match this {
             ApiError::Validation(fields) => Some(fields.0),
             _ => None,
         };
@@ -154,6 +156,9 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        if let Some(conflict) = constraint_conflict(&err) {
+            return conflict;
+        }
         match &err {
             sqlx::Error::PoolTimedOut => ApiError::Unavailable {
                 code: "database_busy",
@@ -161,6 +166,38 @@ impl From<sqlx::Error> for ApiError {
             },
             _ => ApiError::Internal(err.into()),
         }
+    }
+}
+
+/// The one place where a unique or exclusion violation becomes an answer: a 409 with the code
+/// its constraint has in [`constraints::CONSTRAINTS`]; one that means "another writer got there
+/// first" (commands retried it already) is `concurrent_modification`. `None` for other errors.
+fn constraint_conflict(err: &sqlx::Error) -> Option<ApiError> {
+    Some(match constraints::on_violation(err)? {
+        OnViolation::Retry => concurrent_modification(),
+        OnViolation::Conflict { code, message } => ApiError::conflict(code, message),
+    })
+}
+
+fn concurrent_modification() -> ApiError {
+    ApiError::conflict(
+        "concurrent_modification",
+        "the resource was changed concurrently; reload it and try again",
+    )
+}
+
+impl ApiError {
+    /// An internal error caused by a constraint violation, wherever it was wrapped (a command's
+    /// `Internal`, a key store's error), is that violation's 409, never a 500.
+    fn or_constraint_conflict(self) -> ApiError {
+        let ApiError::Internal(err) = &self else {
+            return self;
+        };
+        let found = err
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .and_then(constraint_conflict);
+        found.unwrap_or(self)
     }
 }
 
@@ -325,6 +362,9 @@ impl DomainError for SittingError {
             SittingError::AlreadyReviewed => conflict("already_reviewed"),
             // Only the reminder job meets it; no route runs that command.
             SittingError::NotStartingTomorrow(_) => conflict("sitting_not_starting_tomorrow"),
+            SittingError::Expired => conflict("sitting_expired"),
+            // Only the expiry job meets it.
+            SittingError::NotEnded(_) => conflict("sitting_not_ended"),
         }
     }
 }
@@ -383,10 +423,7 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(err: CommandError<E>) -> Self {
         match err {
             CommandError::Domain(err) => err.into_api(),
-            CommandError::Conflict => ApiError::conflict(
-                "concurrent_modification",
-                "the resource was changed concurrently; reload it and try again",
-            ),
+            CommandError::Conflict => concurrent_modification(),
             CommandError::Internal(err) => ApiError::Internal(err),
         }
     }

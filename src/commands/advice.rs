@@ -73,7 +73,7 @@ pub enum AdviceError {
     SittingNotFound,
     #[error("this plant is not part of that sitting")]
     PlantNotInSitting,
-    #[error("that sitting is over (completed or cancelled)")]
+    #[error("that sitting is over (completed, cancelled or expired)")]
     SittingClosed,
     /// Unknown, withdrawn, or hidden.
     #[error("no such advice")]
@@ -154,7 +154,9 @@ impl Advice {
                         }
                         if matches!(
                             facts.status,
-                            SittingStatus::Completed | SittingStatus::Cancelled
+                            SittingStatus::Completed
+                                | SittingStatus::Cancelled
+                                | SittingStatus::Expired
                         ) {
                             return Err(E::SittingClosed);
                         }
@@ -443,7 +445,11 @@ mod tests {
             .given_no_previous_events()
             .when(give(facts(SittingStatus::Open, vec![CACTUS])))
             .then_expect_error(AdviceError::PlantNotInSitting);
-        for closed in [SittingStatus::Completed, SittingStatus::Cancelled] {
+        for closed in [
+            SittingStatus::Completed,
+            SittingStatus::Cancelled,
+            SittingStatus::Expired,
+        ] {
             AdviceTest::with(())
                 .given_no_previous_events()
                 .when(give(facts(closed, vec![FERN])))

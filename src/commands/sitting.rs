@@ -1,14 +1,19 @@
 //! The `Sitting` aggregate: an owner's request for someone to care for some of their plants
 //! while away, and its lifecycle.
 //!
-//! `open` -> `accepted` -> `in_progress` -> `completed`; `open` or `accepted` -> `cancelled`.
+//! `open` -> `accepted` -> `in_progress` -> `completed`; `open` or `accepted` -> `cancelled`;
+//! `open` or `accepted` -> `expired` once its last day has passed without it starting.
 //! The day before an accepted sitting starts, the reminder job issues its start reminder, once.
+//!
+//! After its last day (`ends_on`), a sitting that has not started is refused applications,
+//! acceptance and start (`Expired`), whether or not the expiry job has expired it yet; the job
+//! then appends `SittingExpired`, once.
 //!
 //! Who may cancel, and when:
 //! - while `open`: the owner (or an admin), with a reason;
 //! - while `accepted`: the owner, the accepted sitter (who backs out), or an admin;
 //! - `in_progress`: nobody (the plants are in someone's care: complete it instead);
-//! - `completed` or `cancelled`: nothing more happens, but reviews after completion.
+//! - `completed`, `cancelled` or `expired`: nothing more happens, but reviews after completion.
 //!
 //! What a sitting cannot know (which plants belong to the requester, the date today, whether the
 //! sitter is free) is looked up before dispatch and carried in the command, or checked in the
@@ -41,6 +46,8 @@ pub enum SittingCommand {
     Apply {
         applicant: Actor,
         message: Option<Sealed>,
+        /// The date today (UTC): no application after the sitting's last day.
+        today: NaiveDate,
     },
     WithdrawApplication {
         applicant: Actor,
@@ -48,6 +55,8 @@ pub enum SittingCommand {
     AcceptSitter {
         actor: Actor,
         sitter_id: Uuid,
+        /// The date today (UTC): no acceptance after the sitting's last day.
+        today: NaiveDate,
     },
     StartSitting {
         actor: Actor,
@@ -76,6 +85,11 @@ pub enum SittingCommand {
     /// From the reminder job (`reminders`), not from a user: owner and sitter are to hear that
     /// the sitting starts tomorrow. Issued once; asked again, it does nothing.
     RemindStart {
+        today: NaiveDate,
+    },
+    /// From the expiry job (`expiry`), not from a user: the sitting's last day is before `today`
+    /// and it never started. Expires it once; asked again, it does nothing.
+    ExpireSitting {
         today: NaiveDate,
     },
 }
@@ -127,6 +141,10 @@ pub enum SittingError {
     AlreadyReviewed,
     #[error("the sitting starts on {0}, not tomorrow")]
     NotStartingTomorrow(NaiveDate),
+    #[error("the sitting's last day has passed without it starting: it has expired")]
+    Expired,
+    #[error("the sitting lasts until {0}: it has not expired")]
+    NotEnded(NaiveDate),
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +157,8 @@ pub enum Status {
     InProgress,
     Completed,
     Cancelled,
+    /// Its last day passed while open, or accepted but not started.
+    Expired,
 }
 
 impl Status {
@@ -150,6 +170,7 @@ impl Status {
             Status::InProgress => "in_progress",
             Status::Completed => "completed",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
         }
     }
 
@@ -160,6 +181,7 @@ impl Status {
             Status::InProgress,
             Status::Completed,
             Status::Cancelled,
+            Status::Expired,
         ]
         .into_iter()
         .find(|s| s.as_str() == value)
@@ -205,6 +227,11 @@ impl Sitting {
 
     fn is_sitter(&self, actor: &Actor) -> bool {
         self.sitter_id == Some(actor.id)
+    }
+
+    /// Whether `today` is after the sitting's last day.
+    fn is_over(&self, today: NaiveDate) -> bool {
+        self.ends_on.is_some_and(|ends_on| today > ends_on)
     }
 
     fn exists(&self) -> Result<(), SittingError> {
@@ -254,12 +281,19 @@ impl Sitting {
                     instructions,
                 }
             }
-            C::Apply { applicant, message } => {
+            C::Apply {
+                applicant,
+                message,
+                today,
+            } => {
                 if self.is_owner(&applicant) {
                     return Err(E::OwnSitting);
                 }
                 if self.status != Status::Open {
-                    return Err(E::NotOpen);
+                    return Err(self.expired_or(E::NotOpen));
+                }
+                if self.is_over(today) {
+                    return Err(E::Expired);
                 }
                 if self.applicants.contains(&applicant.id) {
                     return Err(E::AlreadyApplied);
@@ -280,12 +314,19 @@ impl Sitting {
                     applicant_id: applicant.id,
                 }
             }
-            C::AcceptSitter { actor, sitter_id } => {
+            C::AcceptSitter {
+                actor,
+                sitter_id,
+                today,
+            } => {
                 if !self.is_owner(&actor) {
                     return Err(E::NotTheOwner);
                 }
                 if self.status != Status::Open {
-                    return Err(E::NotOpen);
+                    return Err(self.expired_or(E::NotOpen));
+                }
+                if self.is_over(today) {
+                    return Err(E::Expired);
                 }
                 if !self.applicants.contains(&sitter_id) {
                     return Err(E::NotAnApplicant);
@@ -301,6 +342,9 @@ impl Sitting {
                 }
                 if let Some(starts_on) = self.starts_on.filter(|s| today < *s) {
                     return Err(E::TooEarly(starts_on));
+                }
+                if self.is_over(today) {
+                    return Err(E::Expired);
                 }
                 Ev::SittingStarted { by: actor.id }
             }
@@ -346,7 +390,11 @@ impl Sitting {
                         self.is_owner(&actor) || self.is_sitter(&actor) || actor.is_admin()
                     }
                     Status::InProgress => return Err(E::InProgress),
-                    Status::Completed | Status::Cancelled | Status::New => return Err(E::Closed),
+                    // An expired sitting is over like a cancelled one (and erasure, which
+                    // cancels what it finds open, takes `Closed` as "nothing left to close").
+                    Status::Completed | Status::Cancelled | Status::Expired | Status::New => {
+                        return Err(E::Closed)
+                    }
                 };
                 if !allowed {
                     return Err(E::NotAParticipant);
@@ -400,6 +448,22 @@ impl Sitting {
                 }
                 Ev::SittingStartReminderIssued { starts_on }
             }
+            C::ExpireSitting { today } => {
+                match self.status {
+                    // Every instance's job may ask; the first one's event is the only one.
+                    Status::Expired => return Ok(Vec::new()),
+                    Status::Open | Status::Accepted => {}
+                    Status::InProgress => return Err(E::InProgress),
+                    Status::Completed | Status::Cancelled | Status::New => return Err(E::Closed),
+                }
+                let Some(ends_on) = self.ends_on else {
+                    return Err(E::NotFound);
+                };
+                if !self.is_over(today) {
+                    return Err(E::NotEnded(ends_on));
+                }
+                Ev::SittingExpired { ends_on }
+            }
         };
         Ok(vec![event])
     }
@@ -408,6 +472,15 @@ impl Sitting {
     fn closed_or(&self, error: SittingError) -> SittingError {
         match self.status {
             Status::Completed | Status::Cancelled => SittingError::Closed,
+            Status::Expired => SittingError::Expired,
+            _ => error,
+        }
+    }
+
+    /// A command that needs an open sitting, on one that expired, says so; otherwise `error`.
+    fn expired_or(&self, error: SittingError) -> SittingError {
+        match self.status {
+            Status::Expired => SittingError::Expired,
             _ => error,
         }
     }
@@ -468,6 +541,7 @@ impl Aggregate for Sitting {
                 self.reviewed_by.insert(author_id);
             }
             SittingEvent::SittingStartReminderIssued { .. } => self.start_reminded = true,
+            SittingEvent::SittingExpired { .. } => self.status = Status::Expired,
         }
     }
 }
@@ -633,6 +707,7 @@ mod tests {
         let apply = |id| SittingCommand::Apply {
             applicant: user(id),
             message: None,
+            today: day(1),
         };
         assert_eq!(
             decided(vec![requested()], apply(SITTER)),
@@ -681,6 +756,7 @@ mod tests {
         let apply = SittingCommand::Apply {
             applicant: user(SITTER),
             message: None,
+            today: day(1),
         };
         assert_eq!(
             decided(again, apply),
@@ -690,7 +766,11 @@ mod tests {
 
     #[test]
     fn the_owner_accepts_one_applicant_while_open() {
-        let accept = |actor, sitter_id| SittingCommand::AcceptSitter { actor, sitter_id };
+        let accept = |actor, sitter_id| SittingCommand::AcceptSitter {
+            actor,
+            sitter_id,
+            today: day(1),
+        };
         let given = vec![requested(), applied(SITTER)];
         SittingTest::with(())
             .given(given.clone())
@@ -938,9 +1018,171 @@ mod tests {
         assert_eq!(decided(vec![], remind(day(9))), Err(SittingError::NotFound));
     }
 
+    fn expire(today: NaiveDate) -> SittingCommand {
+        SittingCommand::ExpireSitting { today }
+    }
+
+    fn expired(mut given: Vec<SittingEvent>) -> Vec<SittingEvent> {
+        given.push(SittingEvent::SittingExpired { ends_on: day(20) });
+        given
+    }
+
+    #[test]
+    fn an_open_sitting_expires_the_day_after_its_last_day() {
+        SittingTest::with(())
+            .given(vec![requested(), applied(SITTER)])
+            .when(expire(day(21)))
+            .then_expect_events(vec![SittingEvent::SittingExpired { ends_on: day(20) }]);
+    }
+
+    #[test]
+    fn an_accepted_sitting_that_never_started_expires_after_its_last_day() {
+        SittingTest::with(())
+            .given(accepted())
+            .when(expire(day(25)))
+            .then_expect_events(vec![SittingEvent::SittingExpired { ends_on: day(20) }]);
+    }
+
+    #[test]
+    fn a_sitting_expires_once() {
+        SittingTest::with(())
+            .given(expired(accepted()))
+            .when(expire(day(22)))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_sitting_does_not_expire_before_its_last_day_is_over() {
+        for today in [day(1), day(10), day(20)] {
+            assert_eq!(
+                decided(vec![requested()], expire(today)),
+                Err(SittingError::NotEnded(day(20))),
+                "{today}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_started_or_closed_sitting_does_not_expire() {
+        assert_eq!(
+            decided(in_progress(), expire(day(21))),
+            Err(SittingError::InProgress)
+        );
+        assert_eq!(
+            decided(completed(), expire(day(21))),
+            Err(SittingError::Closed)
+        );
+        assert_eq!(
+            decided(cancelled(), expire(day(21))),
+            Err(SittingError::Closed)
+        );
+        assert_eq!(
+            decided(vec![], expire(day(21))),
+            Err(SittingError::NotFound)
+        );
+    }
+
+    #[test]
+    fn no_application_acceptance_or_start_after_the_last_day() {
+        let apply = |today| SittingCommand::Apply {
+            applicant: user(OTHER),
+            message: None,
+            today,
+        };
+        let accept = |today| SittingCommand::AcceptSitter {
+            actor: user(OWNER),
+            sitter_id: SITTER,
+            today,
+        };
+        let start = |today| SittingCommand::StartSitting {
+            actor: user(SITTER),
+            today,
+        };
+        let open = vec![requested(), applied(SITTER)];
+        // The last day itself is still in time.
+        assert_eq!(
+            decided(open.clone(), apply(day(20))),
+            Ok(vec!["ApplicationSubmitted".into()])
+        );
+        assert_eq!(
+            decided(open.clone(), accept(day(20))),
+            Ok(vec!["SitterAccepted".into()])
+        );
+        assert_eq!(
+            decided(accepted(), start(day(20))),
+            Ok(vec!["SittingStarted".into()])
+        );
+        // The day after, before the job expired it.
+        assert_eq!(
+            decided(open.clone(), apply(day(21))),
+            Err(SittingError::Expired)
+        );
+        assert_eq!(
+            decided(open.clone(), accept(day(21))),
+            Err(SittingError::Expired)
+        );
+        assert_eq!(
+            decided(accepted(), start(day(21))),
+            Err(SittingError::Expired)
+        );
+        // Once expired, whatever the date the command carries.
+        assert_eq!(
+            decided(expired(open.clone()), apply(day(12))),
+            Err(SittingError::Expired)
+        );
+        assert_eq!(
+            decided(expired(open.clone()), accept(day(12))),
+            Err(SittingError::Expired)
+        );
+        assert_eq!(
+            decided(expired(accepted()), start(day(12))),
+            Err(SittingError::Expired)
+        );
+    }
+
+    #[test]
+    fn an_expired_sitting_is_over() {
+        let cancel = SittingCommand::CancelSitting {
+            actor: user(OWNER),
+            reason: sealed("too late"),
+        };
+        assert_eq!(
+            decided(expired(accepted()), cancel),
+            Err(SittingError::Closed)
+        );
+        let withdraw = SittingCommand::WithdrawApplication {
+            applicant: user(SITTER),
+        };
+        assert_eq!(
+            decided(expired(vec![requested(), applied(SITTER)]), withdraw),
+            Err(SittingError::NotOpen)
+        );
+        assert_eq!(
+            decided(expired(accepted()), remind(day(9))),
+            Err(SittingError::Expired)
+        );
+        let complete = SittingCommand::CompleteSitting { actor: user(OWNER) };
+        assert_eq!(
+            decided(expired(accepted()), complete),
+            Err(SittingError::Expired)
+        );
+        let mut sitting = Sitting::default();
+        for event in expired(accepted()) {
+            sitting.apply(event);
+        }
+        assert_eq!(sitting.status(), Status::Expired);
+    }
+
     #[test]
     fn status_names_round_trip() {
-        for status in ["open", "accepted", "in_progress", "completed", "cancelled"] {
+        for status in [
+            "open",
+            "accepted",
+            "in_progress",
+            "completed",
+            "cancelled",
+            "expired",
+        ] {
             assert_eq!(Status::parse(status).map(|s| s.as_str()), Some(status));
         }
         assert_eq!(Status::parse("new"), None);

@@ -74,6 +74,10 @@ pub enum SittingEvent {
     /// Version 1. The accepted sitting starts tomorrow (`starts_on`): the mailer reminds the
     /// owner and the sitter. Issued once per sitting, by the reminder job.
     SittingStartReminderIssued { starts_on: NaiveDate },
+    /// Version 1. The sitting's last day (`ends_on`) passed while it was still open, or accepted
+    /// but never started: nobody will care for the plants any more. Appended once, by the expiry
+    /// job; the sitter's booked days are freed and the owner is mailed.
+    SittingExpired { ends_on: NaiveDate },
 }
 
 impl DomainEvent for SittingEvent {
@@ -89,6 +93,7 @@ impl DomainEvent for SittingEvent {
             SittingEvent::SittingCancelled { .. } => "SittingCancelled",
             SittingEvent::ReviewLeft { .. } => "ReviewLeft",
             SittingEvent::SittingStartReminderIssued { .. } => "SittingStartReminderIssued",
+            SittingEvent::SittingExpired { .. } => "SittingExpired",
         }
         .to_string()
     }

@@ -44,9 +44,12 @@ pub enum CommandError<E: std::error::Error> {
     Internal(anyhow::Error),
 }
 
+/// A violation that says another writer got there first (the events' primary key: optimistic
+/// concurrency) is a `Conflict`, retried; any other error is `Internal`, and the edge answers
+/// the other constraint violations with their own 409 (see [`super::constraints`]).
 impl<E: std::error::Error> From<sqlx::Error> for CommandError<E> {
     fn from(err: sqlx::Error) -> Self {
-        if is_unique_violation(&err) {
+        if super::constraints::is_concurrent_write(&err) {
             CommandError::Conflict
         } else {
             CommandError::Internal(err.into())
@@ -55,7 +58,7 @@ impl<E: std::error::Error> From<sqlx::Error> for CommandError<E> {
 }
 
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(super::constraints::UNIQUE_VIOLATION))
 }
 
 /// Appends events and runs commands. Cheap to share.

@@ -244,7 +244,9 @@ impl AdviceProjection {
             }
             SittingEvent::SitterAccepted { .. } => Status::Accepted,
             SittingEvent::SittingStarted { .. } => Status::InProgress,
-            SittingEvent::SittingCompleted { .. } | SittingEvent::SittingCancelled { .. } => {
+            SittingEvent::SittingCompleted { .. }
+            | SittingEvent::SittingCancelled { .. }
+            | SittingEvent::SittingExpired { .. } => {
                 sqlx::query("DELETE FROM advice_queue WHERE sitting_id = $1")
                     .bind(id)
                     .execute(&mut *conn)

@@ -87,6 +87,7 @@ async fn sitting_frame(
         SittingEvent::SittingStarted { .. } => Some("in_progress"),
         SittingEvent::SittingCompleted { .. } => Some("completed"),
         SittingEvent::SittingCancelled { .. } => Some("cancelled"),
+        SittingEvent::SittingExpired { .. } => Some("expired"),
         _ => None,
     };
     let parties = sitting_parties(conn, sitting).await?;

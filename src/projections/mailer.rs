@@ -2,8 +2,8 @@
 //! verification link after registration, a reset link after a reset request, security notices:
 //! password changed, two-factor authentication turned on or off or locked, a new device),
 //! and to the people of a sitting (an application to the owner, the acceptance to the sitter, a
-//! care report to the owner, and the start reminder to both), and urgent advice to the plant's
-//! owner and its sitter.
+//! care report to the owner, the start reminder to both, and its expiry to the owner), and urgent
+//! advice to the plant's owner and its sitter.
 //!
 //! It holds no database transaction while it talks to SMTP (see [`Mode::SideEffects`]): one
 //! instance at a time runs it, under an advisory lock. A mail is recorded in `sent_mails` (keyed by
@@ -247,6 +247,7 @@ impl MailerProjection {
                 | SittingEvent::SitterAccepted { .. }
                 | SittingEvent::CareReported { .. }
                 | SittingEvent::SittingStartReminderIssued { .. }
+                | SittingEvent::SittingExpired { .. }
         ) {
             return Ok(Vec::new());
         }
@@ -334,6 +335,31 @@ impl MailerProjection {
                         ),
                     },
                 ]
+            }
+            SittingEvent::SittingExpired { .. } => {
+                let place = city_of(&owner_cipher, &requested.location)?;
+                let what = match accepted_sitter(conn, id, event.sequence).await? {
+                    Some(sitter_id) => {
+                        let sitter = self.display_name(conn, sitter_id).await?;
+                        format!(
+                            "The sitting of your plants in {place} {period}, accepted by \
+                             {sitter}, was never started"
+                        )
+                    }
+                    None => {
+                        format!("Nobody was accepted to care for your plants in {place} {period}")
+                    }
+                };
+                vec![Outgoing {
+                    to: owner,
+                    kind: "sitting_expired",
+                    subject: "Your plant sitting request has expired".to_string(),
+                    body: format!(
+                        "{what}, and its last day has passed: the request has expired and is no \
+                         longer shown to sitters.\r\n\r\nAsk for a new sitting in the app \
+                         whenever you need one:\r\n{link}\r\n"
+                    ),
+                }]
             }
             _ => Vec::new(),
         })

@@ -271,6 +271,10 @@ impl Projection for SittingsProjection {
                 SittingEvent::SittingStartReminderIssued { .. } => {
                     touch(None).execute(&mut *conn).await?;
                 }
+                // No longer `open`: gone from browsing; the owner still lists it.
+                SittingEvent::SittingExpired { .. } => {
+                    touch(Some(Status::Expired)).execute(&mut *conn).await?;
+                }
             }
         }
         Ok(())

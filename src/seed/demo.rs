@@ -4,8 +4,9 @@
 //! facts looked up first, same sealing, the same photo pipeline and the sitters' calendar guard),
 //! with event metadata naming that person as the actor and this run as the correlation id. The
 //! only liberty is the date: the domain takes "today" as an input (`SittingPeriod::parse` when a
-//! sitting is requested, `StartSitting { today }`), and the story's past sittings are requested
-//! and started on the day they happened. The log's own timestamps stay the real ones (the time
+//! sitting is requested, `today` in applications, acceptances and `StartSitting`), and the
+//! story's past sittings are requested, applied to, accepted and started on the day they
+//! happened (a sitting refuses all of these after its last day). The log's own timestamps stay the real ones (the time
 //! of the seed): it records when the story was written, the sittings' dates say when it happened.
 
 use chrono::{Days, NaiveDate, Utc};
@@ -748,18 +749,22 @@ impl Seeder<'_> {
         Ok(cipher.seal(text))
     }
 
-    async fn apply(&self, id: Uuid, local: &str, message: &str) -> anyhow::Result<()> {
+    /// `local` applies on the day `on` (days from today).
+    async fn apply(&self, id: Uuid, local: &str, on: i64, message: &str) -> anyhow::Result<()> {
         let command = SittingCommand::Apply {
             applicant: self.actor(local)?,
             message: Some(self.seal(local, message).await?),
+            today: self.day(on),
         };
         self.sitting(id, local, command).await
     }
 
-    async fn accept(&self, id: Uuid, owner: &str, sitter: &str) -> anyhow::Result<()> {
+    /// `owner` accepts `sitter` on the day `on` (days from today).
+    async fn accept(&self, id: Uuid, owner: &str, sitter: &str, on: i64) -> anyhow::Result<()> {
         let command = SittingCommand::AcceptSitter {
             actor: self.actor(owner)?,
             sitter_id: self.who(sitter)?.id,
+            today: self.day(on),
         };
         self.sitting(id, owner, command).await
     }
@@ -857,8 +862,8 @@ impl Seeder<'_> {
                 instructions,
             )
             .await?;
-        self.apply(id, sitter, application).await?;
-        self.accept(id, owner, sitter).await?;
+        self.apply(id, sitter, starts - 14, application).await?;
+        self.accept(id, owner, sitter, starts - 7).await?;
         self.start(id, sitter, starts).await?;
         self.report(id, sitter, plants[0], note, true).await?;
         self.complete(id, owner).await?;
@@ -936,12 +941,13 @@ impl Seeder<'_> {
         self.apply(
             running,
             "hugo",
+            -10,
             "Je peux reprendre vos plantes, comme en début d'année.",
         )
         .await?;
-        self.apply(running, "manon", "Je serai à Paris cette semaine-là.")
+        self.apply(running, "manon", -9, "Je serai à Paris cette semaine-là.")
             .await?;
-        self.accept(running, "camille", "hugo").await?;
+        self.accept(running, "camille", "hugo", -8).await?;
         self.start(running, "hugo", -3).await?;
         self.report(
             running,
@@ -975,12 +981,13 @@ impl Seeder<'_> {
         self.apply(
             lyon,
             "lea",
+            0,
             "J'habite à la Croix-Rousse, je peux passer à pied.",
         )
         .await?;
-        self.apply(lyon, "nathan", "Je serai à Lyon pour le travail.")
+        self.apply(lyon, "nathan", 0, "Je serai à Lyon pour le travail.")
             .await?;
-        self.accept(lyon, "lucas", "lea").await?;
+        self.accept(lyon, "lucas", "lea", 0).await?;
         sittings.push(("accepted", lyon));
 
         // Open, in two weeks, in Paris: two applications, one withdrawn.
@@ -994,11 +1001,11 @@ impl Seeder<'_> {
                 "Le figuier ne doit pas bouger ; le Monstera aime être vaporisé.",
             )
             .await?;
-        self.apply(open, "hugo", "Encore moi ! Disponible ces dates-là.")
+        self.apply(open, "hugo", 0, "Encore moi ! Disponible ces dates-là.")
             .await?;
-        self.apply(open, "manon", "Je peux aussi, si Hugo n'est pas libre.")
+        self.apply(open, "manon", 0, "Je peux aussi, si Hugo n'est pas libre.")
             .await?;
-        self.apply(open, "lea", "Disponible, je serai à Paris.")
+        self.apply(open, "lea", 0, "Disponible, je serai à Paris.")
             .await?;
         self.sitting(
             open,
@@ -1022,6 +1029,7 @@ impl Seeder<'_> {
         self.apply(
             nantes_open,
             "manon",
+            0,
             "Je passe souvent à Nantes, avec plaisir.",
         )
         .await?;
@@ -1051,9 +1059,14 @@ impl Seeder<'_> {
                 "Le camélia est devant la porte, arrosoir dans le garage.",
             )
             .await?;
-        self.apply(bordeaux_cancelled, "manon", "Disponible ces quatre jours.")
-            .await?;
-        self.accept(bordeaux_cancelled, "sarah", "manon").await?;
+        self.apply(
+            bordeaux_cancelled,
+            "manon",
+            0,
+            "Disponible ces quatre jours.",
+        )
+        .await?;
+        self.accept(bordeaux_cancelled, "sarah", "manon", 0).await?;
         self.cancel(
             bordeaux_cancelled,
             "manon",
@@ -1061,7 +1074,48 @@ impl Seeder<'_> {
         )
         .await?;
         sittings.push(("cancelled", bordeaux_cancelled));
+
+        // Expired: Chloé's request for the days after her holiday found an applicant she never
+        // accepted; once its last day had passed, the expiry job expired it (as `serve` does).
+        let marseille_expired = self
+            .request(
+                "chloe",
+                &["Aloe vera"],
+                (-12, -9),
+                -20,
+                MARSEILLE,
+                "L'aloe se contente d'un verre d'eau.",
+            )
+            .await?;
+        self.apply(
+            marseille_expired,
+            "lea",
+            -19,
+            "Je descends à Marseille ces jours-là.",
+        )
+        .await?;
+        self.expire(marseille_expired).await?;
+        sittings.push(("expired", marseille_expired));
         Ok(sittings)
+    }
+
+    /// What the expiry job does today for a sitting whose last day has passed, as the system.
+    async fn expire(&self, id: Uuid) -> anyhow::Result<()> {
+        let command = SittingCommand::ExpireSitting { today: self.day(0) };
+        step(
+            self.app
+                .store
+                .execute_guarded::<Sitting>(
+                    &id.to_string(),
+                    command,
+                    &(),
+                    &self.metadata(None, "SYSTEM"),
+                    &SitterCalendar,
+                )
+                .await,
+            "sitting expiry",
+        )?;
+        Ok(())
     }
 
     async fn give_advice(

@@ -1,10 +1,11 @@
 //! Sitting mails end to end: the real API drives a sitting, the mailer sends through a real SMTP
 //! server on loopback, and each mail arrives once, to the right person, naming people by display
-//! name only, with no one else's address and no exact place. The start reminder job is run for a
-//! given day, again, and on a second instance: one reminder per recipient.
+//! name only, with no one else's address and no exact place. The start reminder and expiry jobs
+//! are run for a given day, again, and on a second instance: one mail per recipient.
 
 use std::time::Duration;
 
+use arosaje::expiry::run_expiry;
 use arosaje::reminders::{run_start_reminders, RemindersRun};
 use axum::http::StatusCode;
 use chrono::{Duration as Days, Utc};
@@ -21,6 +22,7 @@ const APPLICATION: &str = "New application to sit your plants";
 const ACCEPTED: &str = "Your application to sit plants was accepted";
 const REPORT: &str = "New care report on your plants";
 const REMINDER: &str = "Your plant sitting starts tomorrow";
+const EXPIRED: &str = "Your plant sitting request has expired";
 
 fn mailing(smtp: &SmtpServer) -> arosaje::config::Config {
     let mut mailing = config();
@@ -363,6 +365,90 @@ async fn the_start_reminder_reaches_owner_and_sitter_once_across_runs_and_instan
         let mail = mails(&smtp, to, REMINDER).remove(1);
         assert!(mail.body().contains(&later_link), "{}", mail.body());
     }
+}
+
+#[sqlx::test]
+async fn the_owner_hears_once_that_a_sitting_expired_across_runs_and_instances(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let smtp = SmtpServer::start().await;
+    let first = TestApp::with_config(options.clone(), connect.clone(), mailing(&smtp), true).await;
+    let second = TestApp::with_config(options, connect, mailing(&smtp), true).await;
+    let owner = member(&first, "owner", "Olga Owner").await;
+    let sitter = member(&first, "sitter", "Sam Sitter").await;
+    let plants = plants(&first, &owner, 1).await;
+    let unsat = sitting(&first, &owner, &plants, 1, 2).await;
+    let never_started = sitting(&first, &owner, &plants, 1, 3).await;
+    accepted(&first, &owner, &sitter, &never_started).await;
+    let as_of = Utc::now().date_naive() + Days::days(5);
+
+    // Both instances at once (one runs, the other stands by or finds nothing left), then each
+    // again: one expiry of each sitting between them.
+    let (a, b) = tokio::join!(
+        run_expiry(&first.app, as_of),
+        run_expiry(&second.app, as_of)
+    );
+    let (a, b) = (a.expect("first run"), b.expect("second run"));
+    assert_eq!(a.expired + b.expired, 2, "{a:?} {b:?}");
+    assert_eq!(a.failed + b.failed, 0, "{a:?} {b:?}");
+    for app in [&first, &second] {
+        let again = run_expiry(&app.app, as_of).await.expect("run");
+        assert_eq!((again.expired, again.failed), (0, 0), "{again:?}");
+    }
+    let expired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SittingExpired'")
+            .fetch_one(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(expired, 2);
+
+    for id in [&unsat, &never_started] {
+        let link = format!("{PUBLIC_URL}/sittings/{id}");
+        eventually("the expiry mail", Duration::from_secs(20), || async {
+            mails(&smtp, &owner.email, EXPIRED)
+                .iter()
+                .any(|m| m.body().contains(&link))
+        })
+        .await;
+    }
+    let to_owner = mails(&smtp, &owner.email, EXPIRED);
+    let about = |id: &str| {
+        let link = format!("{PUBLIC_URL}/sittings/{id}");
+        to_owner
+            .iter()
+            .find(|m| m.body().contains(&link))
+            .expect("a mail")
+            .clone()
+    };
+    let nobody = about(&unsat);
+    assert!(
+        nobody.body().contains("Nobody was accepted"),
+        "{}",
+        nobody.body()
+    );
+    assert!(nobody.body().contains("Lyon"), "{}", nobody.body());
+    let never = about(&never_started);
+    for expected in ["Sam Sitter", "never started", "Lyon"] {
+        assert!(
+            never.body().contains(expected),
+            "{expected:?} not in {}",
+            never.body()
+        );
+    }
+    assert_discreet(&never, &sitter);
+
+    // Once each, to the owner only, even after the mailer replays the whole log.
+    mailer_caught_up(&first).await;
+    replay_mailer(&first).await;
+    assert_eq!(mails(&smtp, &owner.email, EXPIRED).len(), 2);
+    assert!(mails(&smtp, &sitter.email, EXPIRED).is_empty());
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sent_mails WHERE kind = 'sitting_expired'")
+            .fetch_one(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 2);
 }
 
 #[sqlx::test]

@@ -68,7 +68,14 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
     statuses.dedup();
     assert_eq!(
         statuses,
-        ["accepted", "cancelled", "completed", "in_progress", "open"]
+        [
+            "accepted",
+            "cancelled",
+            "completed",
+            "expired",
+            "in_progress",
+            "open"
+        ]
     );
     let mut advice_states: Vec<&str> = world.advice.iter().map(|(s, _)| *s).collect();
     advice_states.sort();
@@ -127,6 +134,7 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
         ("lucas", login(&t, &world, "lucas").await),
         ("sarah", login(&t, &world, "sarah").await),
         ("antoine", login(&t, &world, "antoine").await),
+        ("chloe", login(&t, &world, "chloe").await),
     ];
     let token_of = |local: &str| {
         tokens
@@ -216,6 +224,11 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
             "/api/sittings",
             "/api/sittings?role=owner&status=cancelled".into(),
             token_of("antoine"),
+        ),
+        (
+            "/api/sittings",
+            "/api/sittings?role=owner&status=expired".into(),
+            token_of("chloe"),
         ),
         (
             "/api/sittings",
@@ -319,7 +332,7 @@ async fn seed_demo_fills_every_list_route_and_refuses_a_second_run(
     let by_status = stats.body["sittings"]
         .as_object()
         .expect("sittings by status");
-    assert_eq!(by_status.len(), 5, "{stats:?}");
+    assert_eq!(by_status.len(), 6, "{stats:?}");
     for (status, count) in by_status {
         assert!(count.as_i64() > Some(0), "{status}: {stats:?}");
     }

@@ -626,6 +626,89 @@ async fn two_owners_accepting_one_sitter_for_overlapping_days_cannot_both_win(
     );
 }
 
+/// Two accepts of one sitting at the same moment (the owner in two tabs): both pass the
+/// aggregate, and both try to book the sitting in the sitters' calendar. For two applicants they
+/// meet on the booking's primary key (one booking per sitting); for the same applicant on that
+/// key or on the calendar's exclusion constraint. Either way the later one is retried and the
+/// reloaded sitting refuses it: 200 and 409, never a 500, one sitter booked.
+#[sqlx::test]
+async fn two_accepts_of_one_sitting_at_once_book_one_sitter_and_answer_409_to_the_other(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, owner, plants) = owner_with_plants(&t, 1).await;
+    let (first_id, first) = t.verified_user(&unique_email("first")).await;
+    let (second_id, second) = t.verified_user(&unique_email("second")).await;
+    for round in 0..20i64 {
+        // Days of their own each round, so earlier bookings never stand in the way.
+        let sitting = id_of(
+            &request(
+                &t,
+                &owner,
+                sitting_body(&plants, 3 * round + 1, 3 * round + 2, LYON, "Lyon"),
+            )
+            .await,
+        );
+        for applicant in [&first, &second] {
+            let applied = act(&t, applicant, &sitting, "applications", json!({})).await;
+            assert_eq!(applied.status, StatusCode::CREATED, "{applied:?}");
+        }
+        // Even rounds: two applicants; odd rounds: the same one twice.
+        let other = if round % 2 == 0 { second_id } else { first_id };
+        let (one, two) = tokio::join!(
+            act(
+                &t,
+                &owner,
+                &sitting,
+                "accept",
+                json!({"sitter_id": first_id})
+            ),
+            act(&t, &owner, &sitting, "accept", json!({"sitter_id": other})),
+        );
+        let mut outcomes = [
+            (one.status, one.code().to_string()),
+            (two.status, two.code().to_string()),
+        ];
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                (StatusCode::OK, String::new()),
+                (StatusCode::CONFLICT, "sitting_not_open".into())
+            ],
+            "round {round}: {one:?} / {two:?}"
+        );
+        let winner = if one.status == StatusCode::OK {
+            &one
+        } else {
+            &two
+        };
+        let booked: Vec<Uuid> =
+            sqlx::query_scalar("SELECT sitter_id FROM sitter_bookings WHERE sitting_id = $1")
+                .bind(Uuid::parse_str(&sitting).expect("uuid"))
+                .fetch_all(&t.pool)
+                .await
+                .expect("bookings");
+        assert_eq!(booked.len(), 1, "round {round}: {booked:?}");
+        assert_eq!(
+            winner.body["sitter_id"],
+            booked[0].to_string(),
+            "round {round}: the booked sitter is the accepted one"
+        );
+        let seen = t.get(&format!("/api/sittings/{sitting}"), &owner).await;
+        assert_eq!(seen.body["sitter_id"], booked[0].to_string(), "{seen:?}");
+        let accepted: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'SitterAccepted'",
+        )
+        .bind(&sitting)
+        .fetch_one(&t.pool)
+        .await
+        .expect("events");
+        assert_eq!(accepted, 1, "round {round}");
+    }
+}
+
 #[sqlx::test]
 async fn strangers_never_see_the_exact_location_or_the_instructions(
     options: PgPoolOptions,

@@ -318,7 +318,7 @@ pub struct ApplicationView {
         (status = 202, description = "Applied; the read model is catching up", body = Pending),
         (status = 403, description = "`forbidden` (role), `email_not_verified`", body = ErrorBody),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
-        (status = 409, description = "`own_sitting`, `sitting_not_open`, `already_applied`", body = ErrorBody),
+        (status = 409, description = "`own_sitting`, `sitting_not_open`, `already_applied`, `sitting_expired` (its last day has passed)", body = ErrorBody),
     ))]
 async fn apply(
     State(app): State<App>,
@@ -346,6 +346,7 @@ async fn apply(
     let command = SittingCommand::Apply {
         applicant: auth.actor(),
         message,
+        today: Utc::now().date_naive(),
     };
     let committed = app
         .store
@@ -389,7 +390,8 @@ pub struct AcceptBody {
 }
 
 /// The owner accepts one applicant as the sitter. A sitter already booked on overlapping days
-/// cannot be accepted (`sitter_unavailable`).
+/// cannot be accepted (`sitter_unavailable`); nor can anyone once the sitting's last day has
+/// passed (`sitting_expired`).
 #[utoipa::path(post, path = "/{id}/accept", tag = "sittings", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = SITTING_ID)),
     request_body = AcceptBody,
@@ -398,7 +400,7 @@ pub struct AcceptBody {
         (status = 202, description = "Accepted; the read model is catching up", body = Pending),
         (status = 403, description = "`not_the_owner`", body = ErrorBody),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
-        (status = 409, description = "`sitting_not_open`, `not_an_applicant`, `sitter_unavailable`", body = ErrorBody),
+        (status = 409, description = "`sitting_not_open`, `not_an_applicant`, `sitter_unavailable`, `sitting_expired`, `concurrent_modification`", body = ErrorBody),
     ))]
 async fn accept(
     State(app): State<App>,
@@ -414,11 +416,13 @@ async fn accept(
     let command = SittingCommand::AcceptSitter {
         actor: auth.actor(),
         sitter_id,
+        today: Utc::now().date_naive(),
     };
     run(&app, &auth, meta, id, command).await
 }
 
-/// The owner or the sitter starts an accepted sitting, on its first day or later.
+/// The owner or the sitter starts an accepted sitting, on its first day or later, and not after
+/// its last day (`sitting_expired`).
 #[utoipa::path(post, path = "/{id}/start", tag = "sittings", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = SITTING_ID)),
     responses(
@@ -426,7 +430,7 @@ async fn accept(
         (status = 202, description = "Started; the read model is catching up", body = Pending),
         (status = 403, description = "`not_a_participant`", body = ErrorBody),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
-        (status = 409, description = "`sitting_not_accepted`, `sitting_not_started_yet`, `sitting_closed`", body = ErrorBody),
+        (status = 409, description = "`sitting_not_accepted`, `sitting_not_started_yet`, `sitting_closed`, `sitting_expired`", body = ErrorBody),
     ))]
 async fn start(
     State(app): State<App>,
@@ -450,7 +454,7 @@ async fn start(
         (status = 202, description = "Completed; the read model is catching up", body = Pending),
         (status = 403, description = "`not_a_participant`", body = ErrorBody),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
-        (status = 409, description = "`sitting_not_in_progress`, `sitting_closed`", body = ErrorBody),
+        (status = 409, description = "`sitting_not_in_progress`, `sitting_closed`, `sitting_expired`", body = ErrorBody),
     ))]
 async fn complete(
     State(app): State<App>,
@@ -474,7 +478,8 @@ pub struct CancelBody {
 }
 
 /// Cancels a sitting: the owner while open or accepted, the accepted sitter while accepted, an
-/// admin while open or accepted. Not once in progress.
+/// admin while open or accepted. Not once in progress, nor once over (completed, cancelled or
+/// expired: `sitting_closed`).
 #[utoipa::path(post, path = "/{id}/cancel", tag = "sittings", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = SITTING_ID)),
     request_body = CancelBody,
@@ -544,7 +549,7 @@ pub struct ReportView {
         (status = 202, description = "Reported; the read model is catching up", body = Pending),
         (status = 403, description = "`not_the_sitter`", body = ErrorBody),
         (status = 404, description = "No such sitting the caller may see", body = ErrorBody),
-        (status = 409, description = "`sitting_not_in_progress`, `sitting_closed`", body = ErrorBody),
+        (status = 409, description = "`sitting_not_in_progress`, `sitting_closed`, `sitting_expired`", body = ErrorBody),
     ))]
 async fn report_care(
     State(app): State<App>,

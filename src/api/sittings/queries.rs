@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::IntoParams;
@@ -34,8 +34,9 @@ pub struct SittingListParams {
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// `open` (default when browsing), `accepted`, `in_progress`, `completed`, `cancelled`.
-    /// Browsing (no `role`) shows USERs open sittings only.
+    /// `open` (default when browsing), `accepted`, `in_progress`, `completed`, `cancelled`,
+    /// `expired`. Browsing (no `role`) shows USERs open sittings only, and never one whose last
+    /// day has passed.
     status: Option<String>,
     /// `lat,lon`: nearest first, within `radius_km`.
     near: Option<String>,
@@ -108,7 +109,7 @@ pub async fn list_sittings(
             if status.is_none() {
                 errors.add(
                     "status",
-                    "must be open, accepted, in_progress, completed or cancelled",
+                    "must be open, accepted, in_progress, completed, cancelled or expired",
                 );
             }
             status
@@ -166,11 +167,17 @@ pub async fn list_sittings(
     // public view of each sitting (no exact place, no instructions), for every caller, so the
     // cache holds no home's secrets. Callers' own sittings are under `role=`.
     let browsing = role.is_none();
+    // An open sitting whose last day has passed takes no more applications: not browsed, even
+    // before the expiry job marks it `expired`. (A date, inlined like the status.)
+    let today = Utc::now().date_naive();
+    if browsing && status == Some(Status::Open) {
+        filters.push(format!("s.ends_on >= DATE '{today}'"));
+    }
     let viewer = if browsing { Uuid::nil() } else { auth.user_id };
     let cache_key = if browsing {
         let versions = crate::infra::cache::versions(&app.pool, &["sittings"]).await?;
         let parameters = format!(
-            "{:?}|{:?}|{radius_km}|{from:?}|{to:?}|{limit}|{cursor:?}",
+            "{:?}|{:?}|{radius_km}|{from:?}|{to:?}|{limit}|{cursor:?}|{today}",
             status.map(|s| s.as_str()),
             near.map(|p| (p.lat, p.lon)),
         );

@@ -35,7 +35,7 @@ pub struct LocationView {
 pub struct SittingView {
     pub id: Uuid,
     pub owner_id: Uuid,
-    /// `open`, `accepted`, `in_progress`, `completed` or `cancelled`.
+    /// `open`, `accepted`, `in_progress`, `completed`, `cancelled` or `expired`.
     pub status: String,
     pub starts_on: NaiveDate,
     pub ends_on: NaiveDate,
