@@ -414,11 +414,12 @@ async fn a_sitting_past_its_last_day_refuses_applications_acceptance_and_start(
     )
     .await;
     for sitting in [&open, &later_open] {
-        // The applicant still sees it (strangers no longer do: not open).
+        // No longer open: applicants follow it no more than strangers do (their list of
+        // applications says `closed`).
         expect(
             act(&t, &applicant, sitting, "applications", json!({})).await,
-            conflict,
-            "sitting_expired",
+            StatusCode::NOT_FOUND,
+            "not_found",
         );
         expect(
             act(&t, &newcomer, sitting, "applications", json!({})).await,
@@ -451,7 +452,26 @@ async fn a_sitting_past_its_last_day_refuses_applications_acceptance_and_start(
         );
         let seen = t.get(&format!("/api/sittings/{sitting}"), &sitter).await;
         assert_eq!(seen.body["status"], "expired", "{seen:?}");
+        // Once expired, the sitter sees it as history, without the home.
+        assert!(seen.body["instructions"].is_null(), "{seen:?}");
+        assert_eq!(seen.body["location"]["approximate"], true, "{seen:?}");
     }
+    let mine = t.get("/api/me/applications", &applicant).await;
+    let statuses: Vec<(&str, &str)> = mine.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|a| {
+            (
+                a["sitting_id"].as_str().unwrap_or(""),
+                a["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&(later_open.as_str(), "closed")),
+        "{statuses:?}"
+    );
 }
 
 #[sqlx::test]
@@ -557,6 +577,8 @@ async fn owner_and_sitter_hear_live_that_a_sitting_expired(
     let (_, stranger) = t.verified_user(&unique_email("stranger")).await;
     let id = sitting(&t, &owner, &plants, 1, 2).await;
     accepted(&t, &owner, (sitter_id, &sitter), &id).await;
+    // The acceptance's frames are out before the sockets open.
+    crate::live::fanned_out(&t).await;
     let mut owner_socket = open_with_token(addr, &owner).await;
     let mut sitter_socket = open_with_token(addr, &sitter).await;
     let mut stranger_socket = open_with_token(addr, &stranger).await;

@@ -195,19 +195,7 @@ async fn reconnecting_with_a_position_delivers_exactly_what_was_missed(
     let third = say(&t, &ana, &talk, "third").await;
     // Reconnect once both were published live (to no socket of Ben's): otherwise the new
     // socket could get "third" live before it asks to resume (frames before `resume` are live).
-    let published = |position: i64| {
-        let app = t.app.clone();
-        async move {
-            app.projections
-                .checkpoint("fanout")
-                .is_some_and(|c| c.global_position >= position)
-        }
-    };
-    let third_position = third;
-    crate::helpers::eventually("fan-out published", Duration::from_secs(10), || {
-        published(third_position)
-    })
-    .await;
+    fanned_out(&t).await;
     let mut ben_socket = open_with_token(a, &ben).await;
     send(&mut ben_socket, json!({"type": "resume", "after": first})).await;
     let missed = [next(&mut ben_socket).await, next(&mut ben_socket).await];
@@ -337,6 +325,25 @@ async fn sitting_changes_reports_and_advice_reach_its_owner_and_sitter_live(
         "pong",
         "the stranger heard of no advice"
     );
+}
+
+/// Waits until the fan-out projector published every event appended so far, so that a socket
+/// opened now gets no frame of an earlier event.
+pub async fn fanned_out(t: &TestApp) {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&t.pool)
+        .await
+        .expect("last position");
+    let last = last.unwrap_or(0);
+    crate::helpers::eventually("fan-out published", Duration::from_secs(20), || {
+        let app = t.app.clone();
+        async move {
+            app.projections
+                .checkpoint("fanout")
+                .is_some_and(|c| c.global_position >= last)
+        }
+    })
+    .await;
 }
 
 /// A participant's presence as `viewer`'s conversation list shows it.
