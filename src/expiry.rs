@@ -13,14 +13,11 @@
 
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::commands::sitting::{Sitting, SittingCommand};
-use crate::events::bookings::SitterCalendar;
-use crate::events::store::CommandError;
-use crate::events::Metadata;
+use crate::commands::sitting::SittingCommand;
 use crate::App;
 
 /// The session advisory lock a run holds: the lock space of scheduled jobs ("arej"), and the
@@ -84,48 +81,31 @@ async fn expire_ended(app: &App, today: NaiveDate) -> anyhow::Result<ExpiryRun> 
     .bind(today)
     .fetch_all(&app.pool)
     .await?;
-    let metadata = Metadata::system("sitting expiry");
-    let mut run = ExpiryRun::default();
-    for id in candidates {
-        let outcome = app
-            .store
-            .execute_guarded::<Sitting>(
-                &id.to_string(),
-                SittingCommand::ExpireSitting { today },
-                &(),
-                &metadata,
-                &SitterCalendar,
-            )
-            .await;
-        match outcome {
-            Ok(committed) if committed.position.is_some() => run.expired += 1,
-            Ok(_) => run.skipped += 1,
-            Err(CommandError::Domain(reason)) => {
-                tracing::debug!(sitting_id = %id, %reason, "not expired");
-                run.skipped += 1;
-            }
-            Err(err) => {
-                tracing::warn!(sitting_id = %id, error = %format!("{err:#}"), "sitting expiry failed; next run retries");
-                run.failed += 1;
-            }
-        }
-    }
-    Ok(run)
+    let tally = crate::reminders::command_each(app, candidates, "sitting expiry", || {
+        SittingCommand::ExpireSitting { today }
+    })
+    .await;
+    Ok(ExpiryRun {
+        expired: tally.done,
+        skipped: tally.skipped,
+        failed: tally.failed,
+        standby: false,
+    })
 }
 
-/// Runs [`run_expiry`] for the current day (UTC) every `every`, until aborted. The first run
-/// comes one interval after start, so instances started together do not all run at once.
+/// Runs [`run_expiry`] every `every` (what `serve` starts).
 pub async fn run_scheduler(app: App, every: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match run_expiry(&app, Utc::now().date_naive()).await {
-            Ok(run) if run.expired > 0 || run.failed > 0 => {
-                tracing::info!(expired = run.expired, failed = run.failed, "sitting expiry");
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %format!("{err:#}"), "sitting expiry"),
+    crate::reminders::every(every, "sitting expiry", |today| {
+        let app = app.clone();
+        async move {
+            run_expiry(&app, today)
+                .await
+                .map(|run| crate::reminders::Tally {
+                    done: run.expired,
+                    skipped: run.skipped,
+                    failed: run.failed,
+                })
         }
-    }
+    })
+    .await
 }

@@ -16,6 +16,7 @@ use chrono::{NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::commands::sitting::{Sitting, SittingCommand};
+use crate::events::bookings::SitterCalendar;
 use crate::events::store::CommandError;
 use crate::events::Metadata;
 use crate::App;
@@ -44,48 +45,93 @@ pub async fn run_start_reminders(app: &App, today: NaiveDate) -> anyhow::Result<
     .bind(tomorrow)
     .fetch_all(&app.pool)
     .await?;
-    let metadata = Metadata::system("start reminders");
-    let mut run = RemindersRun::default();
+    let tally = command_each(app, candidates, "start reminders", || {
+        SittingCommand::RemindStart { today }
+    })
+    .await;
+    Ok(RemindersRun {
+        issued: tally.done,
+        skipped: tally.skipped,
+        failed: tally.failed,
+    })
+}
+
+/// What a job's commands did, one sitting each.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Commands that appended their event.
+    pub done: usize,
+    /// Commands with nothing to do, or refused (the read model that named the candidate lags).
+    pub skipped: usize,
+    /// Commands that failed (logged); the job's next run tries them again.
+    pub failed: usize,
+}
+
+/// Asks each candidate sitting to run `command` as the system (job `what`), through the sitters'
+/// calendar guard (a command that ends a booking frees its days in the same transaction).
+pub async fn command_each(
+    app: &App,
+    candidates: Vec<Uuid>,
+    what: &'static str,
+    command: impl Fn() -> SittingCommand,
+) -> Tally {
+    let metadata = Metadata::system(what);
+    let mut tally = Tally::default();
     for id in candidates {
         let outcome = app
             .store
-            .execute::<Sitting>(
-                &id.to_string(),
-                SittingCommand::RemindStart { today },
-                &(),
-                &metadata,
-            )
+            .execute_guarded::<Sitting>(&id.to_string(), command(), &(), &metadata, &SitterCalendar)
             .await;
         match outcome {
-            Ok(committed) if committed.position.is_some() => run.issued += 1,
-            Ok(_) => run.skipped += 1,
+            Ok(committed) if committed.position.is_some() => tally.done += 1,
+            Ok(_) => tally.skipped += 1,
             Err(CommandError::Domain(reason)) => {
-                tracing::debug!(sitting_id = %id, %reason, "no start reminder");
-                run.skipped += 1;
+                tracing::debug!(sitting_id = %id, %reason, job = what, "nothing to do");
+                tally.skipped += 1;
             }
             Err(err) => {
-                tracing::warn!(sitting_id = %id, error = %format!("{err:#}"), "start reminder failed; next run retries");
-                run.failed += 1;
+                tracing::warn!(sitting_id = %id, error = %format!("{err:#}"), job = what,
+                    "command failed; next run retries");
+                tally.failed += 1;
             }
         }
     }
-    Ok(run)
+    tally
 }
 
-/// Runs [`run_start_reminders`] for the current day (UTC) every `every`, until aborted. The first
-/// run comes one interval after start, so instances started together (a deployment) do not all
-/// run at once.
-pub async fn run_scheduler(app: App, every: Duration) {
+/// Runs `job` for the current day (UTC) every `every`, until aborted, logging what it did. The
+/// first run comes one interval after start, so instances started together (a deployment) do
+/// not all run at once.
+pub async fn every<F, Fut>(every: Duration, what: &'static str, job: F)
+where
+    F: Fn(NaiveDate) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Tally>>,
+{
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match run_start_reminders(&app, Utc::now().date_naive()).await {
-            Ok(run) if run.issued > 0 || run.failed > 0 => {
-                tracing::info!(issued = run.issued, failed = run.failed, "start reminders");
+        match job(Utc::now().date_naive()).await {
+            Ok(tally) if tally.done > 0 || tally.failed > 0 => {
+                tracing::info!(done = tally.done, failed = tally.failed, job = what);
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(error = %format!("{err:#}"), "start reminders"),
+            Err(err) => tracing::warn!(error = %format!("{err:#}"), job = what),
         }
     }
+}
+
+/// Runs [`run_start_reminders`] every `every` (what `serve` starts).
+pub async fn run_scheduler(app: App, every: Duration) {
+    self::every(every, "start reminders", |today| {
+        let app = app.clone();
+        async move {
+            run_start_reminders(&app, today).await.map(|run| Tally {
+                done: run.issued,
+                skipped: run.skipped,
+                failed: run.failed,
+            })
+        }
+    })
+    .await
 }
