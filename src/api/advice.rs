@@ -321,7 +321,7 @@ pub struct GiveAdviceBody {
 /// Advises on a plant (BOTANIST).
 #[utoipa::path(post, path = "/{id}/advice", tag = "advice", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The plant's id"),
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
         description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
     request_body = GiveAdviceBody,
     responses(
@@ -329,7 +329,7 @@ pub struct GiveAdviceBody {
         (status = 202, description = "Given; the read model is catching up", body = Pending),
         (status = 403, description = "`forbidden`: BOTANIST only", body = ErrorBody),
         (status = 404, description = "No such plant", body = ErrorBody),
-        (status = 409, description = "`sitting_closed`: that sitting is over; `idempotency_key_reused`", body = ErrorBody),
+        (status = 409, description = "`sitting_closed`: that sitting is over; `request_in_progress`: the first request with this Idempotency-Key is still running", body = ErrorBody),
     ))]
 async fn give_advice(
     State(app): State<App>,

@@ -389,8 +389,9 @@ fn filter(raw: Option<&str>, field: &str, max: usize, errors: &mut FieldErrors) 
     Some(value.to_string())
 }
 
+/// Present means a time: an empty `from=` or `to=` is refused, not read as absent.
 fn time(raw: Option<&str>, field: &str, errors: &mut FieldErrors) -> Option<DateTime<Utc>> {
-    let raw = raw.filter(|v| !v.is_empty())?;
+    let raw = raw?;
     match DateTime::parse_from_rfc3339(raw) {
         Ok(at) => Some(at.with_timezone(&Utc)),
         Err(_) => {
@@ -401,7 +402,7 @@ fn time(raw: Option<&str>, field: &str, errors: &mut FieldErrors) -> Option<Date
 }
 
 fn position(raw: Option<&str>, field: &str, errors: &mut FieldErrors) -> Option<i64> {
-    let raw = raw.filter(|v| !v.is_empty())?;
+    let raw = raw?;
     match raw.parse::<i64>() {
         Ok(p) if p >= 0 => Some(p),
         _ => {
@@ -448,7 +449,7 @@ async fn list_events(
         &mut errors,
     );
     let event_type = filter(params.event_type.as_deref(), "event_type", 100, &mut errors);
-    let actor = match params.actor_id.as_deref().filter(|v| !v.is_empty()) {
+    let actor = match params.actor_id.as_deref() {
         None => None,
         Some(raw) => errors.check(
             "actor_id",

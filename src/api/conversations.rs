@@ -231,7 +231,7 @@ async fn takes_part(pool: &PgPool, id: Uuid, user: Uuid) -> Result<bool, sqlx::E
 #[serde(deny_unknown_fields)]
 pub struct ConversationBody {
     /// The others (the caller takes part too); 1 to 19 people.
-    #[schema(required = true, value_type = Vec<Uuid>)]
+    #[schema(required = true, value_type = Vec<Uuid>, min_items = 1, max_items = 19)]
     participant_ids: Option<Vec<Uuid>>,
     /// A sitting's conversation, between its owner and its accepted sitter only.
     sitting_id: Option<Uuid>,
@@ -240,13 +240,13 @@ pub struct ConversationBody {
 /// Starts a conversation.
 #[utoipa::path(post, path = "", tag = "messaging", security(("bearer" = [])),
     request_body = ConversationBody,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
         description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
     responses(
         (status = 201, description = "The conversation", body = Positioned<ConversationView>),
         (status = 202, description = "Started; the read model is catching up", body = Pending),
         (status = 403, description = "`not_the_sittings_parties`", body = ErrorBody),
-        (status = 409, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 409, description = "`request_in_progress`: the first request with this Idempotency-Key is still running", body = ErrorBody),
     ))]
 async fn start_conversation(
     State(app): State<App>,
@@ -350,14 +350,14 @@ async fn load_message(pool: &PgPool, id: Uuid) -> Result<Option<MessageView>, sq
 /// Sends a message into a conversation the caller takes part in.
 #[utoipa::path(post, path = "/{id}/messages", tag = "messaging", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = CONVERSATION_ID),
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
         description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
     request_body = MessageBody,
     responses(
         (status = 201, description = "The message", body = Positioned<MessageView>),
         (status = 202, description = "Sent; the read model is catching up", body = Pending),
         (status = 404, description = "No such conversation of the caller's", body = ErrorBody),
-        (status = 409, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 409, description = "`request_in_progress`: the first request with this Idempotency-Key is still running", body = ErrorBody),
     ))]
 async fn send_message(
     State(app): State<App>,
@@ -487,6 +487,7 @@ async fn mark_read(
 pub struct SearchParams {
     /// Words to find (web-search syntax: `"a phrase"`, `-without`, `or`); stemmed in French and
     /// English.
+    #[param(required = true, value_type = String, max_length = 200, pattern = "\\S")]
     q: Option<String>,
     /// Page size, 1 to 100 (default 20).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]

@@ -5,7 +5,9 @@
 //!
 //! What every operation shares (the error schema, 401 for those that need a token, 400/413/415/422
 //! for those that take a body, 408/429/500/503 for all) is added by [`complete`], from the same
-//! rules the edge layers apply, so no handler can forget them.
+//! rules the edge layers apply, so no handler can forget them. [`complete`] also adds the
+//! document's links ([`LINKS`]): how an id in an answer feeds the next request, which stateful
+//! fuzzers (`scripts/fuzz.sh`) and client generators follow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -288,6 +290,7 @@ pub fn complete(document: &mut OpenApi) {
             .responses
             .insert(name.to_string(), RefOr::T(error_response(description)));
     }
+    add_links(document);
     for item in document.paths.paths.values_mut() {
         for operation in [
             &mut item.get,
@@ -325,7 +328,9 @@ const COMMON_RESPONSES: [(&str, &str); 9] = [
     ),
     (
         "Unprocessable",
-        "`validation_failed` (with `fields`), `invalid_body` or `invalid_query`",
+        "`validation_failed` (with `fields`), `invalid_body` or `invalid_query`; with an \
+         `Idempotency-Key`, `idempotency_key_reused` (the key came with another request) or \
+         `invalid_idempotency_key`",
     ),
     (
         "TooManyRequests",
@@ -392,4 +397,353 @@ fn add_common_responses(operation: &mut Operation) {
         .responses
         .entry("500".to_string())
         .or_insert_with(|| RefOr::T(error_response("Internal error (`internal_error`); logged")));
+}
+
+/// A link: from the answer `status` of `from` (method and path), to the operation `to`, with
+/// parameters and a request body taken from that answer (OpenAPI runtime expressions).
+pub struct DocLink {
+    pub from: (&'static str, &'static str),
+    pub status: &'static str,
+    pub name: &'static str,
+    pub to: (&'static str, &'static str),
+    pub parameters: &'static [(&'static str, &'static str)],
+    /// JSON with runtime expressions inside, merged into the body a client would send.
+    pub request_body: Option<&'static str>,
+}
+
+const fn link(
+    from: (&'static str, &'static str),
+    status: &'static str,
+    name: &'static str,
+    to: (&'static str, &'static str),
+    parameters: &'static [(&'static str, &'static str)],
+    request_body: Option<&'static str>,
+) -> DocLink {
+    DocLink {
+        from,
+        status,
+        name,
+        to,
+        parameters,
+        request_body,
+    }
+}
+
+const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+const CREATE_PLANT: (&str, &str) = ("post", "/api/plants");
+const REQUEST_SITTING: (&str, &str) = ("post", "/api/sittings");
+const GIVE_ADVICE: (&str, &str) = ("post", "/api/plants/{id}/advice");
+const START_CONVERSATION: (&str, &str) = ("post", "/api/conversations");
+const SEND_MESSAGE: (&str, &str) = ("post", "/api/conversations/{id}/messages");
+const REGISTER: (&str, &str) = ("post", "/api/auth/register");
+
+/// Every link of the document: from a created plant to its sittings and advice, from a sitting
+/// to its lifecycle, from an advice to its versions and verdicts, from a conversation to its
+/// messages, from a new account to what can be done with or to it. A test checks that each
+/// names operations and parameters the document has.
+pub const LINKS: &[DocLink] = &[
+    link(
+        CREATE_PLANT,
+        "201",
+        "GetPlant",
+        ("get", "/api/plants/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        CREATE_PLANT,
+        "201",
+        "UpdatePlant",
+        ("patch", "/api/plants/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        CREATE_PLANT,
+        "201",
+        "DeletePlant",
+        ("delete", "/api/plants/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        CREATE_PLANT,
+        "201",
+        "ListPhotos",
+        ("get", "/api/plants/{id}/photos"),
+        ID,
+        None,
+    ),
+    link(CREATE_PLANT, "201", "GiveAdvice", GIVE_ADVICE, ID, None),
+    link(
+        CREATE_PLANT,
+        "201",
+        "ListAdvice",
+        ("get", "/api/plants/{id}/advice"),
+        ID,
+        None,
+    ),
+    link(
+        CREATE_PLANT,
+        "201",
+        "RequestSitting",
+        REQUEST_SITTING,
+        &[],
+        Some(r#"{"plant_ids": ["$response.body#/id"]}"#),
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "GetSitting",
+        ("get", "/api/sittings/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Apply",
+        ("post", "/api/sittings/{id}/applications"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "ListApplications",
+        ("get", "/api/sittings/{id}/applications"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Withdraw",
+        ("delete", "/api/sittings/{id}/applications/mine"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Accept",
+        ("post", "/api/sittings/{id}/accept"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Start",
+        ("post", "/api/sittings/{id}/start"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Complete",
+        ("post", "/api/sittings/{id}/complete"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Cancel",
+        ("post", "/api/sittings/{id}/cancel"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "ReportCare",
+        ("post", "/api/sittings/{id}/reports"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "ListReports",
+        ("get", "/api/sittings/{id}/reports"),
+        ID,
+        None,
+    ),
+    link(
+        REQUEST_SITTING,
+        "201",
+        "Review",
+        ("post", "/api/sittings/{id}/reviews"),
+        ID,
+        None,
+    ),
+    link(
+        GIVE_ADVICE,
+        "201",
+        "ReviseAdvice",
+        ("patch", "/api/advice/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        GIVE_ADVICE,
+        "201",
+        "RemoveAdvice",
+        ("delete", "/api/advice/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        GIVE_ADVICE,
+        "201",
+        "ListVersions",
+        ("get", "/api/advice/{id}/versions"),
+        ID,
+        None,
+    ),
+    link(
+        GIVE_ADVICE,
+        "201",
+        "ValidateAdvice",
+        ("post", "/api/advice/{id}/validate"),
+        ID,
+        None,
+    ),
+    link(
+        GIVE_ADVICE,
+        "201",
+        "RejectAdvice",
+        ("post", "/api/advice/{id}/reject"),
+        ID,
+        None,
+    ),
+    link(
+        START_CONVERSATION,
+        "201",
+        "SendMessage",
+        SEND_MESSAGE,
+        ID,
+        None,
+    ),
+    link(
+        START_CONVERSATION,
+        "201",
+        "ListMessages",
+        ("get", "/api/conversations/{id}/messages"),
+        ID,
+        None,
+    ),
+    link(
+        SEND_MESSAGE,
+        "201",
+        "MarkRead",
+        ("post", "/api/conversations/{id}/read"),
+        &[("id", "$request.path.id")],
+        Some(r#"{"up_to": "$response.body#/id"}"#),
+    ),
+    link(
+        REGISTER,
+        "201",
+        "PublicProfile",
+        ("get", "/api/users/{id}"),
+        ID,
+        None,
+    ),
+    link(
+        REGISTER,
+        "201",
+        "StartConversation",
+        START_CONVERSATION,
+        &[],
+        Some(r#"{"participant_ids": ["$response.body#/id"]}"#),
+    ),
+    link(
+        REGISTER,
+        "201",
+        "ChangeRole",
+        ("put", "/api/admin/users/{id}/role"),
+        ID,
+        None,
+    ),
+    link(
+        REGISTER,
+        "201",
+        "DisableUser",
+        ("post", "/api/admin/users/{id}/disable"),
+        ID,
+        None,
+    ),
+    link(
+        REGISTER,
+        "201",
+        "EnableUser",
+        ("post", "/api/admin/users/{id}/enable"),
+        ID,
+        None,
+    ),
+    link(
+        REGISTER,
+        "201",
+        "ApproveBotanist",
+        ("post", "/api/admin/verifications/{id}/approve"),
+        ID,
+        None,
+    ),
+    link(
+        REGISTER,
+        "201",
+        "ExportUser",
+        ("get", "/api/admin/users/{id}/export"),
+        ID,
+        None,
+    ),
+];
+
+fn operation_mut<'a>(
+    document: &'a mut OpenApi,
+    (method, path): (&str, &str),
+) -> Option<&'a mut Operation> {
+    let item = document.paths.paths.get_mut(path)?;
+    match method {
+        "get" => item.get.as_mut(),
+        "post" => item.post.as_mut(),
+        "put" => item.put.as_mut(),
+        "patch" => item.patch.as_mut(),
+        "delete" => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+/// Adds [`LINKS`] to the answers they start from, naming their targets by `operationId`. A link
+/// whose ends are not in the document is left out (and the contract test fails).
+fn add_links(document: &mut OpenApi) {
+    for link in LINKS {
+        let Some(target) = operation_mut(document, link.to).and_then(|op| op.operation_id.clone())
+        else {
+            continue;
+        };
+        // utoipa 5.5 serialises `Link::operation_id` and `request_body` in snake_case, which no
+        // OpenAPI reader knows: those two go in as fields of their own (through the flattened
+        // extensions map, which `from_iter` leaves unprefixed).
+        let mut fields = vec![("operationId", serde_json::Value::String(target))];
+        if let Some(body) = link.request_body.and_then(|b| serde_json::from_str(b).ok()) {
+            fields.push(("requestBody", body));
+        }
+        let mut builder = utoipa::openapi::link::LinkBuilder::new().extensions(Some(
+            utoipa::openapi::extensions::Extensions::from_iter(fields),
+        ));
+        for (name, expression) in link.parameters {
+            builder = builder.parameter(*name, *expression);
+        }
+        let Some(RefOr::T(response)) = operation_mut(document, link.from)
+            .and_then(|op| op.responses.responses.get_mut(link.status))
+        else {
+            continue;
+        };
+        response
+            .links
+            .insert(link.name.to_string(), RefOr::T(builder.build()));
+    }
 }

@@ -4,13 +4,15 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::error::ApiError;
 use crate::events::Metadata;
 
 /// `Json<T>` whose rejections are answered in our error format: 400 malformed JSON, 415 wrong
-/// content type, 413 too large, 422 wrong shape.
+/// content type, 413 too large, 422 wrong shape (a body that is not a JSON object included).
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -21,11 +23,44 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+        match axum::Json::<Object<T>>::from_request(req, state).await {
+            Ok(axum::Json(Object(value))) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// A value read from a JSON object only. Serde's derived structs also read an array by field
+/// order (`[null, null]` was a valid plant patch), which no client means and the document
+/// forbids: every request body is an object, and so is every nested one (see [`optional_object`]).
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// `#[serde(default, deserialize_with = "optional_object")]` on an `Option<Struct>` field: `null`
+/// or absent is `None`, an object the struct, an array an error (see [`Object`]).
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<Object<T>>::deserialize(deserializer).map(|value| value.map(|Object(inner)| inner))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -48,7 +83,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// `Query<T>` answering 422 on a bad query string.
+/// `Query<T>` answering 422 on a bad query string, and on a NUL character in any value (no
+/// parameter means one, and PostgreSQL refuses it in text: it was a 500).
 pub struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
@@ -59,6 +95,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // A NUL can only arrive percent-encoded (a URI cannot hold one raw).
+        if parts.uri.query().is_some_and(|query| {
+            query
+                .as_bytes()
+                .windows(3)
+                .any(|w| w.eq_ignore_ascii_case(b"%00"))
+        }) {
+            return Err(ApiError::Unprocessable {
+                code: "invalid_query",
+                message: "a query parameter holds a NUL character".into(),
+            });
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))

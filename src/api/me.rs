@@ -207,9 +207,12 @@ async fn get_me(State(app): State<App>, auth: AuthUser) -> Result<Json<UserView>
 /// Only the fields sent change; `null` clears a field.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateProfileBody {
+    /// Cannot be cleared (`null` is refused).
+    #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = String, required = false, min_length = 1, max_length = 80)]
-    display_name: Option<String>,
+    display_name: Option<Option<String>>,
     /// Digits, spaces and `+ - ( ) .`; at least 6 digits.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, max_length = 30)]
@@ -251,10 +254,14 @@ async fn update_me(
     ApiJson(body): ApiJson<UpdateProfileBody>,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::new();
-    let display_name = body
-        .display_name
-        .as_deref()
-        .and_then(|v| errors.check("display_name", DisplayName::parse(v)));
+    let display_name = match body.display_name {
+        None => None,
+        Some(None) => {
+            errors.add("display_name", "cannot be cleared");
+            None
+        }
+        Some(Some(v)) => errors.check("display_name", DisplayName::parse(&v)),
+    };
     let phone = body
         .phone
         .map(|v| errors.check("phone", phone(v.as_deref())))

@@ -80,7 +80,7 @@ pub struct RecoveryCodes {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct StartTotpBody {
     /// The account's current password: a session alone does not enrol an app.
-    #[schema(required = true, value_type = String)]
+    #[schema(required = true, value_type = String, min_length = 1)]
     current_password: Option<String>,
 }
 
@@ -132,7 +132,7 @@ async fn start(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CodeBody {
     /// A 6-digit code from the authenticator app, or (to remove TOTP) a recovery code.
-    #[schema(required = true, value_type = String)]
+    #[schema(required = true, value_type = String, min_length = 1)]
     code: Option<String>,
 }
 

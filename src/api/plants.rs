@@ -148,16 +148,17 @@ pub struct CareBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlantBody {
-    /// Required when creating.
+    /// Required when creating; cannot be cleared (`null` is refused).
+    #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = String, required = false, min_length = 1, max_length = 100)]
-    name: Option<String>,
+    name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, max_length = 100)]
     species: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, max_length = 2000)]
     description: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::optional_object")]
     care: Option<CareBody>,
 }
 
@@ -172,9 +173,14 @@ fn parse_patch(body: PlantBody, errors: &mut FieldErrors) -> PlantPatch {
     };
     let care = body.care.unwrap_or_default();
     PlantPatch {
-        name: body
-            .name
-            .and_then(|v| errors.check("name", PlantName::parse(&v))),
+        name: match body.name {
+            None => None,
+            Some(None) => {
+                errors.add("name", "cannot be cleared");
+                None
+            }
+            Some(Some(v)) => errors.check("name", PlantName::parse(&v)),
+        },
         species: text(errors, "species", body.species, 100),
         description: text(errors, "description", body.description, 2000),
         care: CarePatch {
@@ -207,13 +213,13 @@ async fn respond(
 /// Adds a plant of the caller's.
 #[utoipa::path(post, path = "", tag = "plants", security(("bearer" = [])),
     request_body = PlantBody,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
         description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
     responses(
         (status = 201, description = "The new plant", body = Positioned<PlantView>),
         (status = 202, description = "Created; the read model is catching up", body = Pending),
         (status = 403, description = "`forbidden`: the role cannot own plants", body = ErrorBody),
-        (status = 409, description = "`idempotency_key_reused` (another body), or the first request with this key is still running", body = ErrorBody),
+        (status = 409, description = "`request_in_progress`: the first request with this Idempotency-Key is still running", body = ErrorBody),
     ))]
 async fn create_plant(
     State(app): State<App>,
@@ -281,7 +287,8 @@ async fn list_plants(
         params.cursor.as_deref(),
         &mut errors,
     );
-    let owner_filter = match params.owner_id.as_deref().filter(|v| !v.is_empty()) {
+    // Present means a UUID: `owner_id=` (empty) is refused, not read as "everyone's".
+    let owner_filter = match params.owner_id.as_deref() {
         None => None,
         Some(raw) => errors.check(
             "owner_id",

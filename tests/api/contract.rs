@@ -871,3 +871,89 @@ async fn a_tour_of_the_api_matches_the_document(options: PgPoolOptions, connect:
         "operations the tour did not check: {missing:?}"
     );
 }
+
+/// Every link names an operation of the document by `operationId` (camelCase, as OpenAPI spells
+/// it), with parameters that operation has and body fields its request schema has; and the links
+/// reach sittings, advice and conversations, so stateful fuzzers (`scripts/fuzz.sh`) get there.
+#[test]
+fn links_lead_to_documented_operations() {
+    let document = document();
+    let mut operations: BTreeMap<&str, &Value> = BTreeMap::new();
+    for item in document["paths"].as_object().expect("paths").values() {
+        for operation in item.as_object().expect("item").values() {
+            if let Some(id) = operation["operationId"].as_str() {
+                assert!(
+                    operations.insert(id, operation).is_none(),
+                    "operationId {id} is not unique"
+                );
+            }
+        }
+    }
+    let mut links = 0;
+    let mut targets = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("item") {
+            let Some(responses) = operation["responses"].as_object() else {
+                continue;
+            };
+            for (status, response) in responses {
+                let Some(found) = response["links"].as_object() else {
+                    continue;
+                };
+                for (name, link) in found {
+                    let at = format!("{method} {path} {status} {name}");
+                    assert!(link.get("operation_id").is_none(), "{at}: snake_case key");
+                    assert!(link.get("request_body").is_none(), "{at}: snake_case key");
+                    let target_id = link["operationId"].as_str().expect("operationId");
+                    let target = operations
+                        .get(target_id)
+                        .unwrap_or_else(|| panic!("{at}: no operation {target_id}"));
+                    let parameters: BTreeSet<&str> = target["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["name"].as_str())
+                        .collect();
+                    for parameter in link["parameters"].as_object().into_iter().flatten() {
+                        assert!(
+                            parameters.contains(parameter.0.as_str()),
+                            "{at}: {target_id} has no parameter {}",
+                            parameter.0
+                        );
+                    }
+                    if let Some(body) = link.get("requestBody") {
+                        let schema =
+                            &target["requestBody"]["content"]["application/json"]["schema"];
+                        let name = schema["$ref"]
+                            .as_str()
+                            .expect("a named body")
+                            .trim_start_matches("#/components/schemas/");
+                        let properties = &document["components"]["schemas"][name]["properties"];
+                        for field in body.as_object().expect("a body object").keys() {
+                            assert!(
+                                properties.get(field).is_some(),
+                                "{at}: {name} has no field {field}"
+                            );
+                        }
+                    }
+                    targets.insert(target_id.to_string());
+                    links += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        links,
+        arosaje::api::docs::LINKS.len(),
+        "every link is in the document"
+    );
+    for needed in [
+        "request_sitting",
+        "give_advice",
+        "start_conversation",
+        "send_message",
+        "accept",
+    ] {
+        assert!(targets.contains(needed), "no link leads to {needed}");
+    }
+}

@@ -72,7 +72,7 @@ pub struct LocationBody {
 #[serde(deny_unknown_fields)]
 pub struct SittingBody {
     /// Plants of the caller's, 1 to 50.
-    #[schema(required = true, value_type = Vec<Uuid>)]
+    #[schema(required = true, value_type = Vec<Uuid>, min_items = 1, max_items = 50)]
     plant_ids: Option<Vec<Uuid>>,
     /// Today (UTC) or later.
     #[schema(required = true, value_type = NaiveDate)]
@@ -81,6 +81,7 @@ pub struct SittingBody {
     #[schema(required = true, value_type = NaiveDate)]
     ends_on: Option<NaiveDate>,
     /// Where the plants are. Strangers see it rounded to about 1 km.
+    #[serde(default, deserialize_with = "crate::api::extract::optional_object")]
     #[schema(required = true, value_type = LocationBody)]
     location: Option<LocationBody>,
     /// For the accepted sitter only (keys, watering...).
@@ -92,13 +93,13 @@ pub struct SittingBody {
 /// be verified.
 #[utoipa::path(post, path = "", tag = "sittings", security(("bearer" = [])),
     request_body = SittingBody,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
         description = "1-255 visible ASCII characters: the same key from the same user within 24 h answers the first answer again")),
     responses(
         (status = 201, description = "The new sitting, open for applications", body = Positioned<SittingView>),
         (status = 202, description = "Created; the read model is catching up", body = Pending),
         (status = 403, description = "`forbidden` (role), `email_not_verified`", body = ErrorBody),
-        (status = 409, description = "`idempotency_key_reused`", body = ErrorBody),
+        (status = 409, description = "`request_in_progress`: the first request with this Idempotency-Key is still running", body = ErrorBody),
         (status = 422, description = "`validation_failed`: dates, place, or plants that are not the caller's", body = ErrorBody),
     ))]
 async fn request_sitting(

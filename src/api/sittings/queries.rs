@@ -40,8 +40,8 @@ pub struct SittingListParams {
     status: Option<String>,
     /// `lat,lon`: nearest first, within `radius_km`.
     near: Option<String>,
-    /// Kilometres around `near`, up to 200 (default 10).
-    #[param(value_type = Option<f64>)]
+    /// Kilometres around `near`, up to 200 (default 10); needs `near`.
+    #[param(value_type = Option<f64>, exclusive_minimum = 0, maximum = 200)]
     radius_km: Option<String>,
     /// Sittings that end on or after this day.
     #[param(value_type = Option<NaiveDate>)]
@@ -123,7 +123,9 @@ pub async fn list_sittings(
         );
     }
     let near = nonempty(&params.near).and_then(|raw| errors.check("near", parse_near(&raw)));
-    let radius_km = match nonempty(&params.radius_km) {
+    // Typed parameters that are present must hold their type (`radius_km=`, `from=` and `to=`
+    // are refused, not read as absent).
+    let radius_km = match params.radius_km.clone() {
         None => 10.0,
         Some(raw) => match raw.trim().parse::<f64>() {
             Ok(r) if r > 0.0 && r <= MAX_RADIUS_KM => r,
@@ -139,8 +141,14 @@ pub async fn list_sittings(
     if params.radius_km.is_some() && near.is_none() && !errors.0.contains_key("near") {
         errors.add("near", "is required with radius_km");
     }
-    let from = nonempty(&params.from).and_then(|raw| errors.check("from", parse_date(&raw)));
-    let to = nonempty(&params.to).and_then(|raw| errors.check("to", parse_date(&raw)));
+    let from = params
+        .from
+        .as_deref()
+        .and_then(|raw| errors.check("from", parse_date(raw)));
+    let to = params
+        .to
+        .as_deref()
+        .and_then(|raw| errors.check("to", parse_date(raw)));
     if let (Some(from), Some(to)) = (from, to) {
         if to < from {
             errors.add("to", "must be on or after from");
