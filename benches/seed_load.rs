@@ -3,9 +3,13 @@
 //! runs them, from an empty model), on a fresh database.
 //!
 //! `cargo bench --bench seed_load` (PostgreSQL and Redis must listen). Settings:
-//! `BENCH_DATABASE_URL` (see `common`), `BENCH_SCALE` (default 1.0: 100,000 users, 200,000
-//! plants, 100,000 sittings, 10,000 conversations, 300,000 messages = 1,090,000 events),
-//! `BENCH_BATCH` (events per INSERT, default 5,000).
+//! `BENCH_DATABASE_URL` (see `common`), `BENCH_SCALE` (default 1.0: 50,000 users, 500
+//! botanists, 100,000 plants, 60,000 sittings with 3 applications each, 100,000 advice, 5,000
+//! conversations, 200,000 messages, 20,000 access records = about 1,050,000 events of every
+//! read model), `BENCH_BATCH` (events per INSERT, default 5,000), `BENCH_ALL_AT_ONCE=1` (every
+//! read model from the start, as `serve` on a loaded log: the cold start), `BENCH_TEMPLATE=db`
+//! (skip the load: copy that database, e.g. one `seed load --no-wait` filled, and time the read
+//! models catching up on its log).
 
 use std::time::Instant;
 
@@ -25,13 +29,14 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
-    let db = common::BenchDb::create().await?;
-    let result = run(&db, scale, batch).await;
+    let template = std::env::var("BENCH_TEMPLATE").ok();
+    let db = common::BenchDb::create_from(template.as_deref()).await?;
+    let result = run(&db, scale, batch, template.is_some()).await;
     db.drop_database().await?;
     result
 }
 
-async fn run(db: &common::BenchDb, scale: f64, batch: usize) -> anyhow::Result<()> {
+async fn run(db: &common::BenchDb, scale: f64, batch: usize, copied: bool) -> anyhow::Result<()> {
     let config = common::config(db);
     let pool = PgPoolOptions::new()
         .max_connections(8)
@@ -41,26 +46,49 @@ async fn run(db: &common::BenchDb, scale: f64, batch: usize) -> anyhow::Result<(
     let app = App::with_pool(config, pool.clone()).await?;
     let size = |n: f64| (n * scale).round() as u64;
     let options = LoadOptions {
-        users: size(100_000.0),
-        plants: size(200_000.0),
-        sittings: size(100_000.0),
-        messages: size(300_000.0),
-        conversations: Some(size(10_000.0).max(1)),
+        users: size(50_000.0),
+        plants: size(100_000.0),
+        sittings: size(60_000.0),
+        applications: 3,
+        botanists: size(500.0).max(3),
+        advice: size(100_000.0),
+        messages: size(200_000.0),
+        conversations: Some(size(5_000.0).max(1)),
+        access: size(20_000.0),
         batch,
         ..Default::default()
     };
-    let plan = options.plan()?;
-    println!(
-        "seed load: {} users, {} plants, {} sittings, {} conversations, {} messages = {} events, {} per INSERT",
-        plan.users, plan.plants, plan.sittings, plan.conversations, plan.messages, plan.events, batch
-    );
-    let report = load::load(&app, &options, &|_, _| {}).await?;
-    println!(
-        "  appended {} events in {:.1} s: {:.0} events/s",
-        report.plan.events,
-        report.elapsed.as_secs_f64(),
-        report.events_per_second()
-    );
+    let events = if copied {
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        println!("copied a log of {events} events from BENCH_TEMPLATE");
+        events as u64
+    } else {
+        let plan = options.plan()?;
+        println!(
+            "seed load: {} users, {} botanists, {} plants, {} sittings, {} conversations, \
+             {} messages, {} advice, {} access records = {} events, {} per INSERT",
+            plan.users,
+            plan.botanists,
+            plan.plants,
+            plan.sittings,
+            plan.conversations,
+            plan.messages,
+            plan.advice,
+            plan.access,
+            plan.events,
+            batch
+        );
+        let report = load::load(&app, &options, &|_, _| {}).await?;
+        println!(
+            "  appended {} events in {:.1} s: {:.0} events/s",
+            report.plan.events,
+            report.elapsed.as_secs_f64(),
+            report.events_per_second()
+        );
+        report.plan.events
+    };
     // `BENCH_ALL_AT_ONCE=1`: every read model from the start, as a `serve` started on the
     // loaded log runs them; otherwise `users` first, as `seed load` does (see `load::catch_up`).
     let (laps, catch_up) = if std::env::var("BENCH_ALL_AT_ONCE").is_ok_and(|v| v == "1") {
@@ -91,7 +119,7 @@ async fn run(db: &common::BenchDb, scale: f64, batch: usize) -> anyhow::Result<(
     println!(
         "  read models caught up in {:.1} s ({:.0} events/s of log): {}",
         catch_up.as_secs_f64(),
-        report.plan.events as f64 / catch_up.as_secs_f64().max(1e-9),
+        events as f64 / catch_up.as_secs_f64().max(1e-9),
         laps.join(", ")
     );
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")

@@ -81,6 +81,18 @@ enum SeedCommand {
         /// Conversations the messages go into (default: one per 20 messages).
         #[arg(long)]
         conversations: Option<u64>,
+        /// Applications per sitting that is not cancelled (the sitter's included).
+        #[arg(long, default_value_t = 1)]
+        applications: u64,
+        /// Botanist accounts (at least 3 for advice: an author and two reviewers).
+        #[arg(long, default_value_t = 0)]
+        botanists: u64,
+        /// Advice on the plants of running sittings, with versions and verdicts.
+        #[arg(long, default_value_t = 0)]
+        advice: u64,
+        /// Access records (users exporting their data).
+        #[arg(long, default_value_t = 0)]
+        access: u64,
         /// Events per INSERT (and per transaction).
         #[arg(long, default_value_t = 5_000)]
         batch: usize,
@@ -280,6 +292,10 @@ async fn seed(command: SeedCommand) -> anyhow::Result<()> {
             sittings,
             messages,
             conversations,
+            applications,
+            botanists,
+            advice,
+            access,
             batch,
             no_wait,
             config,
@@ -291,13 +307,26 @@ async fn seed(command: SeedCommand) -> anyhow::Result<()> {
                 sittings,
                 messages,
                 conversations,
+                applications,
+                botanists,
+                advice,
+                access,
                 batch,
                 ..Default::default()
             };
             let plan = options.plan()?;
             println!(
-                "appending {} users, {} plants, {} sittings, {} conversations, {} messages: {} events",
-                plan.users, plan.plants, plan.sittings, plan.conversations, plan.messages, plan.events
+                "appending {} users, {} botanists, {} plants, {} sittings, {} conversations, \
+                 {} messages, {} advice, {} access records: {} events",
+                plan.users,
+                plan.botanists,
+                plan.plants,
+                plan.sittings,
+                plan.conversations,
+                plan.messages,
+                plan.advice,
+                plan.access,
+                plan.events
             );
             let bar = indicatif::ProgressBar::new(plan.events).with_style(
                 indicatif::ProgressStyle::with_template(
@@ -531,12 +560,18 @@ async fn projections(command: ProjectionsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// A rebuild with a progress bar (events done/total, events/s, ETA).
+/// A rebuild with a progress bar (events done/total, events/s, ETA) on a terminal, else a log
+/// line with the same every 5 seconds.
 async fn rebuild_with_bar(
     pool: &sqlx::PgPool,
     model: &dyn Projection,
     options: &rebuild::RebuildOptions,
 ) -> anyhow::Result<rebuild::RebuildReport> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        let log = rebuild::ProgressLog::new(model.name(), std::time::Duration::from_secs(5));
+        return rebuild::rebuild(pool, model, options, &|progress| log.observe(progress)).await;
+    }
     let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
         "{prefix:>10} {bar:40} {pos}/{len} events, {per_sec}, ETA {eta}",
     )?);

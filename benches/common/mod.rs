@@ -22,13 +22,22 @@ pub struct BenchDb {
 impl BenchDb {
     /// `BENCH_DATABASE_URL` (default: local `postgres` database) is where it is created from.
     pub async fn create() -> anyhow::Result<BenchDb> {
+        Self::create_from(None).await
+    }
+
+    /// A fresh database, a copy of `template` if given (`CREATE DATABASE ... TEMPLATE`: a kept
+    /// log is reused without generating it again; nobody may be connected to the template).
+    pub async fn create_from(template: Option<&str>) -> anyhow::Result<BenchDb> {
         let admin_url = std::env::var("BENCH_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
         let name = format!("arosaje_bench_{}", std::process::id());
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .context("BENCH_DATABASE_URL")?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        let template = template
+            .map(|t| format!(" TEMPLATE \"{}\"", t.replace('"', "")))
+            .unwrap_or_default();
+        sqlx::query(&format!("CREATE DATABASE {name}{template}"))
             .execute(&mut admin)
             .await?;
         let url = match admin_url.rsplit_once('/') {

@@ -409,9 +409,13 @@ async fn list_messages(
     if !takes_part(&app.pool, id, auth.user_id).await? {
         return Err(ApiError::NotFound("conversation"));
     }
+    // The cursor compared as an integer (positions are; `ceil` keeps `<` exact): a bigint
+    // column compared with a float8 is cast, and the index no longer bounds the scan.
     let rows: Vec<MessageView> = sqlx::query_as(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messaging.messages m \
-          WHERE m.conversation_id = $1 AND ($2::float8 IS NULL OR m.position < $2::float8) \
+          WHERE m.conversation_id = $1 \
+            AND ($2::float8 IS NULL \
+                 OR m.position < GREATEST(LEAST(ceil($2::float8), 9.2e18), -9.2e18)::int8) \
           ORDER BY m.position DESC LIMIT $3"
     ))
     .bind(id)

@@ -302,6 +302,23 @@ impl MessageKeys {
         let key = zeroize::Zeroizing::new(key.ok_or(CryptoError::KeyMissing(message_id))?);
         Cipher::new(message_id, &key)
     }
+    /// The ciphers of several messages in one query; messages whose key is gone are absent.
+    pub async fn ciphers(
+        &self,
+        message_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Cipher>, CryptoError> {
+        let keys: Vec<(Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT message_id, key FROM message_keys WHERE message_id = ANY($1)")
+                .bind(message_ids)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut found = HashMap::with_capacity(keys.len());
+        for (id, key) in keys {
+            let key = zeroize::Zeroizing::new(key);
+            found.insert(id, Cipher::new(id, &key)?);
+        }
+        Ok(found)
+    }
 }
 
 /// Per-month data keys (`access_keys`) for the details of access records: deleting a month's key

@@ -3,10 +3,11 @@
 //! record arrives. Records whose month's key is gone (past retention) are skipped,
 //! as retention drops their partition.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{Datelike, Months};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ use super::{quote_ident, Projection};
 use crate::access::{parse_month, AccessDetails};
 use crate::commands::access::Access;
 use crate::events::access::AccessEvent;
-use crate::events::crypto::{CryptoError, MonthKeys};
+use crate::events::crypto::{Cipher, CryptoError, MonthKeys};
 use crate::events::StoredEvent;
 
 pub struct AccessProjection {
@@ -54,20 +55,33 @@ impl Projection for AccessProjection {
         &[]
     }
 
+    /// One `INSERT` per batch; each month's key read and its partition made once per batch.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        let mut months: HashMap<NaiveDate, Option<Cipher>> = HashMap::new();
+        let mut rows = Rows::default();
         for event in events {
             let id: Uuid = event.aggregate_id.parse()?;
             let AccessEvent::AccessRecorded { month, details } = event.decode::<Access>()?;
             let month = parse_month(&month)
                 .ok_or_else(|| anyhow::anyhow!("access record with a malformed month"))?;
-            let details = match self.keys.cipher(month).await {
-                Ok(cipher) => cipher.open(&details)?,
-                // Past retention: nothing of it is readable, and its partition is gone.
-                Err(CryptoError::KeyMissing(_)) => continue,
-                Err(err) => return Err(err.into()),
+            let cipher = match months.get(&month) {
+                Some(cipher) => cipher.clone(),
+                None => {
+                    let cipher = match self.keys.cipher(month).await {
+                        Ok(cipher) => {
+                            ensure_partition(conn, month).await?;
+                            Some(cipher)
+                        }
+                        // Past retention: nothing of it is readable, and its partition is gone.
+                        Err(CryptoError::KeyMissing(_)) => None,
+                        Err(err) => return Err(err.into()),
+                    };
+                    months.insert(month, cipher.clone());
+                    cipher
+                }
             };
-            let details: AccessDetails = serde_json::from_str(&details)?;
-            ensure_partition(conn, month).await?;
+            let Some(cipher) = cipher else { continue };
+            let details: AccessDetails = serde_json::from_str(&cipher.open(&details)?)?;
             let actor: Option<Uuid> = event
                 .metadata
                 .get("actor_id")
@@ -78,26 +92,56 @@ impl Projection for AccessProjection {
                 .get("actor_role")
                 .and_then(|v| v.as_str())
                 .unwrap_or("");
-            sqlx::query(
-                "INSERT INTO access_log (id, month, accessed_at, accessor_id, accessor_role, kind, \
-                                         subject_id, reason, query, position) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(month)
-            .bind(event.timestamp)
-            .bind(actor.unwrap_or(Uuid::nil()))
-            .bind(role)
-            .bind(details.kind.as_str())
-            .bind(details.subject_id)
-            .bind(details.reason)
-            .bind(details.query)
-            .bind(event.position.global_position)
-            .execute(&mut *conn)
-            .await?;
+            rows.ids.push(id);
+            rows.months.push(month);
+            rows.times.push(event.timestamp);
+            rows.actors.push(actor.unwrap_or(Uuid::nil()));
+            rows.roles.push(role.to_string());
+            rows.kinds.push(details.kind.as_str());
+            rows.subjects.push(details.subject_id);
+            rows.reasons.push(details.reason);
+            rows.queries.push(details.query);
+            rows.positions.push(event.position.global_position);
         }
+        if rows.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO access_log (id, month, accessed_at, accessor_id, accessor_role, kind, \
+                                     subject_id, reason, query, position) \
+             SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::timestamptz[], $4::uuid[], \
+                                  $5::text[], $6::text[], $7::uuid[], $8::text[], $9::jsonb[], \
+                                  $10::int8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&rows.ids)
+        .bind(&rows.months)
+        .bind(&rows.times)
+        .bind(&rows.actors)
+        .bind(&rows.roles)
+        .bind(&rows.kinds)
+        .bind(&rows.subjects)
+        .bind(&rows.reasons)
+        .bind(&rows.queries)
+        .bind(&rows.positions)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
+}
+
+#[derive(Default)]
+struct Rows {
+    ids: Vec<Uuid>,
+    months: Vec<NaiveDate>,
+    times: Vec<DateTime<Utc>>,
+    actors: Vec<Uuid>,
+    roles: Vec<String>,
+    kinds: Vec<&'static str>,
+    subjects: Vec<Option<Uuid>>,
+    reasons: Vec<Option<String>>,
+    queries: Vec<serde_json::Value>,
+    positions: Vec<i64>,
 }
 
 /// Creates `access_log_YYYY_MM` for `month` unless it exists, in the schema the `search_path`

@@ -3,17 +3,19 @@
 //! when, in which state) rather than the `sittings` read model, so this projection rebuilds alone.
 //! Sealed text is opened with its writer's key; a writer who was erased leaves NULL.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Projection;
 use crate::commands::advice::Advice;
 use crate::commands::sitting::{Sitting, Status};
-use crate::events::advice::{AdviceEvent, Verdict};
-use crate::events::crypto::{KeyStore, Sealed};
+use crate::events::advice::AdviceEvent;
+use crate::events::crypto::{Cipher, KeyStore, Sealed};
 use crate::events::sitting::SittingEvent;
 use crate::events::StoredEvent;
 
@@ -25,252 +27,414 @@ impl AdviceProjection {
     pub fn new(keys: Arc<KeyStore>) -> Self {
         AdviceProjection { keys }
     }
+}
 
-    /// The plaintext of a field sealed under `user`'s key; `None` when that user was erased.
-    async fn open(&self, user: Uuid, sealed: &Sealed) -> anyhow::Result<Option<String>> {
-        Ok(self.keys.open_if_present(user, sealed).await?)
-    }
+/// What one layer of `Advice` events changes (at most one event per advice).
+#[derive(Default)]
+struct AdviceLayer {
+    given: Given,
+    revised: Revised,
+    reviewed: Reviewed,
+    closed: Closed,
+}
 
-    async fn advice_event(
+/// Withdrawn or hidden advice.
+#[derive(Default)]
+struct Closed {
+    ids: Vec<Uuid>,
+    states: Vec<&'static str>,
+    hidden_by: Vec<Option<Uuid>>,
+    reasons: Vec<Option<String>>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+#[derive(Default)]
+struct Given {
+    ids: Vec<Uuid>,
+    plants: Vec<Uuid>,
+    owners: Vec<Uuid>,
+    sittings: Vec<Option<Uuid>>,
+    sitters: Vec<Option<Uuid>>,
+    authors: Vec<Uuid>,
+    priorities: Vec<&'static str>,
+    bodies: Vec<Option<String>>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+/// Revisions: the body is opened once the row (and so its author) is known.
+#[derive(Default)]
+struct Revised {
+    ids: Vec<Uuid>,
+    revisions: Vec<i32>,
+    priorities: Vec<&'static str>,
+    bodies: Vec<Sealed>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+#[derive(Default)]
+struct Reviewed {
+    ids: Vec<Uuid>,
+    botanists: Vec<Uuid>,
+    verdicts: Vec<&'static str>,
+    revisions: Vec<i32>,
+    comments: Vec<Option<String>>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+impl AdviceProjection {
+    /// One layer of `Advice` events; returns the plants whose queue rows are to be recounted.
+    async fn advice_layer(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        layer: &[(&StoredEvent, AdviceEvent)],
+        keys: &HashMap<Uuid, Cipher>,
+        dirty: &mut HashSet<Uuid>,
     ) -> anyhow::Result<()> {
-        let id: Uuid = event.aggregate_id.parse()?;
-        let at = event.timestamp;
-        let version = event.sequence;
-        let plant: Option<Uuid> = match event.decode::<Advice>()? {
-            AdviceEvent::AdviceGiven {
-                author_id,
-                plant_id,
-                plant_owner_id,
-                sitting_id,
-                sitter_id,
-                priority,
-                body,
-            } => {
-                if self.keys.is_erased(author_id).await?
-                    || self.keys.is_erased(plant_owner_id).await?
-                {
-                    // Its author or the plant's owner was erased: not shown (as the foreign
-                    // keys remove it live).
-                    return Ok(());
-                }
-                // An erased sitter is no one (as the foreign key's SET NULL live).
-                let sitter_id = match sitter_id {
-                    Some(sitter) if self.keys.is_erased(sitter).await? => None,
-                    other => other,
-                };
-                let body = self.open(author_id, &body).await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO advice (id, plant_id, plant_owner_id, sitting_id, sitter_id, \
-                                         author_id, priority, body, revision, state, created_at, \
-                                         updated_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'active', $9, $9, $10) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(plant_id)
-                .bind(plant_owner_id)
-                .bind(sitting_id)
-                .bind(sitter_id)
-                .bind(author_id)
-                .bind(priority.as_str())
-                .bind(&body)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                if inserted.rows_affected() > 0 {
-                    sqlx::query(
-                        "INSERT INTO advice_versions (advice_id, revision, priority, body, created_at) \
-                         VALUES ($1, 1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(id)
-                    .bind(priority.as_str())
-                    .bind(&body)
-                    .bind(at)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                Some(plant_id)
-            }
-            AdviceEvent::AdviceRevised {
-                version: revision,
-                priority,
-                body,
-            } => {
-                let author: Option<Uuid> = sqlx::query_scalar(
-                    "UPDATE advice SET revision = $2, priority = $3, updated_at = $4, \
-                            version = $5 \
-                      WHERE id = $1 AND version < $5 RETURNING author_id",
-                )
-                .bind(id)
-                .bind(revision as i32)
-                .bind(priority.as_str())
-                .bind(at)
-                .bind(version)
-                .fetch_optional(&mut *conn)
-                .await?;
-                // Not there (its author was erased), or this event was applied before.
-                let Some(author) = author else {
-                    return Ok(());
-                };
-                let body = self.open(author, &body).await?;
-                sqlx::query("UPDATE advice SET body = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(&body)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO advice_versions (advice_id, revision, priority, body, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(id)
-                .bind(revision as i32)
-                .bind(priority.as_str())
-                .bind(&body)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                plant_of(conn, id).await?
-            }
-            AdviceEvent::AdviceReviewed {
-                botanist_id,
-                verdict,
-                advice_version,
-                comment,
-            } => {
-                let comment = match &comment {
-                    Some(sealed) => self.open(botanist_id, sealed).await?,
-                    None => None,
-                };
-                let inserted = sqlx::query(
-                    "INSERT INTO advice_reviews (advice_id, botanist_id, verdict, revision, \
-                                                 comment, created_at) \
-                     SELECT $1, $2, $3, $4, $5, $6 \
-                      WHERE EXISTS (SELECT 1 FROM advice WHERE id = $1) \
-                        AND EXISTS (SELECT 1 FROM users WHERE id = $2) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(id)
-                .bind(botanist_id)
-                .bind(verdict.as_str())
-                .bind(advice_version as i32)
-                .bind(comment)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                let (validations, rejections) = match verdict {
-                    Verdict::Validated => (1, 0),
-                    Verdict::Rejected => (0, 1),
-                };
-                let counted = inserted.rows_affected() as i32;
-                sqlx::query(
-                    "UPDATE advice SET validations = validations + $2, \
-                            rejections = rejections + $3, updated_at = $4, version = $5 \
-                      WHERE id = $1 AND version < $5",
-                )
-                .bind(id)
-                .bind(validations * counted)
-                .bind(rejections * counted)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                None
-            }
-            AdviceEvent::AdviceWithdrawn { .. } => {
-                sqlx::query(
-                    "UPDATE advice SET state = 'withdrawn', updated_at = $2, version = $3 \
-                      WHERE id = $1 AND version < $3",
-                )
-                .bind(id)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                plant_of(conn, id).await?
-            }
-            AdviceEvent::AdviceHidden { by, reason } => {
-                sqlx::query(
-                    "UPDATE advice SET state = 'hidden', hidden_by = $2, hidden_reason = $3, \
-                            hidden_at = $4, updated_at = $4, version = $5 \
-                      WHERE id = $1 AND version < $5",
-                )
-                .bind(id)
-                .bind(by)
-                .bind(reason)
-                .bind(at)
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
-                plant_of(conn, id).await?
+        let open = |user: Uuid, sealed: &Sealed| -> anyhow::Result<Option<String>> {
+            match keys.get(&user) {
+                Some(cipher) => Ok(Some(cipher.open(sealed)?)),
+                None => Ok(None),
             }
         };
-        if let Some(plant) = plant {
-            refresh_queue(conn, Some(plant), None).await?;
+        let mut changes = AdviceLayer::default();
+        for (event, advice_event) in layer {
+            let id: Uuid = event.aggregate_id.parse()?;
+            let at = event.timestamp;
+            let version = event.sequence;
+            match advice_event {
+                AdviceEvent::AdviceGiven {
+                    author_id,
+                    plant_id,
+                    plant_owner_id,
+                    sitting_id,
+                    sitter_id,
+                    priority,
+                    body,
+                } => {
+                    if !keys.contains_key(author_id) || !keys.contains_key(plant_owner_id) {
+                        // Its author or the plant's owner was erased: not shown (as the foreign
+                        // keys remove it live).
+                        continue;
+                    }
+                    // An erased sitter is no one (as the foreign key's SET NULL live).
+                    let sitter_id = sitter_id.filter(|sitter| keys.contains_key(sitter));
+                    let g = &mut changes.given;
+                    g.ids.push(id);
+                    g.plants.push(*plant_id);
+                    g.owners.push(*plant_owner_id);
+                    g.sittings.push(*sitting_id);
+                    g.sitters.push(sitter_id);
+                    g.authors.push(*author_id);
+                    g.priorities.push(priority.as_str());
+                    g.bodies.push(open(*author_id, body)?);
+                    g.times.push(at);
+                    g.versions.push(version);
+                    dirty.insert(*plant_id);
+                }
+                AdviceEvent::AdviceRevised {
+                    version: revision,
+                    priority,
+                    body,
+                } => {
+                    let r = &mut changes.revised;
+                    r.ids.push(id);
+                    r.revisions.push(*revision as i32);
+                    r.priorities.push(priority.as_str());
+                    r.bodies.push(body.clone());
+                    r.times.push(at);
+                    r.versions.push(version);
+                }
+                AdviceEvent::AdviceReviewed {
+                    botanist_id,
+                    verdict,
+                    advice_version,
+                    comment,
+                } => {
+                    let comment = match comment {
+                        Some(sealed) => open(*botanist_id, sealed)?,
+                        None => None,
+                    };
+                    let r = &mut changes.reviewed;
+                    r.ids.push(id);
+                    r.botanists.push(*botanist_id);
+                    r.verdicts.push(verdict.as_str());
+                    r.revisions.push(*advice_version as i32);
+                    r.comments.push(comment);
+                    r.times.push(at);
+                    r.versions.push(version);
+                }
+                AdviceEvent::AdviceWithdrawn { .. } => {
+                    let c = &mut changes.closed;
+                    c.ids.push(id);
+                    c.states.push("withdrawn");
+                    c.hidden_by.push(None);
+                    c.reasons.push(None);
+                    c.times.push(at);
+                    c.versions.push(version);
+                }
+                AdviceEvent::AdviceHidden { by, reason } => {
+                    let c = &mut changes.closed;
+                    c.ids.push(id);
+                    c.states.push("hidden");
+                    c.hidden_by.push(Some(*by));
+                    c.reasons.push(Some(reason.clone()));
+                    c.times.push(at);
+                    c.versions.push(version);
+                }
+            }
+        }
+        let g = &changes.given;
+        if !g.ids.is_empty() {
+            sqlx::query(
+                "WITH inserted AS ( \
+                   INSERT INTO advice (id, plant_id, plant_owner_id, sitting_id, sitter_id, \
+                                       author_id, priority, body, revision, state, created_at, \
+                                       updated_at, version) \
+                   SELECT id, plant_id, owner_id, sitting_id, sitter_id, author_id, priority, \
+                          body, 1, 'active', at, at, version \
+                     FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], \
+                                 $6::uuid[], $7::text[], $8::text[], $9::timestamptz[], \
+                                 $10::int8[]) \
+                          AS g(id, plant_id, owner_id, sitting_id, sitter_id, author_id, \
+                               priority, body, at, version) \
+                   ON CONFLICT (id) DO NOTHING \
+                   RETURNING id, priority, body, created_at) \
+                 INSERT INTO advice_versions (advice_id, revision, priority, body, created_at) \
+                 SELECT id, 1, priority, body, created_at FROM inserted ON CONFLICT DO NOTHING",
+            )
+            .bind(&g.ids)
+            .bind(&g.plants)
+            .bind(&g.owners)
+            .bind(&g.sittings)
+            .bind(&g.sitters)
+            .bind(&g.authors)
+            .bind(&g.priorities)
+            .bind(&g.bodies)
+            .bind(&g.times)
+            .bind(&g.versions)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let r = &changes.revised;
+        if !r.ids.is_empty() {
+            // Rows not there (author erased) or past this event are left alone.
+            let updated: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+                "UPDATE advice a SET revision = r.revision, priority = r.priority, \
+                        updated_at = r.at, version = r.version \
+                   FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int8[]) \
+                        AS r(id, revision, priority, at, version) \
+                  WHERE a.id = r.id AND a.version < r.version \
+                 RETURNING a.id, a.author_id, a.plant_id",
+            )
+            .bind(&r.ids)
+            .bind(&r.revisions)
+            .bind(&r.priorities)
+            .bind(&r.times)
+            .bind(&r.versions)
+            .fetch_all(&mut *conn)
+            .await?;
+            let at: HashMap<Uuid, usize> =
+                r.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            let n = updated.len();
+            let (mut ids, mut revisions, mut priorities, mut bodies, mut times) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for (id, author, plant) in updated {
+                let Some(&i) = at.get(&id) else { continue };
+                ids.push(id);
+                revisions.push(r.revisions[i]);
+                priorities.push(r.priorities[i]);
+                bodies.push(open(author, &r.bodies[i])?);
+                times.push(r.times[i]);
+                dirty.insert(plant);
+            }
+            if !ids.is_empty() {
+                sqlx::query(
+                    "UPDATE advice a SET body = r.body \
+                       FROM UNNEST($1::uuid[], $2::text[]) AS r(id, body) WHERE a.id = r.id",
+                )
+                .bind(&ids)
+                .bind(&bodies)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO advice_versions (advice_id, revision, priority, body, created_at) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], \
+                                          $5::timestamptz[]) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&ids)
+                .bind(&revisions)
+                .bind(&priorities)
+                .bind(&bodies)
+                .bind(&times)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        let r = &changes.reviewed;
+        if !r.ids.is_empty() {
+            // A verdict counts once (the first for this advice and botanist), and moves the
+            // advice's version and time either way.
+            let counted: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO advice_reviews (advice_id, botanist_id, verdict, revision, comment, \
+                                             created_at) \
+                 SELECT r.* FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], \
+                                        $5::text[], $6::timestamptz[]) \
+                        AS r(advice_id, botanist_id, verdict, revision, comment, created_at) \
+                  WHERE EXISTS (SELECT 1 FROM advice a WHERE a.id = r.advice_id) \
+                    AND EXISTS (SELECT 1 FROM users u WHERE u.id = r.botanist_id) \
+                 ON CONFLICT DO NOTHING RETURNING advice_id",
+            )
+            .bind(&r.ids)
+            .bind(&r.botanists)
+            .bind(&r.verdicts)
+            .bind(&r.revisions)
+            .bind(&r.comments)
+            .bind(&r.times)
+            .fetch_all(&mut *conn)
+            .await?;
+            let counted: HashSet<Uuid> = counted.into_iter().collect();
+            let (mut validations, mut rejections) = (Vec::new(), Vec::new());
+            for (id, verdict) in r.ids.iter().zip(&r.verdicts) {
+                let one = i32::from(counted.contains(id));
+                validations.push(if *verdict == "validated" { one } else { 0 });
+                rejections.push(if *verdict == "rejected" { one } else { 0 });
+            }
+            // The latest active advice may change (its time moved): recounted too.
+            let touched: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE advice a SET validations = a.validations + r.validations, \
+                        rejections = a.rejections + r.rejections, updated_at = r.at, \
+                        version = r.version \
+                   FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::timestamptz[], $5::int8[]) \
+                        AS r(id, validations, rejections, at, version) \
+                  WHERE a.id = r.id AND a.version < r.version \
+                 RETURNING a.plant_id",
+            )
+            .bind(&r.ids)
+            .bind(&validations)
+            .bind(&rejections)
+            .bind(&r.times)
+            .bind(&r.versions)
+            .fetch_all(&mut *conn)
+            .await?;
+            dirty.extend(touched);
+        }
+        let c = &changes.closed;
+        if !c.ids.is_empty() {
+            let touched: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE advice a SET state = c.state, \
+                        hidden_by = CASE WHEN c.state = 'hidden' THEN c.hidden_by ELSE a.hidden_by END, \
+                        hidden_reason = CASE WHEN c.state = 'hidden' THEN c.reason \
+                                             ELSE a.hidden_reason END, \
+                        hidden_at = CASE WHEN c.state = 'hidden' THEN c.at ELSE a.hidden_at END, \
+                        updated_at = c.at, version = c.version \
+                   FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[], \
+                               $6::int8[]) AS c(id, state, hidden_by, reason, at, version) \
+                  WHERE a.id = c.id AND a.version < c.version \
+                 RETURNING a.plant_id",
+            )
+            .bind(&c.ids)
+            .bind(&c.states)
+            .bind(&c.hidden_by)
+            .bind(&c.reasons)
+            .bind(&c.times)
+            .bind(&c.versions)
+            .fetch_all(&mut *conn)
+            .await?;
+            dirty.extend(touched);
         }
         Ok(())
     }
 
-    async fn sitting_event(
+    /// One layer of `Sitting` events: the queue rows of each sitting; returns nothing, marks the
+    /// requested sittings for a recount.
+    async fn sitting_layer(
         &self,
         conn: &mut PgConnection,
-        event: &StoredEvent,
+        layer: &[(&StoredEvent, SittingEvent)],
+        requested_sittings: &mut HashSet<Uuid>,
     ) -> anyhow::Result<()> {
-        let id: Uuid = event.aggregate_id.parse()?;
-        let status = match event.decode::<Sitting>()? {
-            SittingEvent::SittingRequested {
-                plant_ids,
-                starts_on,
-                ends_on,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO advice_queue (sitting_id, plant_id, sitting_status, starts_on, \
-                                               ends_on, requested_at) \
-                     SELECT $1, p, 'open', $3, $4, $5 FROM UNNEST($2::uuid[]) AS p \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(id)
-                .bind(&plant_ids)
-                .bind(starts_on)
-                .bind(ends_on)
-                .bind(event.timestamp)
-                .execute(&mut *conn)
-                .await?;
-                return refresh_queue(conn, None, Some(id)).await;
+        let (mut sittings, mut plants, mut starts, mut ends, mut times) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut moved, mut statuses) = (Vec::new(), Vec::new());
+        let mut closed = Vec::new();
+        for (event, sitting_event) in layer {
+            let id: Uuid = event.aggregate_id.parse()?;
+            match sitting_event {
+                SittingEvent::SittingRequested {
+                    plant_ids,
+                    starts_on,
+                    ends_on,
+                    ..
+                } => {
+                    for plant in plant_ids {
+                        sittings.push(id);
+                        plants.push(*plant);
+                        starts.push(*starts_on);
+                        ends.push(*ends_on);
+                        times.push(event.timestamp);
+                    }
+                    requested_sittings.insert(id);
+                }
+                SittingEvent::SitterAccepted { .. } => {
+                    moved.push(id);
+                    statuses.push(Status::Accepted.as_str());
+                }
+                SittingEvent::SittingStarted { .. } => {
+                    moved.push(id);
+                    statuses.push(Status::InProgress.as_str());
+                }
+                SittingEvent::SittingCompleted { .. }
+                | SittingEvent::SittingCancelled { .. }
+                | SittingEvent::SittingExpired { .. } => closed.push(id),
+                _ => {}
             }
-            SittingEvent::SitterAccepted { .. } => Status::Accepted,
-            SittingEvent::SittingStarted { .. } => Status::InProgress,
-            SittingEvent::SittingCompleted { .. }
-            | SittingEvent::SittingCancelled { .. }
-            | SittingEvent::SittingExpired { .. } => {
-                sqlx::query("DELETE FROM advice_queue WHERE sitting_id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                return Ok(());
-            }
-            _ => return Ok(()),
-        };
-        sqlx::query("UPDATE advice_queue SET sitting_status = $2 WHERE sitting_id = $1")
-            .bind(id)
-            .bind(status.as_str())
+        }
+        if !sittings.is_empty() {
+            sqlx::query(
+                "INSERT INTO advice_queue (sitting_id, plant_id, sitting_status, starts_on, \
+                                           ends_on, requested_at) \
+                 SELECT s, p, 'open', f, t, at \
+                   FROM UNNEST($1::uuid[], $2::uuid[], $3::date[], $4::date[], $5::timestamptz[]) \
+                        AS q(s, p, f, t, at) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&sittings)
+            .bind(&plants)
+            .bind(&starts)
+            .bind(&ends)
+            .bind(&times)
             .execute(&mut *conn)
             .await?;
+        }
+        if !moved.is_empty() {
+            sqlx::query(
+                "UPDATE advice_queue q SET sitting_status = m.status \
+                   FROM UNNEST($1::uuid[], $2::text[]) AS m(id, status) \
+                  WHERE q.sitting_id = m.id",
+            )
+            .bind(&moved)
+            .bind(&statuses)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !closed.is_empty() {
+            sqlx::query("DELETE FROM advice_queue WHERE sitting_id = ANY($1)")
+                .bind(&closed)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
-}
-
-async fn plant_of(conn: &mut PgConnection, advice: Uuid) -> anyhow::Result<Option<Uuid>> {
-    Ok(
-        sqlx::query_scalar("SELECT plant_id FROM advice WHERE id = $1")
-            .bind(advice)
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
 }
 
 /// Recounts the queue rows of one plant, or of one sitting: the active advice on the plant since
@@ -283,13 +447,7 @@ pub(super) async fn refresh_queue(
     plant: Option<Uuid>,
     sitting: Option<Uuid>,
 ) -> anyhow::Result<()> {
-    const SET: &str = "UPDATE advice_queue q SET \
-            advice_count = (SELECT count(*) FROM advice a \
-                             WHERE a.plant_id = q.plant_id AND a.state = 'active' \
-                               AND (a.created_at >= q.requested_at OR a.sitting_id = q.sitting_id)), \
-            flagged = COALESCE((SELECT a.priority IN ('urgent', 'follow_up') FROM advice a \
-                                 WHERE a.plant_id = q.plant_id AND a.state = 'active' \
-                                 ORDER BY a.updated_at DESC, a.id DESC LIMIT 1), false) ";
+    const SET: &str = QUEUE_COUNTS;
     let (condition, id) = match (plant, sitting) {
         (Some(plant), _) => ("WHERE q.plant_id = $1", plant),
         (None, Some(sitting)) => ("WHERE q.sitting_id = $1", sitting),
@@ -302,14 +460,50 @@ pub(super) async fn refresh_queue(
     Ok(())
 }
 
+/// The queue's counts, recomputed from the advice (a condition on `q` follows).
+const QUEUE_COUNTS: &str = "UPDATE advice_queue q SET \
+            advice_count = (SELECT count(*) FROM advice a \
+                             WHERE a.plant_id = q.plant_id AND a.state = 'active' \
+                               AND (a.created_at >= q.requested_at OR a.sitting_id = q.sitting_id)), \
+            flagged = COALESCE((SELECT a.priority IN ('urgent', 'follow_up') FROM advice a \
+                                 WHERE a.plant_id = q.plant_id AND a.state = 'active' \
+                                 ORDER BY a.updated_at DESC, a.id DESC LIMIT 1), false) ";
+
+/// Recounts the queue rows of `plants` and of `sittings` (see [`refresh_queue`]), two
+/// statements whatever their number, each an index scan on `= ANY`.
+async fn refresh_queues(
+    conn: &mut PgConnection,
+    plants: &[Uuid],
+    sittings: &[Uuid],
+) -> anyhow::Result<()> {
+    if !plants.is_empty() {
+        sqlx::query(&format!("{QUEUE_COUNTS}WHERE q.plant_id = ANY($1)"))
+            .bind(plants)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !sittings.is_empty() {
+        sqlx::query(&format!(
+            "{QUEUE_COUNTS}WHERE q.sitting_id = ANY($1) AND q.plant_id <> ALL($2)"
+        ))
+        .bind(sittings)
+        .bind(plants)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Projection for AdviceProjection {
     fn name(&self) -> &'static str {
         "advice"
     }
 
+    /// 2: a verdict recounts the plant's queue rows too (it moves the advice's `updated_at`,
+    /// which orders the latest advice; version 1 left `flagged` stale until the next change).
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     fn aggregate_types(&self) -> &'static [&'static str] {
@@ -325,14 +519,79 @@ impl Projection for AdviceProjection {
         ]
     }
 
+    /// `Advice` and `Sitting` events layer by layer (see [`super::layers`]): each advice, and
+    /// each sitting's queue rows, are their own rows. The queue counts are recomputed once at
+    /// the end for every plant whose advice changed and every sitting requested: a count is a
+    /// function of the advice as it stands, so one recount after the batch equals one after
+    /// each event.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        let mut advice = Vec::new();
+        let mut sittings = Vec::new();
+        let mut people = HashSet::new();
         for event in events {
             match event.aggregate_type.as_str() {
-                "Advice" => self.advice_event(conn, event).await?,
-                "Sitting" => self.sitting_event(conn, event).await?,
+                "Advice" => {
+                    let decoded = event.decode::<Advice>()?;
+                    match &decoded {
+                        AdviceEvent::AdviceGiven {
+                            author_id,
+                            plant_owner_id,
+                            sitter_id,
+                            ..
+                        } => {
+                            people.insert(*author_id);
+                            people.insert(*plant_owner_id);
+                            people.extend(sitter_id);
+                        }
+                        AdviceEvent::AdviceReviewed { botanist_id, .. } => {
+                            people.insert(*botanist_id);
+                        }
+                        _ => {}
+                    }
+                    advice.push(event);
+                }
+                "Sitting" => sittings.push(event),
                 _ => {}
             }
         }
-        Ok(())
+        let mut dirty_plants = HashSet::new();
+        let mut dirty_sittings = HashSet::new();
+        if !advice.is_empty() {
+            // Revisions are opened with their author's key, known from the row.
+            let authors: Vec<Uuid> =
+                sqlx::query_scalar("SELECT DISTINCT author_id FROM advice WHERE id = ANY($1)")
+                    .bind(
+                        advice
+                            .iter()
+                            .filter_map(|e| e.aggregate_id.parse::<Uuid>().ok())
+                            .collect::<Vec<_>>(),
+                    )
+                    .fetch_all(&mut *conn)
+                    .await?;
+            people.extend(authors);
+            let people: Vec<Uuid> = people.into_iter().collect();
+            let keys = self.keys.ciphers(&people).await?;
+            for layer in super::layers(advice) {
+                let mut decoded = Vec::with_capacity(layer.len());
+                for event in layer {
+                    decoded.push((event, event.decode::<Advice>()?));
+                }
+                self.advice_layer(conn, &decoded, &keys, &mut dirty_plants)
+                    .await?;
+            }
+        }
+        if !sittings.is_empty() {
+            for layer in super::layers(sittings) {
+                let mut decoded = Vec::with_capacity(layer.len());
+                for event in layer {
+                    decoded.push((event, event.decode::<Sitting>()?));
+                }
+                self.sitting_layer(conn, &decoded, &mut dirty_sittings)
+                    .await?;
+            }
+        }
+        let plants: Vec<Uuid> = dirty_plants.into_iter().collect();
+        let sittings: Vec<Uuid> = dirty_sittings.into_iter().collect();
+        refresh_queues(conn, &plants, &sittings).await
     }
 }

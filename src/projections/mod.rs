@@ -92,7 +92,68 @@ pub fn search_path(projection: &dyn Projection, first: Option<&str>) -> String {
         .join(", ")
 }
 
+/// Splits a batch into layers for set-based application: the n-th event of each stream in the
+/// batch goes into layer n, in log order. A stream's events keep their order across layers, and
+/// a layer holds at most one event per stream, so where a projection's effects of different
+/// streams commute (each stream writes its own rows), applying layer after layer, each with one
+/// statement per kind of event, has the effect of applying the events one by one.
+pub(crate) fn layers<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+) -> Vec<Vec<&'a StoredEvent>> {
+    let mut depth: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::new();
+    let mut layers: Vec<Vec<&StoredEvent>> = Vec::new();
+    for event in events {
+        let n = depth
+            .entry((event.aggregate_type.as_str(), event.aggregate_id.as_str()))
+            .or_insert(0);
+        if layers.len() <= *n {
+            layers.push(Vec::new());
+        }
+        layers[*n].push(event);
+        *n += 1;
+    }
+    layers
+}
+
 /// An SQL identifier, double-quoted.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Position;
+
+    fn event(position: i64, aggregate_type: &str, id: &str) -> StoredEvent {
+        StoredEvent {
+            position: Position::new(position),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: id.into(),
+            sequence: position,
+            event_type: "E".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            timestamp: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn layers_hold_one_event_per_stream_in_log_order() {
+        let events = [
+            event(1, "Sitting", "a"),
+            event(2, "Sitting", "b"),
+            event(3, "Sitting", "a"),
+            event(4, "Advice", "a"),
+            event(5, "Sitting", "a"),
+            event(6, "Sitting", "b"),
+        ];
+        let layers: Vec<Vec<i64>> = layers(&events)
+            .into_iter()
+            .map(|l| l.iter().map(|e| e.position.global_position).collect())
+            .collect();
+        assert_eq!(layers, vec![vec![1, 2, 4], vec![3, 6], vec![5]]);
+    }
 }

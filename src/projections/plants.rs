@@ -48,9 +48,22 @@ impl Projection for PlantsProjection {
         // take effect in log order.
         let mut created = NewPlants::default();
         let mut updated = PlantUpdates::default();
+        let mut decoded = Vec::with_capacity(events.len());
+        let mut owners = Vec::new();
         for event in events {
+            let plant_event = event.decode::<Plant>()?;
+            if let PlantEvent::PlantCreated { owner_id, .. } = &plant_event {
+                owners.push(*owner_id);
+            }
+            decoded.push((event, plant_event));
+        }
+        owners.sort_unstable();
+        owners.dedup();
+        // The owners' keys at once; a missing key is an erased owner.
+        let keys = self.keys.ciphers(&owners).await?;
+        for (event, plant_event) in decoded {
             let plant_id: Uuid = event.aggregate_id.parse()?;
-            match event.decode::<Plant>()? {
+            match plant_event {
                 PlantEvent::PlantCreated {
                     owner_id,
                     name,
@@ -58,7 +71,7 @@ impl Projection for PlantsProjection {
                     description,
                     care,
                 } => {
-                    if self.keys.is_erased(owner_id).await? {
+                    if !keys.contains_key(&owner_id) {
                         // Its owner was erased: never shown (as the foreign key removes it live).
                         continue;
                     }

@@ -102,7 +102,16 @@ struct Projector {
     /// Side-effect projectors: the connection (outside the pool) holding this instance's
     /// advisory lock; dropping it closes the connection, which releases the lock.
     lock: Mutex<Option<PgConnection>>,
+    /// Read models: log positions the next batch reads. Grows fourfold after each full batch,
+    /// up to [`CATCH_UP_BATCH`], while the projector is far behind (a cold start, a backlog),
+    /// and falls back to the configured batch size once it has caught up.
+    window: std::sync::atomic::AtomicI64,
 }
+
+/// The largest batch a read model reads while catching up on a backlog: set-based projections
+/// write a batch with a few statements per kind of event, so the larger the batch the fewer
+/// round trips per event.
+const CATCH_UP_BATCH: i64 = 10_000;
 
 /// All projectors of the process, their checkpoints, and the wake-up signal.
 #[derive(Clone)]
@@ -150,6 +159,8 @@ impl Projections {
                 begin: format!(
                     "BEGIN; SET LOCAL synchronous_commit = off; \
                      SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
+                     SET LOCAL plan_cache_mode = force_custom_plan; \
+                     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
                      SET LOCAL search_path = {}",
                     super::search_path(projection.as_ref(), None)
                 ),
@@ -157,6 +168,7 @@ impl Projections {
                 checkpoint: watch::channel(Position::START).0,
                 trouble: std::sync::Mutex::new(None),
                 lock: Mutex::new(None),
+                window: std::sync::atomic::AtomicI64::new(settings.batch_size.max(1)),
             })
             .collect();
         Self {
@@ -400,7 +412,22 @@ impl Projections {
         .bind(projection.name())
         .fetch_one(&mut *tx)
         .await?;
-        let events = self.read_events(&mut tx, projection, checkpoint).await?;
+        let base = self.inner.settings.batch_size.max(1);
+        let window = projector
+            .window
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(base);
+        let events = self
+            .read_events(&mut tx, projection, checkpoint, window)
+            .await?;
+        let next = if events.len() as i64 >= window {
+            (window * 4).min(CATCH_UP_BATCH.max(base))
+        } else {
+            base
+        };
+        projector
+            .window
+            .store(next, std::sync::atomic::Ordering::Relaxed);
         let Some(last) = events.last().map(|e| e.position) else {
             tx.commit().await?;
             return Ok(self.outcome(0, 0, Position::new(checkpoint)));
@@ -474,7 +501,9 @@ impl Projections {
                 .bind(projection.name())
                 .fetch_one(&mut *conn)
                 .await?;
-        let events = self.read_events(conn, projection, checkpoint).await?;
+        let events = self
+            .read_events(conn, projection, checkpoint, self.inner.settings.batch_size)
+            .await?;
         if events.is_empty() {
             return Ok(self.outcome(0, 0, Position::new(checkpoint)));
         }
@@ -557,6 +586,7 @@ impl Projections {
         conn: &mut PgConnection,
         projection: &Arc<dyn Projection>,
         checkpoint: i64,
+        limit: i64,
     ) -> anyhow::Result<Vec<StoredEvent>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT global_position, aggregate_type, aggregate_id, sequence, event_type, \
@@ -570,7 +600,7 @@ impl Projections {
               LIMIT $2",
         )
         .bind(checkpoint)
-        .bind(self.inner.settings.batch_size.max(1))
+        .bind(limit.max(1))
         .bind(projection.aggregate_types())
         .fetch_all(&mut *conn)
         .await?;

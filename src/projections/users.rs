@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Projection;
 use crate::commands::user::User;
 use crate::commands::values::Email;
-use crate::events::crypto::{EmailIndex, KeyStore};
+use crate::events::crypto::{Cipher, EmailIndex, KeyStore};
 use crate::events::user::{PasswordHash, UserEvent};
 use crate::events::StoredEvent;
 
@@ -42,178 +43,304 @@ impl Projection for UsersProjection {
         &["public.users"]
     }
 
+    /// Layer by layer (see [`super::layers`]): registrations of a layer in one `INSERT`,
+    /// e-mail verifications in one `UPDATE`, the rarer events one by one. The keys of the
+    /// batch's users are read at once; a missing key is an erased user.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
-        if !events.is_empty() {
-            crate::infra::cache::bump(conn, "users").await?;
+        if events.is_empty() {
+            return Ok(());
         }
+        crate::infra::cache::bump(conn, "users").await?;
+        let mut ids = Vec::with_capacity(events.len());
         for event in events {
-            let user_id: Uuid = event.aggregate_id.parse()?;
-            let decoded = event.decode::<User>()?;
-            if let UserEvent::UserErased { .. } = decoded {
-                erase(conn, user_id).await?;
-                continue;
-            }
-            let cipher = match self.keys.cipher(user_id).await {
-                Ok(cipher) => cipher,
-                Err(crate::events::crypto::CryptoError::KeyMissing(_)) => {
-                    // Erased user: nothing of theirs is readable, so nothing is projected.
+            ids.push(event.aggregate_id.parse::<Uuid>()?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let keys = self.keys.ciphers(&ids).await?;
+        for layer in super::layers(events) {
+            let mut registered = Registered::default();
+            let mut verified: (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<i64>) = Default::default();
+            let mut others = Vec::new();
+            for event in layer {
+                let user_id: Uuid = event.aggregate_id.parse()?;
+                let decoded = event.decode::<User>()?;
+                if let UserEvent::UserErased { .. } = decoded {
+                    others.push((event, user_id, decoded, None));
                     continue;
                 }
-                Err(err) => return Err(err.into()),
-            };
-            match decoded {
-                UserEvent::UserRegistered {
-                    email,
-                    display_name,
-                    password_hash,
-                    role,
-                    botanist_requested,
-                } => {
-                    let email = cipher.open(&email)?;
-                    let email_hash = self
-                        .email_index
-                        .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
-                    sqlx::query(
-                        "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
+                // Erased user: nothing of theirs is readable, so nothing is projected.
+                let Some(cipher) = keys.get(&user_id) else {
+                    continue;
+                };
+                match decoded {
+                    UserEvent::UserRegistered {
+                        email,
+                        display_name,
+                        password_hash,
+                        role,
+                        botanist_requested,
+                    } => {
+                        let email = cipher.open(&email)?;
+                        let email_hash = self
+                            .email_index
+                            .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
+                        registered.ids.push(user_id);
+                        registered.emails.push(email);
+                        registered.hashes.push(email_hash);
+                        registered.names.push(cipher.open(&display_name)?);
+                        registered.passwords.push(open_hash(cipher, password_hash)?);
+                        registered.roles.push(role.as_str());
+                        registered.botanists.push(botanist_requested);
+                        registered.times.push(event.timestamp);
+                        registered.versions.push(event.sequence);
+                    }
+                    UserEvent::EmailVerified => {
+                        verified.0.push(user_id);
+                        verified.1.push(event.timestamp);
+                        verified.2.push(event.sequence);
+                    }
+                    other => others.push((event, user_id, other, Some(cipher))),
+                }
+            }
+            registered.write(conn).await?;
+            if !verified.0.is_empty() {
+                sqlx::query(
+                    "UPDATE users u SET email_verified = true, updated_at = v.at, \
+                            version = v.version \
+                       FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[]) AS v(id, at, version) \
+                      WHERE u.id = v.id AND u.version < v.version",
+                )
+                .bind(&verified.0)
+                .bind(&verified.1)
+                .bind(&verified.2)
+                .execute(&mut *conn)
+                .await?;
+            }
+            for (event, user_id, decoded, cipher) in others {
+                self.apply_one(conn, event, user_id, decoded, cipher)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registrations of one layer.
+#[derive(Default)]
+struct Registered {
+    ids: Vec<Uuid>,
+    emails: Vec<String>,
+    hashes: Vec<Vec<u8>>,
+    names: Vec<String>,
+    passwords: Vec<String>,
+    roles: Vec<&'static str>,
+    botanists: Vec<bool>,
+    times: Vec<DateTime<Utc>>,
+    versions: Vec<i64>,
+}
+
+impl Registered {
+    async fn write(self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
+                                botanist_requested, botanist_status, created_at, updated_at, \
+                                version) \
+             SELECT id, email, email_hash, display_name, password_hash, role, botanist, \
+                    CASE WHEN botanist THEN 'pending' ELSE 'none' END, at, at, version \
+               FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::text[], \
+                           $6::text[], $7::bool[], $8::timestamptz[], $9::int8[]) \
+                    AS r(id, email, email_hash, display_name, password_hash, role, botanist, at, \
+                         version) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&self.ids)
+        .bind(&self.emails)
+        .bind(&self.hashes)
+        .bind(&self.names)
+        .bind(&self.passwords)
+        .bind(&self.roles)
+        .bind(&self.botanists)
+        .bind(&self.times)
+        .bind(&self.versions)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl UsersProjection {
+    /// One event other than a registration or a verification (`cipher`: the user's, `None`
+    /// for `UserErased`).
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &StoredEvent,
+        user_id: Uuid,
+        decoded: UserEvent,
+        cipher: Option<&Cipher>,
+    ) -> anyhow::Result<()> {
+        if let UserEvent::UserErased { .. } = decoded {
+            return erase(conn, user_id).await;
+        }
+        let Some(cipher) = cipher else {
+            return Ok(());
+        };
+        match decoded {
+            UserEvent::UserRegistered {
+                email,
+                display_name,
+                password_hash,
+                role,
+                botanist_requested,
+            } => {
+                let email = cipher.open(&email)?;
+                let email_hash = self
+                    .email_index
+                    .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
+                sqlx::query(
+                    "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
                                             botanist_requested, botanist_status, created_at, \
                                             updated_at, version) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, \
                                  CASE WHEN $7 THEN 'pending' ELSE 'none' END, $8, $8, $9) \
                          ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(user_id)
-                    .bind(&email)
-                    .bind(&email_hash)
-                    .bind(cipher.open(&display_name)?)
-                    .bind(open_hash(&cipher, password_hash)?)
-                    .bind(role.as_str())
-                    .bind(botanist_requested)
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                UserEvent::UserRoleChanged { role, .. } => {
-                    set_user(conn, user_id, event, "role", role.as_str()).await?;
-                }
-                UserEvent::UserDisabled => {
-                    set_user(conn, user_id, event, "status", "disabled").await?;
-                }
-                UserEvent::UserEnabled => {
-                    set_user(conn, user_id, event, "status", "active").await?;
-                }
-                UserEvent::BotanistApproved => {
-                    set_user(conn, user_id, event, "botanist_status", "approved").await?;
-                }
-                UserEvent::BotanistRejected => {
-                    set_user(conn, user_id, event, "botanist_status", "rejected").await?;
-                }
-                UserEvent::EmailVerified => {
-                    sqlx::query(
-                        "UPDATE users SET email_verified = true, updated_at = $2, version = $3 \
+                )
+                .bind(user_id)
+                .bind(&email)
+                .bind(&email_hash)
+                .bind(cipher.open(&display_name)?)
+                .bind(open_hash(cipher, password_hash)?)
+                .bind(role.as_str())
+                .bind(botanist_requested)
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            UserEvent::UserRoleChanged { role, .. } => {
+                set_user(conn, user_id, event, "role", role.as_str()).await?;
+            }
+            UserEvent::UserDisabled => {
+                set_user(conn, user_id, event, "status", "disabled").await?;
+            }
+            UserEvent::UserEnabled => {
+                set_user(conn, user_id, event, "status", "active").await?;
+            }
+            UserEvent::BotanistApproved => {
+                set_user(conn, user_id, event, "botanist_status", "approved").await?;
+            }
+            UserEvent::BotanistRejected => {
+                set_user(conn, user_id, event, "botanist_status", "rejected").await?;
+            }
+            UserEvent::EmailVerified => {
+                sqlx::query(
+                    "UPDATE users SET email_verified = true, updated_at = $2, version = $3 \
                           WHERE id = $1 AND version < $3",
-                    )
-                    .bind(user_id)
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                UserEvent::PasswordChanged { password_hash, .. } => {
-                    let hash = open_hash(&cipher, password_hash)?;
-                    set_user(conn, user_id, event, "password_hash", &hash).await?;
-                }
-                UserEvent::TotpEnrolmentStarted { secret } => {
-                    set_user(conn, user_id, event, "totp_pending", secret.as_str()).await?;
-                }
-                UserEvent::TotpEnabled { recovery_codes } => {
-                    sqlx::query(
-                        "UPDATE users SET mfa_enabled = true, totp_secret = totp_pending, \
+                )
+                .bind(user_id)
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            UserEvent::PasswordChanged { password_hash, .. } => {
+                let hash = open_hash(cipher, password_hash)?;
+                set_user(conn, user_id, event, "password_hash", &hash).await?;
+            }
+            UserEvent::TotpEnrolmentStarted { secret } => {
+                set_user(conn, user_id, event, "totp_pending", secret.as_str()).await?;
+            }
+            UserEvent::TotpEnabled { recovery_codes } => {
+                sqlx::query(
+                    "UPDATE users SET mfa_enabled = true, totp_secret = totp_pending, \
                                 totp_pending = NULL, recovery_codes = $2, updated_at = $3, \
                                 version = $4 \
                           WHERE id = $1 AND version < $4",
-                    )
-                    .bind(user_id)
-                    .bind(recovery_codes)
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                UserEvent::RecoveryCodeUsed { code_hash } => {
-                    sqlx::query(
-                        "UPDATE users SET recovery_codes = array_remove(recovery_codes, $2), \
+                )
+                .bind(user_id)
+                .bind(recovery_codes)
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            UserEvent::RecoveryCodeUsed { code_hash } => {
+                sqlx::query(
+                    "UPDATE users SET recovery_codes = array_remove(recovery_codes, $2), \
                                 updated_at = $3, version = $4 \
                           WHERE id = $1 AND version < $4",
-                    )
-                    .bind(user_id)
-                    .bind(code_hash)
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                UserEvent::TotpDisabled => {
-                    sqlx::query(
-                        "UPDATE users SET mfa_enabled = false, totp_secret = NULL, \
+                )
+                .bind(user_id)
+                .bind(code_hash)
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            UserEvent::TotpDisabled => {
+                sqlx::query(
+                    "UPDATE users SET mfa_enabled = false, totp_secret = NULL, \
                                 totp_pending = NULL, recovery_codes = '{}', updated_at = $2, \
                                 version = $3 \
                           WHERE id = $1 AND version < $3",
-                    )
+                )
+                .bind(user_id)
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
+            }
+            // Handled above, before the key is looked for.
+            UserEvent::UserErased { .. } => {}
+            UserEvent::PasswordResetRequested { .. }
+            | UserEvent::SecondFactorLocked { .. }
+            | UserEvent::LoggedInFromNewDevice { .. } => {
+                sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
                     .bind(user_id)
-                    .bind(event.timestamp)
                     .bind(event.sequence)
                     .execute(&mut *conn)
                     .await?;
-                }
-                // Handled above, before the key is looked for.
-                UserEvent::UserErased { .. } => {}
-                UserEvent::PasswordResetRequested { .. }
-                | UserEvent::SecondFactorLocked { .. }
-                | UserEvent::LoggedInFromNewDevice { .. } => {
-                    sqlx::query("UPDATE users SET version = $2 WHERE id = $1 AND version < $2")
-                        .bind(user_id)
-                        .bind(event.sequence)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                UserEvent::UserProfileUpdated { changes } => {
-                    let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {
-                        field
-                            .as_ref()
-                            .map(|value| value.as_ref().map(|s| cipher.open(s)).transpose())
-                            .transpose()
-                    };
-                    let display_name = changes
-                        .display_name
+            }
+            UserEvent::UserProfileUpdated { changes } => {
+                let open = |field: &Option<Option<crate::events::crypto::Sealed>>| {
+                    field
                         .as_ref()
-                        .map(|s| cipher.open(s))
-                        .transpose()?;
-                    let phone = open(&changes.phone)?;
-                    let city = open(&changes.city)?;
-                    let bio = open(&changes.bio)?;
-                    sqlx::query(
-                        "UPDATE users SET \
+                        .map(|value| value.as_ref().map(|s| cipher.open(s)).transpose())
+                        .transpose()
+                };
+                let display_name = changes
+                    .display_name
+                    .as_ref()
+                    .map(|s| cipher.open(s))
+                    .transpose()?;
+                let phone = open(&changes.phone)?;
+                let city = open(&changes.city)?;
+                let bio = open(&changes.bio)?;
+                sqlx::query(
+                    "UPDATE users SET \
                             display_name = COALESCE($2, display_name), \
                             phone = CASE WHEN $3 THEN $4 ELSE phone END, \
                             city = CASE WHEN $5 THEN $6 ELSE city END, \
                             bio = CASE WHEN $7 THEN $8 ELSE bio END, \
                             updated_at = $9, version = $10 \
                           WHERE id = $1 AND version < $10",
-                    )
-                    .bind(user_id)
-                    .bind(display_name)
-                    .bind(phone.is_some())
-                    .bind(phone.flatten())
-                    .bind(city.is_some())
-                    .bind(city.flatten())
-                    .bind(bio.is_some())
-                    .bind(bio.flatten())
-                    .bind(event.timestamp)
-                    .bind(event.sequence)
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                )
+                .bind(user_id)
+                .bind(display_name)
+                .bind(phone.is_some())
+                .bind(phone.flatten())
+                .bind(city.is_some())
+                .bind(city.flatten())
+                .bind(bio.is_some())
+                .bind(bio.flatten())
+                .bind(event.timestamp)
+                .bind(event.sequence)
+                .execute(&mut *conn)
+                .await?;
             }
         }
         Ok(())

@@ -19,7 +19,20 @@
 //!   (2). The `j`-th sitting of a booked kind is sat by user `j % users` in round `j / users`;
 //!   rounds give each kind its own dates, so no sitter is ever booked twice on one day;
 //! - conversation `c` (1 event) is between users `c % users` and `(c + 1) % users`; message `m`
-//!   (1 event) goes into conversation `m % conversations`.
+//!   (1 event) goes into conversation `m % conversations`;
+//! - with `--applications N` (default 1) every sitting but the cancelled ones gets `N - 1` more
+//!   applications, from the users after its sitter, before the owner accepts;
+//! - botanist `b` (4 events: registered asking to be a botanist, e-mail verified, approved, role
+//!   changed) is `load-{run}-botanist-{b}@load.arosaje.test`;
+//! - advice `a` (2 to 5 events) is given by botanist `a % botanists` on the plant of the
+//!   `a`-th (modulo) sitting that is still open, accepted or in progress, in its context; it is
+//!   revised when `a` is even, validated by the next botanist, rejected by the one after when
+//!   `a % 3 == 0`, and withdrawn when `a % 7 == 0`;
+//! - access record `r` (1 event, sealed under this month's key) is user `r % users` exporting
+//!   their own data.
+//!
+//! Advice, messages and access records are interleaved (one of each in turn), after the
+//! sittings and conversations, so the tail of the log is mixed as a real day's would be.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +44,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::access::{AccessDetails, AccessKind};
 use crate::commands::values::{Email, Password};
+use crate::events::access::AccessEvent;
+use crate::events::advice::{AdviceEvent, Priority, Verdict};
 use crate::events::conversation::{ConversationEvent, MessageEvent};
 use crate::events::crypto::{Cipher, EmailIndex};
 use crate::events::plant::{Care, PlantEvent};
@@ -52,6 +68,14 @@ pub struct LoadOptions {
     pub messages: u64,
     /// Conversations; by default one per 20 messages (at least one when there are messages).
     pub conversations: Option<u64>,
+    /// Applications per sitting (not cancelled), the sitter's included (at least 1).
+    pub applications: u64,
+    /// Botanist accounts (advice needs at least 3: an author and two reviewers).
+    pub botanists: u64,
+    /// Advice, each with its versions and verdicts.
+    pub advice: u64,
+    /// Access records (exports).
+    pub access: u64,
     /// Events per `INSERT` (and per transaction).
     pub batch: usize,
     /// The day the population is made on (today, UTC, from the CLI).
@@ -66,6 +90,10 @@ impl Default for LoadOptions {
             sittings: 0,
             messages: 0,
             conversations: None,
+            applications: 1,
+            botanists: 0,
+            advice: 0,
+            access: 0,
             batch: 5_000,
             today: Utc::now().date_naive(),
         }
@@ -87,6 +115,9 @@ pub struct Plan {
     pub sittings_by_status: [u64; 5],
     pub conversations: u64,
     pub messages: u64,
+    pub botanists: u64,
+    pub advice: u64,
+    pub access: u64,
     pub events: u64,
 }
 
@@ -108,6 +139,22 @@ impl LoadOptions {
         if self.messages > 0 && conversations == 0 {
             anyhow::bail!("messages need a conversation: --conversations must be at least 1");
         }
+        let applications = self.applications.max(1);
+        if applications > 1 && self.users < applications + 1 {
+            anyhow::bail!(
+                "{applications} applications per sitting need at least {} users",
+                applications + 1
+            );
+        }
+        if self.advice > 0 && self.botanists < 3 {
+            anyhow::bail!("advice needs an author and two reviewers: --botanists at least 3");
+        }
+        if self.advice > 0 && self.running_sittings() == 0 {
+            anyhow::bail!("advice goes on sittings still running: --sittings at least 1");
+        }
+        if self.access > 0 && self.users == 0 {
+            anyhow::bail!("access records are exports by users: --users at least 1");
+        }
         let mut by_status = [0; 5];
         for (i, count) in by_status.iter_mut().enumerate() {
             *count = self.sittings / 5 + u64::from((i as u64) < self.sittings % 5);
@@ -116,7 +163,9 @@ impl LoadOptions {
             .iter()
             .zip(SITTING_EVENTS)
             .map(|(n, e)| n * e)
-            .sum();
+            .sum::<u64>()
+            + (self.sittings - by_status[4]) * (applications - 1);
+        let advice_events: u64 = (0..self.advice).map(advice_events).sum();
         Ok(Plan {
             users: self.users,
             plants: self.plants,
@@ -124,14 +173,38 @@ impl LoadOptions {
             sittings_by_status: by_status,
             conversations,
             messages: self.messages,
-            events: 2 * self.users + self.plants + sitting_events + conversations + self.messages,
+            botanists: self.botanists,
+            advice: self.advice,
+            access: self.access,
+            events: 2 * self.users
+                + 4 * self.botanists
+                + self.plants
+                + sitting_events
+                + conversations
+                + self.messages
+                + advice_events
+                + self.access,
         })
+    }
+
+    /// Sittings still running at the end of the load (open, accepted, in progress): advice goes
+    /// on them.
+    fn running_sittings(&self) -> u64 {
+        (0..3)
+            .map(|i| self.sittings / 5 + u64::from(i < self.sittings % 5))
+            .sum()
     }
 
     fn conversations(&self) -> u64 {
         self.conversations
             .unwrap_or_else(|| self.messages.div_ceil(20))
     }
+}
+
+/// Events advice `a` has: given, revised (even `a`), validated, rejected (`a % 3 == 0`),
+/// withdrawn (`a % 7 == 0`).
+fn advice_events(a: u64) -> u64 {
+    2 + u64::from(a % 2 == 0) + u64::from(a % 3 == 0) + u64::from(a % 7 == 0)
 }
 
 /// What a load did.
@@ -180,6 +253,8 @@ struct Generator {
     password_hash: String,
     batch: Batch,
     out: mpsc::Sender<Batch>,
+    /// This month and its access key, for access records.
+    access_key: Option<(NaiveDate, Cipher)>,
 }
 
 /// The receiving end went away (the writer failed): stop generating.
@@ -194,10 +269,30 @@ impl Generator {
         event: &E,
         actor: Uuid,
     ) -> Result<(), Stopped> {
+        self.push_as(
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event,
+            Some(actor),
+            Role::User.as_str(),
+        )
+    }
+
+    /// [`Self::push`] with another actor role (or the system: no actor).
+    fn push_as<E: DomainEvent + Serialize>(
+        &mut self,
+        aggregate_type: &'static str,
+        aggregate_id: &Uuid,
+        sequence: i64,
+        event: &E,
+        actor: Option<Uuid>,
+        role: &str,
+    ) -> Result<(), Stopped> {
         let request = Uuid::new_v4().to_string();
         let metadata = Metadata {
-            actor_id: Some(actor),
-            actor_role: Role::User.as_str().to_string(),
+            actor_id: actor,
+            actor_role: role.to_string(),
             request_id: request.clone(),
             correlation_id: self.run.clone(),
             causation_id: request,
@@ -265,6 +360,9 @@ impl Generator {
             plants.push(id);
             self.maybe_flush()?;
         }
+        let botanists = self.botanists(options.botanists)?;
+        // Sittings still running, for advice: (sitting, plant, plant owner, sitter).
+        let mut running: Vec<(Uuid, Uuid, Uuid, Option<Uuid>)> = Vec::new();
         // The j-th sitting of each kind, for the sitter and the round.
         let mut of_kind = [0u64; 5];
         for k in 0..options.sittings {
@@ -286,18 +384,43 @@ impl Generator {
                 3 => (-11 - 24 * round, -5 - 24 * round),
                 _ => (30 + (k % 60) as i64, 36 + (k % 60) as i64),
             };
-            self.sitting(
+            // More applicants: the users after the sitter, neither owner nor sitter.
+            let others: Vec<usize> = (1..users.len())
+                .map(|i| (sitter + i) % users.len())
+                .filter(|u| *u != owner && *u != sitter)
+                .take(options.applications.max(1) as usize - 1)
+                .collect();
+            let others: Vec<&(Uuid, Cipher)> = others.iter().map(|u| &users[*u]).collect();
+            let id = self.sitting(
                 kind,
                 &users[owner],
                 &users[sitter],
-                plants[plant as usize],
-                (self.day(starts), self.day(ends)),
+                &others,
+                (plants[plant as usize], (self.day(starts), self.day(ends))),
                 k,
             )?;
+            if kind <= 2 {
+                let sitter = (kind > 0).then_some(users[sitter].0);
+                running.push((id, plants[plant as usize], users[owner].0, sitter));
+            }
             self.maybe_flush()?;
         }
         let conversations = self.conversations(plan.conversations, &users)?;
-        for m in 0..plan.messages {
+        // Advice, messages and access records in turn.
+        let tail = plan.advice.max(plan.messages).max(plan.access);
+        for i in 0..tail {
+            if i < plan.advice {
+                self.advice(i, &botanists, &running)?;
+            }
+            if i < plan.access {
+                let user = users[(i % options.users) as usize].0;
+                self.access(user)?;
+            }
+            if i >= plan.messages {
+                self.maybe_flush()?;
+                continue;
+            }
+            let m = i;
             let c = (m % plan.conversations) as usize;
             let (conversation, a, b) = conversations[c];
             let sender = if (m / plan.conversations) % 2 == 0 {
@@ -319,6 +442,121 @@ impl Generator {
             self.maybe_flush()?;
         }
         self.flush()
+    }
+
+    /// Botanist accounts: registered asking to be one, verified, approved, made BOTANIST.
+    fn botanists(&mut self, count: u64) -> Result<Vec<(Uuid, Cipher)>, Stopped> {
+        let mut botanists = Vec::with_capacity(count as usize);
+        for b in 0..count {
+            let id = Uuid::now_v7();
+            let key = Aes256Gcm::generate_key(&mut OsRng).to_vec();
+            let cipher = Cipher::new(id, &key).map_err(|_| Stopped)?;
+            let email = format!("load-{}-botanist-{b}@load.arosaje.test", self.run_tag());
+            let parsed = Email::parse(&email).map_err(|_| Stopped)?;
+            self.batch.user_keys.push((id, key));
+            self.batch
+                .email_claims
+                .push((self.email_index.hash(&parsed), id));
+            let registered = UserEvent::UserRegistered {
+                email: cipher.seal(parsed.as_str()),
+                display_name: cipher.seal(&format!("Botaniste {b}")),
+                password_hash: PasswordHash::Sealed(cipher.seal(&self.password_hash)),
+                role: Role::User,
+                botanist_requested: true,
+            };
+            self.push("User", &id, 1, &registered, id)?;
+            self.push("User", &id, 2, &UserEvent::EmailVerified, id)?;
+            let system = Role::Admin.as_str();
+            self.push_as("User", &id, 3, &UserEvent::BotanistApproved, None, system)?;
+            let promoted = UserEvent::UserRoleChanged {
+                role: Role::Botanist,
+                previous: Role::User,
+            };
+            self.push_as("User", &id, 4, &promoted, None, system)?;
+            botanists.push((id, cipher));
+            self.maybe_flush()?;
+        }
+        Ok(botanists)
+    }
+
+    /// Advice `a` (see the module documentation) on a running sitting's plant.
+    fn advice(
+        &mut self,
+        a: u64,
+        botanists: &[(Uuid, Cipher)],
+        running: &[(Uuid, Uuid, Uuid, Option<Uuid>)],
+    ) -> Result<(), Stopped> {
+        let n = botanists.len() as u64;
+        let (author, cipher) = &botanists[(a % n) as usize];
+        let (sitting, plant, owner, sitter) = running[(a % running.len() as u64) as usize];
+        let id = Uuid::now_v7();
+        let priority = [Priority::Normal, Priority::Urgent, Priority::FollowUp][(a % 3) as usize];
+        let botanist = Role::Botanist.as_str();
+        let mut events = vec![(
+            AdviceEvent::AdviceGiven {
+                author_id: *author,
+                plant_id: plant,
+                plant_owner_id: owner,
+                sitting_id: Some(sitting),
+                sitter_id: sitter,
+                priority,
+                body: cipher.seal(ADVICE[(a as usize) % ADVICE.len()]),
+            },
+            *author,
+        )];
+        let mut version = 1;
+        if a % 2 == 0 {
+            version = 2;
+            let revised = AdviceEvent::AdviceRevised {
+                version,
+                priority: Priority::Normal,
+                body: cipher.seal("Finalement : arroser une fois par semaine."),
+            };
+            events.push((revised, *author));
+        }
+        let (validator, validator_cipher) = &botanists[((a + 1) % n) as usize];
+        let validated = AdviceEvent::AdviceReviewed {
+            botanist_id: *validator,
+            verdict: Verdict::Validated,
+            advice_version: version,
+            comment: Some(validator_cipher.seal("D'accord.")),
+        };
+        events.push((validated, *validator));
+        if a % 3 == 0 {
+            let rejecter = botanists[((a + 2) % n) as usize].0;
+            let rejected = AdviceEvent::AdviceReviewed {
+                botanist_id: rejecter,
+                verdict: Verdict::Rejected,
+                advice_version: version,
+                comment: None,
+            };
+            events.push((rejected, rejecter));
+        }
+        if a % 7 == 0 {
+            events.push((AdviceEvent::AdviceWithdrawn { by: *author }, *author));
+        }
+        for (i, (event, actor)) in events.iter().enumerate() {
+            self.push_as("Advice", &id, i as i64 + 1, event, Some(*actor), botanist)?;
+        }
+        Ok(())
+    }
+
+    /// One access record: `user` exported their own data.
+    fn access(&mut self, user: Uuid) -> Result<(), Stopped> {
+        let Some((month, cipher)) = self.access_key.clone() else {
+            return Err(Stopped);
+        };
+        let details = AccessDetails {
+            kind: AccessKind::Export,
+            subject_id: Some(user),
+            reason: None,
+            query: serde_json::json!({}),
+        };
+        let event = AccessEvent::AccessRecorded {
+            month: crate::access::month_label(month),
+            details: cipher.seal(&serde_json::to_string(&details).unwrap_or_default()),
+        };
+        self.push("Access", &Uuid::now_v7(), 1, &event, user)
     }
 
     /// Registered and verified users: (id, cipher).
@@ -365,10 +603,10 @@ impl Generator {
         kind: usize,
         (owner, owner_cipher): &(Uuid, Cipher),
         (sitter, sitter_cipher): &(Uuid, Cipher),
-        plant: Uuid,
-        (starts_on, ends_on): (NaiveDate, NaiveDate),
+        others: &[&(Uuid, Cipher)],
+        (plant, (starts_on, ends_on)): (Uuid, (NaiveDate, NaiveDate)),
         k: u64,
-    ) -> Result<(), Stopped> {
+    ) -> Result<Uuid, Stopped> {
         let (owner, sitter) = (*owner, *sitter);
         let id = Uuid::now_v7();
         let place = CITIES[(k as usize) % CITIES.len()];
@@ -401,6 +639,13 @@ impl Generator {
                 message: Some(sitter_cipher.seal("Disponible ces dates-là.")),
             };
             events.push((applied, sitter));
+            for (other, other_cipher) in others {
+                let applied = SittingEvent::ApplicationSubmitted {
+                    applicant_id: *other,
+                    message: Some(other_cipher.seal("Je peux aussi, si besoin.")),
+                };
+                events.push((applied, *other));
+            }
         }
         if (1..=3).contains(&kind) {
             events.push((SittingEvent::SitterAccepted { sitter_id: sitter }, owner));
@@ -438,7 +683,7 @@ impl Generator {
         for (i, (event, actor)) in events.iter().enumerate() {
             self.push("Sitting", &id, i as i64 + 1, event, *actor)?;
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Conversations: (id, first participant, second).
@@ -477,6 +722,12 @@ pub async fn load(
         .map_err(|e| anyhow::anyhow!("the load password {e}"))?;
     let password_hash = crate::identity::passwords::hash_password(password).await?;
     let started = Instant::now();
+    let access_key = if plan.access > 0 {
+        let month = crate::access::month_of(options.today);
+        Some((month, app.month_keys.current(month).await?))
+    } else {
+        None
+    };
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
     let generator = Generator {
         run: format!("seed-load-{}", Uuid::now_v7().simple()),
@@ -486,6 +737,7 @@ pub async fn load(
         password_hash,
         batch: Batch::default(),
         out: tx,
+        access_key,
     };
     let (gen_options, gen_plan) = (options.clone(), plan.clone());
     let generating =
@@ -504,7 +756,15 @@ pub async fn load(
     if !generating.await? {
         anyhow::bail!("seed load: the generator stopped early");
     }
-    for aggregate_type in ["User", "Plant", "Sitting", "Conversation", "Message"] {
+    for aggregate_type in [
+        "User",
+        "Plant",
+        "Sitting",
+        "Conversation",
+        "Message",
+        "Advice",
+        "Access",
+    ] {
         app.store.appended(aggregate_type);
     }
     skip_side_effects(app, head_before, last).await?;
@@ -695,6 +955,11 @@ const CITIES: &[(&str, f64, f64)] = &[
     ("Nantes", 47.2184, -1.5536),
     ("Toulouse", 43.6047, 1.4442),
     ("Lille", 50.6292, 3.0573),
+];
+const ADVICE: &[&str] = &[
+    "Moins d'eau en hiver, la terre doit sécher entre deux arrosages.",
+    "Tourner le pot d'un quart chaque semaine pour une pousse régulière.",
+    "Les feuilles jaunes : trop d'eau, espacer les arrosages.",
 ];
 const MESSAGES: &[&str] = &[
     "Bonjour, les plantes vont bien ?",

@@ -49,4 +49,11 @@ pub async fn catch_up_read_models(app: &App) -> anyhow::Result<()> {
 }
 
 /// The read models, in the order a rebuild runs them.
-pub const READ_MODELS: &[&str] = &["users", "plants", "sittings", "advice", "messaging"];
+pub const READ_MODELS: &[&str] = &[
+    "users",
+    "plants",
+    "sittings",
+    "advice",
+    "messaging",
+    "access",
+];

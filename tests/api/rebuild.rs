@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::advice::{advise, botanists};
 use crate::helpers::{unique_email, TestApp};
@@ -629,4 +630,152 @@ async fn an_outdated_read_model_is_rebuilt_at_start_up(
     settle(&t).await;
     assert_eq!(snapshot(&t.pool, &models).await, before);
     assert_eq!(t.get("/api/plants", &token).await.status, StatusCode::OK);
+}
+
+/// A `seed load` of every kind (botanists, advice with versions and verdicts, several
+/// applications per sitting, reports, reviews, messages, access records), projected live by the
+/// runner's batches, is what a rebuild of each model makes in batches cut elsewhere; and the
+/// load is one the aggregates and the tamper evidence accept.
+#[sqlx::test]
+async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
+    options_: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use arosaje::seed::load::{self, LoadOptions};
+    let t = TestApp::with_config(options_, connect, crate::helpers::config(), false).await;
+    let sizes = LoadOptions {
+        users: 9,
+        plants: 12,
+        sittings: 31,
+        messages: 40,
+        conversations: Some(4),
+        applications: 3,
+        botanists: 4,
+        advice: 29,
+        access: 6,
+        batch: 17,
+        ..Default::default()
+    };
+    let plan = sizes.plan().expect("plan");
+    let report = load::load(&t.app, &sizes, &|_, _| {})
+        .await
+        .expect("seed load");
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged as u64, plan.events);
+    assert_eq!(report.plan, plan);
+    load::catch_up(&t.app).await.expect("catch up");
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0);
+
+    // Every model has work: rows in each of its tables (a load uploads no photos).
+    let models = read_models(&t);
+    let before = snapshot(&t.pool, &models).await;
+    for (table, rows) in &before {
+        if table != "public.plant_photos" {
+            assert!(!rows.is_empty(), "{table} is empty after the load");
+        }
+    }
+    let count = |sql: &'static str| {
+        let pool = t.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM advice").await, 29);
+    // Given, plus one version per even advice.
+    assert_eq!(count("SELECT count(*) FROM advice_versions").await, 29 + 15);
+    // Validated by one botanist, rejected by another when `a % 3 == 0`.
+    assert_eq!(count("SELECT count(*) FROM advice_reviews").await, 29 + 10);
+    assert_eq!(
+        count("SELECT count(*) FROM advice WHERE state = 'withdrawn'").await,
+        5
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM users WHERE role = 'BOTANIST'").await,
+        4
+    );
+    // Two more applications on each sitting that was not cancelled.
+    assert_eq!(
+        count("SELECT count(*) FROM sitting_applications").await,
+        3 * (31 - plan.sittings_by_status[4] as i64)
+    );
+    assert_eq!(count("SELECT count(*) FROM monitoring.access_log").await, 6);
+    assert!(count("SELECT count(*) FROM advice_queue WHERE advice_count > 0").await > 0);
+
+    // A rebuild of each, in batches of 7 log positions, compared with the live model...
+    for projection in &models {
+        let report = rebuild::rebuild(&t.pool, projection.as_ref(), &options(7, true), &|_| {})
+            .await
+            .expect("dry run");
+        let differences = report.differences.clone().expect("differences");
+        assert!(
+            differences.iter().all(|d| d.is_empty()),
+            "{}: {differences:?}",
+            projection.name()
+        );
+        assert!(report.events > 0, "{report:?}");
+    }
+    // ... and swapped in, in batches of 1,000: the same rows, foreign keys validated.
+    for projection in &models {
+        let report = rebuild::rebuild(
+            &t.pool,
+            projection.as_ref(),
+            &options(1_000, false),
+            &|_| {},
+        )
+        .await
+        .expect("rebuild");
+        assert_eq!(report.parked, 0, "{report:?}");
+    }
+    assert_eq!(snapshot(&t.pool, &models).await, before);
+    let unvalidated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(unvalidated, 0);
+
+    // The aggregates load the advice: another botanist's verdict on a loaded advice is taken.
+    let (advice, author): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT id, author_id FROM advice WHERE state = 'active' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    let reviewer: String = sqlx::query_scalar(
+        "SELECT email FROM users WHERE role = 'BOTANIST' AND id <> $1 \
+            AND id NOT IN (SELECT botanist_id FROM advice_reviews WHERE advice_id = $2) LIMIT 1",
+    )
+    .bind(author)
+    .bind(advice)
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    let _projectors = t.app.start_projectors();
+    let login = t.login(&reviewer, load::LOAD_PASSWORD).await;
+    assert_eq!(login.status, StatusCode::OK, "{login:?}");
+    let token = login.body["access_token"].as_str().expect("token");
+    let reviewed = t
+        .post(
+            &format!("/api/advice/{advice}/validate"),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert!(reviewed.status.is_success(), "{reviewed:?}");
+    let key = arosaje::audit::checkpoint_key(&t.app.config);
+    let verified = arosaje::audit::verify(&t.pool, &key, &|_, _| {})
+        .await
+        .expect("verify");
+    assert!(verified.broken.is_none(), "{:?}", verified.broken);
 }
