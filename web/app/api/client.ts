@@ -77,7 +77,17 @@ export async function ok<T>(call: Promise<{ data?: T; error?: unknown; response:
   } catch {
     throw await toApiError(null)
   }
-  if (!result.response.ok) throw await toApiError(result.response)
+  const response = result.response
+  if (!response.ok) {
+    // openapi-fetch has read the body already: its error is the API's error body.
+    const body = result.error as Partial<ApiErrorBody> | undefined
+    const retry = response.headers.get('retry-after')
+    if (body?.error?.code) {
+      throw new ApiError(response.status, body.error.code, body.error.message, body.error.fields ?? {},
+        retry ? Number(retry) : null)
+    }
+    throw await toApiError(response)
+  }
   return result.data as T
 }
 

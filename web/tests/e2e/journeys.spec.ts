@@ -98,6 +98,7 @@ test('account: register, verify by the mailed link, TOTP with recovery codes, se
 })
 
 test('owner and sitter: plant with photo, sitting on a map, apply, accept, start, report with photos, live message', async ({ browser }, info) => {
+  test.setTimeout(300_000)
   const owner = await person(browser, info)
   const sitter = await person(browser, info)
   const ownerEmail = email('owner', info)
