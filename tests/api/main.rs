@@ -33,3 +33,4 @@ mod seed;
 mod sittings;
 mod smtp;
 mod upcasting;
+mod web;
