@@ -192,7 +192,7 @@ test('owner and sitter: plant with photo, sitting on a map, apply, accept, start
   writeResult(`message-delay-${info.project.name}`, { delay_ms: delay, note: 'from pressing Enter in one browser context to the text shown in the other' })
   await check(owner, 'messages-owner', info)
 
-  // The sitter answers; then completes, and both can review.
+  // The sitter answers; the owner sees it live; the sitter finds it by search.
   await sitter.getByLabel('Votre message').fill('Oui, tout pousse !')
   await sitter.getByLabel('Votre message').press('Enter')
   await expect(owner.getByTestId('thread')).toContainText('Oui, tout pousse !')
