@@ -40,4 +40,22 @@ fi
 if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then
   set -- serve "$@"
 fi
+
+# The web app (web/), which `serve` then offers at / (WEB_DIR, default web/.output/public):
+# built when npm is there and its sources changed since the last build; skipped without npm.
+if [ "$1" = serve ] && [ -f web/package.json ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[run] npm not found: serving the API without the web app (install Node.js to get it)"
+  elif [ ! -f web/.output/public/index.html ] \
+      || [ -n "$(find web/app web/i18n web/public web/nuxt.config.ts web/package-lock.json \
+                 -newer web/.output/public/index.html -print -quit)" ]; then
+    echo "[run] building the web app (web/)"
+    ( cd web
+      if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+        npm ci --no-audit --no-fund --loglevel=error
+      fi
+      npm run --silent generate >/dev/null ) \
+      || echo "[run] the web app did not build; serving the API alone" >&2
+  fi
+fi
 exec cargo run --release --locked -- "$@"

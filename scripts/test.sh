@@ -8,7 +8,8 @@ export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 cargo test --locked "$@"
 # With no filter given (the whole suite): a TypeScript client generated from the document must
-# type-check too.
+# type-check too, and the web app passes its tests in a real browser against the real API.
 if [ "$#" -eq 0 ]; then
     ./scripts/check-client.sh
+    ./scripts/test-web.sh
 fi

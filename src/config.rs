@@ -254,6 +254,14 @@ pub struct Config {
     /// Base URL of the front end, for links in mails.
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8000")]
     pub public_url: String,
+    /// The built web app (`web/.output/public`) to serve at `/`; `serve` uses that folder when
+    /// this is unset and it exists; empty: no web app.
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
+    /// The map tiles the web app loads (`https://tile.example/{z}/{x}/{y}.png`): its origin is
+    /// added to `img-src` of the web app's CSP. Unset: no tiles.
+    #[arg(long, env = "WEB_TILE_URL")]
+    pub web_tile_url: Option<String>,
     /// Rate-limit window, in seconds.
     #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     pub rate_limit_window_secs: u64,

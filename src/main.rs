@@ -631,7 +631,10 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    if config.web_dir.is_none() {
+        config.web_dir = api::web::Site::default_dir();
+    }
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

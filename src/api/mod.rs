@@ -23,6 +23,7 @@ pub mod security_log;
 pub mod sittings;
 pub mod token;
 pub mod users;
+pub mod web;
 pub mod ws;
 
 use std::time::{Duration, Instant};
@@ -58,8 +59,10 @@ pub fn with_layers(routes: Router<App>, app: App) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let https = app.config.public_url.starts_with("https://");
     let proxies = app.config.trusted_proxies.clone();
+    // Unknown paths: the web app when one is configured (never under the API's paths), else 404.
+    let site = web::Site::load(&app.config);
     routes
-        .fallback(|| async { ApiError::NotFound("route") })
+        .fallback(move |request: Request| web::fallback(site.clone(), request))
         .method_not_allowed_fallback(|| async {
             error::error_answer(
                 StatusCode::METHOD_NOT_ALLOWED,

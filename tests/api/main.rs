@@ -34,3 +34,4 @@ mod seed;
 mod sittings;
 mod smtp;
 mod upcasting;
+mod web;

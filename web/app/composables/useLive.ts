@@ -1,0 +1,24 @@
+import { api, ok } from '~/api/client'
+import { Live, type LiveState } from '~/api/live'
+
+let live: Live | null = null
+
+/** The one live connection of this tab, opened on first use while signed in. */
+export function useLive() {
+  if (!live) {
+    live = new Live({
+      ticket: async () => (await ok(api.POST('/api/ws/ticket'))).ticket,
+      url: (ticket) => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?ticket=${encodeURIComponent(ticket)}`,
+    })
+  }
+  const state = ref<LiveState>(live.state)
+  const off = live.onState((s) => (state.value = s))
+  onBeforeUnmount(() => off())
+  return { live, state }
+}
+
+/** Closes the live connection (sign-out). */
+export function stopLive() {
+  live?.stop()
+  live = null
+}
