@@ -6,152 +6,12 @@
 //! `postgres://postgres:postgres@127.0.0.1:5432/postgres`), `REDIS_URL`, `BENCH_SECS` (per phase,
 //! default 5), `BENCH_CLIENTS` (default `1,8,32`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
 
 mod common;
-use common::ms;
-
-struct Run {
-    ok: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn per_second(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-    fn percentile(&self, p: f64) -> Duration {
-        common::percentile(&self.latencies, p)
-    }
-}
-
-fn plant_body(i: usize) -> Value {
-    json!({"name": format!("Monstera {i}"), "species": "Monstera deliciosa",
-           "care": {"watering_interval_days": 7, "light": "bright, indirect", "notes": "mist weekly"}})
-}
-
-/// `clients` tasks each POST plants as fast as they can (or at `rate` per second in total).
-async fn drive(
-    http: &reqwest::Client,
-    base: &str,
-    tokens: &[String],
-    clients: usize,
-    duration: Duration,
-    rate: Option<f64>,
-) -> Run {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let http = http.clone();
-        let url = format!("{base}/api/plants");
-        let token = tokens[c % tokens.len()].clone();
-        let stop = stop.clone();
-        let pace = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            let mut ticker = pace.map(|p| {
-                let mut t = tokio::time::interval(p);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                let sent = Instant::now();
-                let reply = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&plant_body(i))
-                    .send()
-                    .await;
-                match reply {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(sent.elapsed());
-                    }
-                    _ => errors += 1,
-                }
-                i += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut run = Run {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
-    for task in tasks {
-        if let Ok((latencies, errors)) = task.await {
-            run.ok += latencies.len();
-            run.errors += errors;
-            run.latencies.extend(latencies);
-        }
-    }
-    run.elapsed = start.elapsed();
-    run.latencies.sort_unstable();
-    run
-}
-
-/// Plain INSERTs of the same JSON payload through the application's pool.
-async fn plain_inserts(
-    pool: &sqlx::PgPool,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS bench_plain (id uuid PRIMARY KEY, owner_id uuid NOT NULL, \
-         payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(pool)
-    .await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let pool = pool.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let owner = uuid::Uuid::new_v4();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let done = sqlx::query(
-                    "INSERT INTO bench_plain (id, owner_id, payload) VALUES ($1, $2, $3)",
-                )
-                .bind(uuid::Uuid::now_v7())
-                .bind(owner)
-                .bind(plant_body(n))
-                .execute(&pool)
-                .await;
-                if done.is_ok() {
-                    n += 1;
-                }
-            }
-            n
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap_or(0);
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
+use common::{drive, ms, plain_inserts, Ask};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -183,14 +43,15 @@ async fn main() -> anyhow::Result<()> {
             let login = common::account(&http, &base, &format!("bench{i}@example.com")).await?;
             tokens.push(login["access_token"].as_str().context("token")?.to_string());
         }
+        let url = format!("{base}/api/plants");
         // Warm-up.
-        drive(&http, &base, &tokens, 4, Duration::from_millis(500), None).await;
+        drive(&http, &url, Ask::PostPlant, &tokens, 4, Duration::from_millis(500), None).await;
 
         println!("create-plant over HTTP ({secs} s per run, read-your-writes on)");
         println!("{:>8} {:>12} {:>10} {:>10} {:>7}", "clients", "commands/s", "p50", "p99", "errors");
         let mut at_max = 0.0;
         for &clients in &client_counts {
-            let run = drive(&http, &base, &tokens, clients, duration, None).await;
+            let run = drive(&http, &url, Ask::PostPlant, &tokens, clients, duration, None).await;
             println!(
                 "{clients:>8} {:>12.0} {:>10} {:>10} {:>7}",
                 run.per_second(),
@@ -210,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         // Projection lag at half the load measured above.
         let rate = at_max / 2.0;
         let phase_start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
-        let run = drive(&http, &base, &tokens, max_clients, duration, Some(rate)).await;
+        let run = drive(&http, &url, Ask::PostPlant, &tokens, max_clients, duration, Some(rate)).await;
         let (p50, p99, n): (Option<f64>, Option<f64>, i64) = sqlx::query_as(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), \
                     percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*) \

@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
     let template = std::env::var("BENCH_TEMPLATE").ok();
-    let db = common::BenchDb::create_from(template.as_deref()).await?;
+    let db = common::BenchDb::create_from(template.as_deref(), "").await?;
     let result = run(&db, scale, batch, template.is_some()).await;
     db.drop_database().await?;
     result

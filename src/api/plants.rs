@@ -241,18 +241,51 @@ async fn create_plant(
         notes: patch.care.notes.flatten(),
     };
     let id = Uuid::now_v7();
+    let species = patch.species.flatten();
+    let description = patch.description.flatten();
+    // The read model's row as the projection writes it from PlantCreated (same values, created
+    // and updated at the event's timestamp, version 1): once the projection has passed the event,
+    // answering it needs no read back.
+    let mut plant = PlantView {
+        id,
+        owner_id: auth.user_id,
+        name: name.clone().into_inner(),
+        species: species.clone(),
+        description: description.clone(),
+        care: CareView {
+            watering_interval_days: care.watering_interval_days,
+            light: care.light.clone(),
+            notes: care.notes.clone(),
+        },
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
+        updated_at: DateTime::<Utc>::UNIX_EPOCH,
+        version: 0,
+    };
     let command = PlantCommand::CreatePlant {
         owner_id: auth.user_id,
         name,
-        species: patch.species.flatten(),
-        description: patch.description.flatten(),
+        species,
+        description,
         care,
     };
     let committed = app
         .store
         .execute_new::<Plant>(&id.to_string(), command, &(), &auth.metadata(meta))
         .await?;
-    respond(&app, id, &committed, StatusCode::CREATED).await
+    let Some(at) = committed.at else {
+        return respond(&app, id, &committed, StatusCode::CREATED).await;
+    };
+    if !super::settle(&app, "Plant", &committed).await {
+        return Ok(super::accepted(id, &committed));
+    }
+    plant.created_at = at;
+    plant.updated_at = at;
+    plant.version = committed.version;
+    Ok((
+        StatusCode::CREATED,
+        Json(super::positioned(plant, &committed)),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

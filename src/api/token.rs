@@ -142,8 +142,12 @@ impl AuthUser {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
+    bearer_token(&parts.headers)
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -159,7 +163,20 @@ impl FromRequestParts<App> for AuthUser {
             ApiError::unauthorized("missing_token", "send `Authorization: Bearer <token>`")
         })?;
         let claims = app.jwt.verify(token)?;
-        let session = app.sessions.get(claims.sub, claims.sid).await?;
+        // The rate limiter read this session in its round trip (see `limits::SessionRead`).
+        let read = parts
+            .extensions
+            .get::<super::limits::SessionRead>()
+            .filter(|read| read.user_id == claims.sub && read.session_id == claims.sid)
+            .cloned();
+        let session = match read {
+            Some(read) => {
+                app.sessions
+                    .judge(claims.sub, claims.sid, read.value)
+                    .await?
+            }
+            None => app.sessions.get(claims.sub, claims.sid).await?,
+        };
         let Some((session, role)) = session.and_then(|s| s.role.map(|role| (s, role))) else {
             return Err(ApiError::unauthorized(
                 "session_revoked",

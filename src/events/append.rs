@@ -2,6 +2,7 @@
 //! single-event commands. Every append takes the commit-order lock (a statement trigger on
 //! `events`), so positions become visible in commit order.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -32,11 +33,12 @@ pub(super) async fn append_grouped<A: Aggregate>(
         .await
         .map_err(|message| CommandError::Internal(anyhow::anyhow!(message)))?;
     match verdict {
-        Some(position) => {
+        Some((position, at)) => {
             metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(1);
             Ok(Committed {
                 version,
                 position: Some(position),
+                at: Some(at),
             })
         }
         None => Err(CommandError::Conflict),
@@ -64,13 +66,13 @@ pub(super) async fn append<A: Aggregate>(
         versions.push(event.event_version());
         payloads.push(serde_json::to_value(event).map_err(internal)?);
     }
-    let rows: Vec<i64> = sqlx::query_scalar(
+    let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO events \
              (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          SELECT $1, $2, seq, etype, ever, payload, $7 \
            FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
                 AS e(seq, etype, ever, payload) \
-         RETURNING global_position",
+         RETURNING global_position, timestamp",
     )
     .bind(A::TYPE)
     .bind(aggregate_id)
@@ -82,9 +84,10 @@ pub(super) async fn append<A: Aggregate>(
     .fetch_all(&mut *conn)
     .await?;
     metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
-    let position = rows.into_iter().max().map(Position::new);
+    let last = rows.into_iter().max();
     Ok(Committed {
         version: (current_sequence + n) as i64,
-        position,
+        position: last.map(|(position, _)| Position::new(position)),
+        at: last.map(|(_, at)| at),
     })
 }

@@ -9,14 +9,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::Position;
 
-/// The verdict on one append: its position, or `None` when the sequence was already taken.
-pub type Verdict = Result<Option<Position>, String>;
+/// The verdict on one append: its position and timestamp, or `None` when the sequence was
+/// already taken.
+pub type Verdict = Result<Option<(Position, DateTime<Utc>)>, String>;
 
 /// One event to append at `sequence` of its aggregate's stream.
 pub struct NewEvent {
@@ -94,8 +96,8 @@ async fn write_groups(
 
 type Key = (&'static str, String, i64);
 
-/// A returned row: aggregate type, aggregate id, sequence, global position.
-type InsertedRow = (String, String, i64, i64);
+/// A returned row: aggregate type, aggregate id, sequence, global position, timestamp.
+type InsertedRow = (String, String, i64, i64, DateTime<Utc>);
 
 async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     // Two appends of the same version in one group: the first one competes, the others lost.
@@ -138,7 +140,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
                               $6::jsonb[], $7::jsonb[]) \
          ON CONFLICT DO NOTHING \
-         RETURNING aggregate_type, aggregate_id, sequence, global_position",
+         RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp",
     )
     .bind(&types)
     .bind(&ids)
@@ -152,11 +154,12 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
 
     match inserted {
         Ok(rows) => {
-            let mut positions: HashMap<(String, String, i64), Position> = HashMap::new();
-            for (aggregate_type, aggregate_id, sequence, position) in rows {
+            let mut positions: HashMap<(String, String, i64), (Position, DateTime<Utc>)> =
+                HashMap::new();
+            for (aggregate_type, aggregate_id, sequence, position, at) in rows {
                 positions.insert(
                     (aggregate_type, aggregate_id, sequence),
-                    Position::new(position),
+                    (Position::new(position), at),
                 );
             }
             for request in writing {

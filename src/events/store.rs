@@ -30,6 +30,8 @@ pub struct Committed {
     pub version: i64,
     /// Position of the last event appended; `None` when the command changed nothing.
     pub position: Option<Position>,
+    /// The timestamp of the events appended (their transaction's); `None` when none were.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +171,7 @@ impl EventStore {
                 return Ok(Committed {
                     version: sequence as i64,
                     position: None,
+                    at: None,
                 });
             }
             let mut tx = self.pool.begin().await.map_err(internal)?;
@@ -242,6 +245,7 @@ impl EventStore {
                 return Ok(Committed {
                     version: sequence as i64,
                     position: None,
+                    at: None,
                 });
             }
             let appended = match (&self.group, events.as_slice()) {

@@ -11,14 +11,31 @@ use tokio::sync::Notify;
 /// instances through one coalesced `NOTIFY arosaje_events` (`outbound`, sent by
 /// [`run_notifier`]). A trigger that notified inside every append transaction would serialise all
 /// appends, fsync included, on PostgreSQL's notification queue lock.
-#[derive(Default)]
 pub struct Wakeups {
     /// Each local projector's wake-up, with the aggregate types it reads.
     local: std::sync::RwLock<Vec<(&'static [&'static str], Arc<Notify>)>>,
     outbound: Notify,
+    /// This process's name in its notifications' payload: its own listener hears them too, and
+    /// skips them (the appends already woke the projectors that read them).
+    instance: String,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Self {
+            local: std::sync::RwLock::default(),
+            outbound: Notify::new(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
 }
 
 impl Wakeups {
+    /// Whether a notification's payload says it came from this process.
+    pub fn is_own(&self, payload: &str) -> bool {
+        payload == self.instance
+    }
+
     /// The wake-up of a projector that reads `aggregate_types`.
     pub fn subscribe(&self, aggregate_types: &'static [&'static str]) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
@@ -51,12 +68,13 @@ impl Wakeups {
     }
 }
 
-/// Sends `NOTIFY arosaje_events` after local appends; appends that happen while one is in flight
-/// share the next one.
+/// Sends `NOTIFY arosaje_events` after local appends, with this process's instance id as payload;
+/// appends that happen while one is in flight share the next one.
 pub async fn run_notifier(pool: PgPool, wakeups: Arc<Wakeups>) {
     loop {
         wakeups.outbound.notified().await;
-        if let Err(err) = sqlx::query("SELECT pg_notify('arosaje_events', '')")
+        if let Err(err) = sqlx::query("SELECT pg_notify('arosaje_events', $1)")
+            .bind(&wakeups.instance)
             .execute(&pool)
             .await
         {

@@ -58,7 +58,7 @@ impl RateLimiter {
         let window_ms = quota.window.as_millis().max(1) as u64;
         let interval_ms = (window_ms / u64::from(quota.limit.max(1))).max(1);
         let key = key.to_string();
-        let (allowed, retry_ms, remaining, reset_ms): (i64, i64, i64, i64) = self
+        let verdict: (i64, i64, i64, i64) = self
             .redis
             .call(|mut conn| async move {
                 redis::Script::new(GCRA)
@@ -69,12 +69,53 @@ impl RateLimiter {
                     .await
             })
             .await?;
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: quota.limit,
-            remaining: remaining.max(0) as u32,
-            retry_after: Duration::from_millis(retry_ms.max(0) as u64),
-            reset_after: Duration::from_millis(reset_ms.max(0) as u64),
-        })
+        Ok(decision(verdict, quota))
+    }
+
+    /// As [`RateLimiter::check`], and reads field `field` of hash `hash` in the same round trip
+    /// (a pipeline: the request's session, so an authenticated request costs one round trip).
+    pub async fn check_and_hget(
+        &self,
+        key: &str,
+        quota: Quota,
+        hash: String,
+        field: String,
+    ) -> redis::RedisResult<(Decision, Option<String>)> {
+        let window_ms = quota.window.as_millis().max(1) as u64;
+        let interval_ms = (window_ms / u64::from(quota.limit.max(1))).max(1);
+        let key = key.to_string();
+        let (verdict, value): ((i64, i64, i64, i64), Option<String>) = self
+            .redis
+            .call(|mut conn| async move {
+                // EVAL with the script's text: a pipeline cannot fall back from EVALSHA, and
+                // Redis caches the compiled script by its digest either way.
+                redis::pipe()
+                    .cmd("EVAL")
+                    .arg(GCRA)
+                    .arg(1)
+                    .arg(key)
+                    .arg(interval_ms)
+                    .arg(window_ms)
+                    .cmd("HGET")
+                    .arg(hash)
+                    .arg(field)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok((decision(verdict, quota), value))
+    }
+}
+
+fn decision(
+    (allowed, retry_ms, remaining, reset_ms): (i64, i64, i64, i64),
+    quota: Quota,
+) -> Decision {
+    Decision {
+        allowed: allowed == 1,
+        limit: quota.limit,
+        remaining: remaining.max(0) as u32,
+        retry_after: Duration::from_millis(retry_ms.max(0) as u64),
+        reset_after: Duration::from_millis(reset_ms.max(0) as u64),
     }
 }

@@ -275,6 +275,23 @@ impl Sessions {
             .redis
             .call(|mut conn| async move { conn.hget(key(user_id), session_id.to_string()).await })
             .await?;
+        self.judge(user_id, session_id, value).await
+    }
+
+    /// Where a session is kept: the hash and its field (for a caller that reads it together with
+    /// something else, see [`crate::api::limits`]).
+    pub fn location(user_id: Uuid, session_id: Uuid) -> (String, String) {
+        (key(user_id), session_id.to_string())
+    }
+
+    /// What [`Sessions::get`] answers for the stored value of a session read just now (`None`:
+    /// no such field).
+    pub async fn judge(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        value: Option<String>,
+    ) -> redis::RedisResult<Option<SessionInfo>> {
         let Some(info) = value.and_then(|v| serde_json::from_str::<SessionInfo>(&v).ok()) else {
             return Ok(None);
         };

@@ -677,6 +677,9 @@ impl Projections {
                         self.wake();
                         loop {
                             match listener.recv().await {
+                                // Our own appends woke the projectors that read them already;
+                                // waking all of them again per append costs a batch each.
+                                Ok(note) if self.inner.wakeups.is_own(note.payload()) => {}
                                 Ok(_) => self.wake(),
                                 Err(err) => {
                                     tracing::warn!(error = %err, "notification listener lost; reconnecting");

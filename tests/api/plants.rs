@@ -48,6 +48,33 @@ async fn a_created_plant_is_listed_at_once(options: PgPoolOptions, connect: PgCo
     }
 }
 
+/// The creation's answer is built from the event, not read back: it must be exactly what the
+/// read model then serves (timestamps to the microsecond, cleared and absent fields alike).
+#[sqlx::test]
+async fn a_created_plant_answers_what_the_read_model_serves(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+    for body in [
+        json!({"name": "  Ficus lyrata ", "species": "Ficus", "description": "by the window",
+               "care": {"watering_interval_days": 10, "light": "bright", "notes": "rotate"}}),
+        json!({"name": "Cactus", "species": null, "care": {"light": null}}),
+        json!({"name": "Pilea"}),
+    ] {
+        let created = t.post("/api/plants", Some(&token), body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+        let id = created.body["id"].as_str().unwrap();
+        let one = t.get(&format!("/api/plants/{id}"), &token).await;
+        assert_eq!(one.status, StatusCode::OK);
+        let mut answered = created.body.clone();
+        let position = answered.as_object_mut().unwrap().remove("position");
+        assert!(position.and_then(|p| p.as_i64()).is_some_and(|p| p > 0));
+        assert_eq!(answered, one.body);
+    }
+}
+
 #[sqlx::test]
 async fn plants_are_updated_and_deleted_by_their_owner(
     options: PgPoolOptions,
