@@ -15,7 +15,7 @@ async fn bodies_and_nested_objects_must_be_objects(
     connect: PgConnectOptions,
 ) {
     let t = TestApp::spawn(options, connect).await;
-    let (_, token) = t.user(&unique_email("arrays")).await;
+    let (_, token) = t.verified_user(&unique_email("arrays")).await;
     let created = t
         .post(
             "/api/plants",
