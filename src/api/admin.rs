@@ -125,7 +125,7 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RoleBody {
     /// `USER`, `BOTANIST`, `ADMIN` or `AUDITOR`.
-    #[schema(required = true, value_type = String)]
+    #[schema(required = true, value_type = String, pattern = "^(USER|BOTANIST|ADMIN|AUDITOR)$")]
     role: Option<String>,
 }
 
