@@ -24,8 +24,11 @@ test('landing: installable PWA (manifest, service worker), in French and English
 test('keyboard only: skip link and visible focus', async ({ page }, info) => {
   test.skip(info.project.name === 'phone', 'a touch screen has no Tab key; the desktop run covers the keyboard')
   await page.goto('/')
-  await page.keyboard.press('Tab')
+  // The app renders in the browser: Tab only once the page is there (else focus starts nowhere).
   const skip = page.getByRole('link', { name: 'Aller au contenu' })
+  await expect(page.getByRole('heading', { level: 1 })).toBeVisible()
+  await skip.waitFor({ state: 'attached' })
+  await page.keyboard.press('Tab')
   await expect(skip).toBeFocused()
   const outline = await skip.evaluate((el) => getComputedStyle(el).outlineStyle)
   expect(outline).not.toBe('none')
