@@ -256,7 +256,10 @@ async fn refresh(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Response, ApiError> {
-    let Some(raw) = body.refresh_token.or_else(|| session_cookie::read(&headers)) else {
+    let Some(raw) = body
+        .refresh_token
+        .or_else(|| session_cookie::read(&headers))
+    else {
         return Err(ApiError::invalid("refresh_token", "is required"));
     };
     let refreshed = match identity::refresh(&app, &raw).await {

@@ -96,7 +96,10 @@ mod tests {
         );
         assert_eq!(read(&headers).as_deref(), Some("u.s.secret"));
         let mut empty = HeaderMap::new();
-        empty.append(COOKIE, HeaderValue::from_static("__Host-arosaje_refresh=; x"));
+        empty.append(
+            COOKIE,
+            HeaderValue::from_static("__Host-arosaje_refresh=; x"),
+        );
         assert_eq!(read(&empty), None);
         assert_eq!(read(&HeaderMap::new()), None);
     }

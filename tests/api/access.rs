@@ -661,7 +661,10 @@ async fn refresh_with_cookie(t: &TestApp, cookie: &str) -> crate::helpers::Reply
         .method(Method::POST)
         .uri("/api/auth/refresh")
         .header("content-type", "application/json")
-        .header("cookie", format!("lang=fr; __Host-arosaje_refresh={cookie}"))
+        .header(
+            "cookie",
+            format!("lang=fr; __Host-arosaje_refresh={cookie}"),
+        )
         .body(axum::body::Body::from("{}"))
         .unwrap();
     t.raw(request).await
@@ -679,7 +682,10 @@ async fn a_browser_session_survives_a_reload_through_its_http_only_cookie(
     let (first, attributes) = refresh_cookie(&login).expect("login sets the cookie");
     assert_eq!(first, login.body["refresh_token"].as_str().unwrap());
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
-        assert!(attributes.contains(attribute), "{attribute} in {attributes}");
+        assert!(
+            attributes.contains(attribute),
+            "{attribute} in {attributes}"
+        );
     }
     assert!(!attributes.contains("Domain"), "{attributes}");
     // USER sessions: the idle lifetime (14 days by default) bounds the cookie.
@@ -741,7 +747,10 @@ async fn a_replayed_refresh_cookie_revokes_the_session_and_is_cleared(
         (replayed.status, replayed.code()),
         (StatusCode::UNAUTHORIZED, "refresh_token_reused")
     );
-    assert_eq!(refresh_cookie(&replayed).map(|(v, _)| v).as_deref(), Some(""));
+    assert_eq!(
+        refresh_cookie(&replayed).map(|(v, _)| v).as_deref(),
+        Some("")
+    );
     assert_eq!(t.get("/api/me", &access).await.code(), "session_revoked");
 }
 
