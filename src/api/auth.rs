@@ -1,4 +1,5 @@
-//! `POST /api/auth/register`, `/login`, `/logout`.
+//! `POST /api/auth/register`, `/login`, `/refresh`, `/logout`, e-mail verification and password
+//! reset.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +16,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, RequestMeta};
 use super::me::{load_user, UserView};
 use super::security_log;
+use super::session_cookie;
 use super::token::AuthUser;
 use crate::commands::user::{User, UserCommand};
 use crate::commands::values::{DisplayName, Email, FieldErrors, Password};
@@ -187,14 +189,16 @@ async fn login(
     };
     security_log::login_succeeded(session.user_id, session.refresh.session_id);
     let user = load_user(&app.pool, session.user_id).await?;
-    Ok(Json(token_pair(
-        &app,
-        session.user_id,
-        session.role,
-        &session.refresh,
-        user,
-    )?)
-    .into_response())
+    let pair = token_pair(&app, session.user_id, session.role, &session.refresh, user)?;
+    Ok(with_cookie(&app, session.role, pair))
+}
+
+/// The pair as JSON, and its refresh token in the browser's cookie ([`session_cookie`]).
+fn with_cookie(app: &App, role: Role, pair: TokenPair) -> Response {
+    let (idle, _) = app.sessions.lifetimes().of(role);
+    let mut response = Json(&pair).into_response();
+    session_cookie::set(response.headers_mut(), &pair.refresh_token, idle);
+    response
 }
 
 /// The tokens of a session.
@@ -232,42 +236,63 @@ fn token_pair(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshBody {
-    #[schema(required = true, value_type = String)]
+    /// The refresh token. A browser may send `{}` instead: its session cookie
+    /// (`__Host-arosaje_refresh`, set at login, HttpOnly) then brings the token.
+    #[schema(value_type = String)]
     refresh_token: Option<String>,
 }
 
 /// Rotates the refresh token of a session and issues a new access token; reusing an old refresh
-/// token revokes the session.
+/// token revokes the session. The token comes from the body or, when the body has none, from
+/// the browser's session cookie; the answer renews that cookie too.
 #[utoipa::path(post, path = "/refresh", tag = "auth", request_body = RefreshBody,
     responses(
-        (status = 200, description = "A new pair; the old refresh token no longer works", body = TokenPair),
-        (status = 401, description = "`invalid_refresh_token`, or `refresh_token_reused` (the session is revoked)", body = ErrorBody),
+        (status = 200, description = "A new pair; the old refresh token no longer works. The browser's session cookie is renewed", body = TokenPair),
+        (status = 401, description = "`invalid_refresh_token`, or `refresh_token_reused` (the session is revoked); the session cookie is cleared", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: no `refresh_token` in the body and no session cookie", body = ErrorBody),
     ))]
 async fn refresh(
     State(app): State<App>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Response, ApiError> {
-    let Some(raw) = body.refresh_token else {
+    let Some(raw) = body
+        .refresh_token
+        .or_else(|| session_cookie::read(&headers))
+    else {
         return Err(ApiError::invalid("refresh_token", "is required"));
     };
-    let refreshed = identity::refresh(&app, &raw).await?;
-    Ok(Json(token_pair(
+    let refreshed = match identity::refresh(&app, &raw).await {
+        Ok(refreshed) => refreshed,
+        Err(err) => {
+            let mut response = ApiError::from(err).into_response();
+            if response.status() == StatusCode::UNAUTHORIZED
+                || response.status() == StatusCode::FORBIDDEN
+            {
+                session_cookie::clear(response.headers_mut());
+            }
+            return Ok(response);
+        }
+    };
+    let pair = token_pair(
         &app,
         refreshed.user_id,
         refreshed.role,
         &refreshed.refresh,
         None,
-    )?)
-    .into_response())
+    )?;
+    Ok(with_cookie(&app, refreshed.role, pair))
 }
 
 /// Ends the current session.
 #[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = [])),
-    responses((status = 204, description = "The session is revoked")))]
-async fn logout(State(app): State<App>, auth: AuthUser) -> Result<StatusCode, ApiError> {
+    responses((status = 204, description = "The session is revoked and the browser's session cookie cleared")))]
+async fn logout(State(app): State<App>, auth: AuthUser) -> Result<Response, ApiError> {
     app.sessions.revoke(auth.user_id, auth.session_id).await?;
     security_log::sessions_revoked(auth.user_id, "one", "logout");
-    Ok(StatusCode::NO_CONTENT)
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    session_cookie::clear(response.headers_mut());
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

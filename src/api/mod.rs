@@ -20,6 +20,7 @@ pub mod pagination;
 pub mod photos;
 pub mod plants;
 pub mod security_log;
+pub mod session_cookie;
 pub mod sittings;
 pub mod token;
 pub mod users;

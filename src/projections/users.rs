@@ -190,37 +190,8 @@ impl UsersProjection {
             return Ok(());
         };
         match decoded {
-            UserEvent::UserRegistered {
-                email,
-                display_name,
-                password_hash,
-                role,
-                botanist_requested,
-            } => {
-                let email = cipher.open(&email)?;
-                let email_hash = self
-                    .email_index
-                    .hash(&Email::parse(&email).map_err(anyhow::Error::msg)?);
-                sqlx::query(
-                    "INSERT INTO users (id, email, email_hash, display_name, password_hash, role, \
-                                            botanist_requested, botanist_status, created_at, \
-                                            updated_at, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                                 CASE WHEN $7 THEN 'pending' ELSE 'none' END, $8, $8, $9) \
-                         ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(user_id)
-                .bind(&email)
-                .bind(&email_hash)
-                .bind(cipher.open(&display_name)?)
-                .bind(open_hash(cipher, password_hash)?)
-                .bind(role.as_str())
-                .bind(botanist_requested)
-                .bind(event.timestamp)
-                .bind(event.sequence)
-                .execute(&mut *conn)
-                .await?;
-            }
+            // Written for the whole layer at once by the batch (`Registered`, the verified ids).
+            UserEvent::UserRegistered { .. } | UserEvent::EmailVerified => {}
             UserEvent::UserRoleChanged { role, .. } => {
                 set_user(conn, user_id, event, "role", role.as_str()).await?;
             }
@@ -235,17 +206,6 @@ impl UsersProjection {
             }
             UserEvent::BotanistRejected => {
                 set_user(conn, user_id, event, "botanist_status", "rejected").await?;
-            }
-            UserEvent::EmailVerified => {
-                sqlx::query(
-                    "UPDATE users SET email_verified = true, updated_at = $2, version = $3 \
-                          WHERE id = $1 AND version < $3",
-                )
-                .bind(user_id)
-                .bind(event.timestamp)
-                .bind(event.sequence)
-                .execute(&mut *conn)
-                .await?;
             }
             UserEvent::PasswordChanged { password_hash, .. } => {
                 let hash = open_hash(cipher, password_hash)?;

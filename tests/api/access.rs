@@ -642,6 +642,118 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_session(
     assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+/// The `__Host-arosaje_refresh` cookie of a reply's Set-Cookie headers: (value, attributes).
+fn refresh_cookie(reply: &crate::helpers::Reply) -> Option<(String, String)> {
+    reply
+        .headers
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (pair, attributes) = v.split_once(';').unwrap_or((v, ""));
+            let value = pair.strip_prefix("__Host-arosaje_refresh=")?;
+            Some((value.to_string(), attributes.to_string()))
+        })
+}
+
+async fn refresh_with_cookie(t: &TestApp, cookie: &str) -> crate::helpers::Reply {
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/auth/refresh")
+        .header("content-type", "application/json")
+        .header(
+            "cookie",
+            format!("lang=fr; __Host-arosaje_refresh={cookie}"),
+        )
+        .body(axum::body::Body::from("{}"))
+        .unwrap();
+    t.raw(request).await
+}
+
+#[sqlx::test]
+async fn a_browser_session_survives_a_reload_through_its_http_only_cookie(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("reload");
+    t.register(&email, "Reload").await;
+    let login = t.login(&email, PASSWORD).await;
+    let (first, attributes) = refresh_cookie(&login).expect("login sets the cookie");
+    assert_eq!(first, login.body["refresh_token"].as_str().unwrap());
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(
+            attributes.contains(attribute),
+            "{attribute} in {attributes}"
+        );
+    }
+    assert!(!attributes.contains("Domain"), "{attributes}");
+    // USER sessions: the idle lifetime (14 days by default) bounds the cookie.
+    assert!(attributes.contains("Max-Age=1209600"), "{attributes}");
+
+    // A reload: no token in memory, `{}` and the cookie bring the session back.
+    let restored = refresh_with_cookie(&t, &first).await;
+    assert_eq!(restored.status, StatusCode::OK, "{restored:?}");
+    let access = restored.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(t.get("/api/me", &access).await.body["email"], email);
+    let (second, _) = refresh_cookie(&restored).expect("the answer renews the cookie");
+    assert_eq!(second, restored.body["refresh_token"].as_str().unwrap());
+    assert_ne!(second, first);
+
+    // A body's token wins over the cookie (API clients are unaffected by a stale cookie).
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/auth/refresh")
+        .header("content-type", "application/json")
+        .header("cookie", "__Host-arosaje_refresh=garbage")
+        .body(axum::body::Body::from(
+            json!({"refresh_token": second}).to_string(),
+        ))
+        .unwrap();
+    let by_body = t.raw(request).await;
+    assert_eq!(by_body.status, StatusCode::OK, "{by_body:?}");
+    let (third, _) = refresh_cookie(&by_body).unwrap();
+
+    // Logout clears the cookie; the cleared session's cookie no longer works and is cleared.
+    let access = by_body.body["access_token"].as_str().unwrap().to_string();
+    let logout = t.post("/api/auth/logout", Some(&access), json!({})).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    let (cleared, attributes) = refresh_cookie(&logout).expect("logout clears the cookie");
+    assert_eq!(cleared, "");
+    assert!(attributes.contains("Max-Age=0"), "{attributes}");
+    let after = refresh_with_cookie(&t, &third).await;
+    assert_eq!(
+        (after.status, after.code()),
+        (StatusCode::UNAUTHORIZED, "invalid_refresh_token")
+    );
+    assert_eq!(refresh_cookie(&after).map(|(v, _)| v).as_deref(), Some(""));
+}
+
+#[sqlx::test]
+async fn a_replayed_refresh_cookie_revokes_the_session_and_is_cleared(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let email = unique_email("stolen");
+    t.register(&email, "Stolen").await;
+    let login = t.login(&email, PASSWORD).await;
+    let (first, _) = refresh_cookie(&login).unwrap();
+    let rotated = refresh_with_cookie(&t, &first).await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let access = rotated.body["access_token"].as_str().unwrap().to_string();
+    let replayed = refresh_with_cookie(&t, &first).await;
+    assert_eq!(
+        (replayed.status, replayed.code()),
+        (StatusCode::UNAUTHORIZED, "refresh_token_reused")
+    );
+    assert_eq!(
+        refresh_cookie(&replayed).map(|(v, _)| v).as_deref(),
+        Some("")
+    );
+    assert_eq!(t.get("/api/me", &access).await.code(), "session_revoked");
+}
+
 #[sqlx::test]
 async fn users_list_and_revoke_their_own_sessions(
     options: PgPoolOptions,

@@ -371,7 +371,8 @@ export interface paths {
         put?: never;
         /**
          * Rotates the refresh token of a session and issues a new access token; reusing an old refresh
-         *     token revokes the session.
+         *     token revokes the session. The token comes from the body or, when the body has none, from
+         *     the browser's session cookie; the answer renews that cookie too.
          */
         post: operations["refresh"];
         delete?: never;
@@ -1971,7 +1972,7 @@ export interface components {
          *     clears).
          */
         PlantBody: {
-            /** @description Required when creating. */
+            /** @description Required when creating; cannot be cleared (`null` is refused). */
             name?: string;
             species?: string | null;
             description?: string | null;
@@ -2338,6 +2339,10 @@ export interface components {
             position?: number | null;
         };
         RefreshBody: {
+            /**
+             * @description The refresh token. A browser may send `{}` instead: its session cookie
+             *     (`__Host-arosaje_refresh`, set at login, HttpOnly) then brings the token.
+             */
             refresh_token: string;
         };
         RegisterBody: {
@@ -2541,6 +2546,7 @@ export interface components {
         };
         /** @description Only the fields sent change; `null` clears a field. */
         UpdateProfileBody: {
+            /** @description Cannot be cleared (`null` is refused). */
             display_name?: string;
             /** @description Digits, spaces and `+ - ( ) .`; at least 6 digits. */
             phone?: string | null;
@@ -2663,7 +2669,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `validation_failed` (with `fields`), `invalid_body` or `invalid_query` */
+        /** @description `validation_failed` (with `fields`), `invalid_body` or `invalid_query`; with an `Idempotency-Key`, `idempotency_key_reused` (the key came with another request) or `invalid_idempotency_key` */
         Unprocessable: {
             headers: {
                 [name: string]: unknown;
@@ -3962,7 +3968,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The session is revoked */
+            /** @description The session is revoked and the browser's session cookie cleared */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -4084,7 +4090,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description A new pair; the old refresh token no longer works */
+            /** @description A new pair; the old refresh token no longer works. The browser's session cookie is renewed */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4094,7 +4100,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
-            /** @description `invalid_refresh_token`, or `refresh_token_reused` (the session is revoked) */
+            /** @description `invalid_refresh_token`, or `refresh_token_reused` (the session is revoked); the session cookie is cleared */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4106,7 +4112,15 @@ export interface operations {
             408: components["responses"]["Timeout"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
-            422: components["responses"]["Unprocessable"];
+            /** @description `validation_failed`: no `refresh_token` in the body and no session cookie */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             429: components["responses"]["TooManyRequests"];
             /** @description Internal error (`internal_error`); logged */
             500: {
@@ -4416,7 +4430,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4543,7 +4557,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5292,12 +5306,12 @@ export interface operations {
     };
     search_messages: {
         parameters: {
-            query?: {
+            query: {
                 /**
                  * @description Words to find (web-search syntax: `"a phrase"`, `-without`, `or`); stemmed in French and
                  *     English.
                  */
-                q?: string;
+                q: string;
                 /** @description Page size, 1 to 100 (default 20). */
                 limit?: number;
                 /** @description `next_cursor` of the previous page. */
@@ -5525,7 +5539,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` (another body), or the first request with this key is still running */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5856,7 +5870,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `sitting_closed`: that sitting is over; `idempotency_key_reused` */
+            /** @description `sitting_closed`: that sitting is over; `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6051,7 +6065,7 @@ export interface operations {
                 status?: string;
                 /** @description `lat,lon`: nearest first, within `radius_km`. */
                 near?: string;
-                /** @description Kilometres around `near`, up to 200 (default 10). */
+                /** @description Kilometres around `near`, up to 200 (default 10); needs `near`. */
                 radius_km?: number;
                 /** @description Sittings that end on or after this day. */
                 from?: string;
@@ -6146,7 +6160,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;

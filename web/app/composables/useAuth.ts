@@ -1,8 +1,10 @@
 import { api, ok } from '~/api/client'
-import { setTokens, onSessionChange, accessToken } from '~/api/session'
+import { setTokens, onSessionChange, accessToken, restore as restoreTokens } from '~/api/session'
 import type { components } from '~/api/schema'
 
 export type Me = components['schemas']['UserView']
+
+let restoring: Promise<void> | null = null
 
 /** Who is signed in (the profile only: tokens stay in api/session.ts). */
 export function useAuth() {
@@ -22,6 +24,20 @@ export function useAuth() {
     ready.value = true
   }
 
+  /** Once per page load: the session of the HttpOnly cookie, if any (a reload, a new tab). */
+  function restore(): Promise<void> {
+    restoring ??= (async () => {
+      try {
+        if (!user.value && (await restoreTokens())) await loadMe()
+      } catch {
+        forget()
+      } finally {
+        ready.value = true
+      }
+    })()
+    return restoring
+  }
+
   async function logout() {
     try {
       await api.POST('/api/auth/logout')
@@ -37,7 +53,7 @@ export function useAuth() {
   }
 
   const role = computed(() => user.value?.role ?? null)
-  return { user, ready, role, login, loadMe, logout, forget }
+  return { user, ready, role, login, loadMe, restore, logout, forget }
 }
 
 /** Clears the profile when the session ends (a failed refresh). */

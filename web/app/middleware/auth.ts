@@ -1,5 +1,7 @@
 // Pages that need a signed-in user send the others to the login page (and back afterwards).
-export default defineNuxtRouteMiddleware((to) => {
-  const { user } = useAuth()
+// A reload first brings the session back from its cookie.
+export default defineNuxtRouteMiddleware(async (to) => {
+  const { user, restore } = useAuth()
+  await restore()
   if (!user.value) return navigateTo({ path: '/login', query: { next: to.fullPath } })
 })

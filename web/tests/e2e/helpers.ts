@@ -85,7 +85,7 @@ export const photo = new URL('../../public/icon-512.png', import.meta.url).pathn
 
 /**
  * Goes to a route inside the running app (as a click on a link does). `page.goto` would load
- * the page anew, and a new page has no tokens: they live in memory only.
+ * the page anew, which then first restores its session from the cookie (one more request).
  */
 export async function visit(page: Page, path: string) {
   await page.evaluate(async (p) => {

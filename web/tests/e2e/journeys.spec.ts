@@ -63,9 +63,9 @@ test('account: register, verify by the mailed link, TOTP with recovery codes, se
   await login(page, address)
   await page.getByRole('link', { name: 'Mon compte' }).click()
   await expect(page.getByTestId('sessions')).toContainText('cette session')
-  // No token in any storage.
-  const stored = await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie])
-  expect(stored).toEqual([0, 0, ''])
+  // No token in any storage a script can read (localStorage holds one flag, "1").
+  const stored = await page.evaluate(() => [JSON.stringify(localStorage), sessionStorage.length, document.cookie])
+  expect(stored).toEqual([JSON.stringify({ 'arosaje.session': '1' }), 0, ''])
 
   // TOTP: enrol with the password, confirm with a code, keep the recovery codes.
   await page.locator('input[name=mfa_password]').fill(PASSWORD)
