@@ -1,0 +1,120 @@
+// The journeys journeys.spec.ts and roles.spec.ts leave out: password reset, GDPR, withdrawing
+// and cancelling, messages (presence, read marks, search, resume), a second botanist's verdict,
+// admin moderation and home view, completion and review. What a test starts from is set up
+// through the API (world.ts); what it is about goes through the pages.
+import { readFileSync } from 'node:fs'
+import { test, expect, type Page, type WebSocketRoute } from '@playwright/test'
+import { PASSWORD, check, login, mailedLink, person as browserPerson, visit } from './helpers'
+import { accept, admin, adminSession, apply, botanist, call, plant, sitting, someone } from './world'
+
+const bearer = (who: { token: string }) => ({ authorization: `Bearer ${who.token}` })
+
+/** Types and sends a message in the open conversation. */
+async function say(page: Page, text: string) {
+  await page.getByLabel('Votre message').fill(text)
+  await page.getByLabel('Votre message').press('Enter')
+  await expect(page.getByTestId('message').filter({ hasText: text })).toHaveCount(1)
+}
+
+type Sockets = { page: WebSocketRoute; server: WebSocketRoute }[]
+
+/** Routes the page's live connections through the test, which can then cut them. */
+async function cuttable(page: Page): Promise<Sockets> {
+  const sockets: Sockets = []
+  await page.routeWebSocket(/\/ws\?ticket=/, (ws) => {
+    sockets.push({ page: ws, server: ws.connectToServer() })
+  })
+  return sockets
+}
+
+/** A lost connection: the browser offline (no new socket, no ticket), the open socket cut. */
+async function cut(page: Page, sockets: Sockets) {
+  await page.context().setOffline(true)
+  expect(sockets.length).toBeGreaterThan(0)
+  for (const socket of sockets.splice(0)) {
+    await socket.server.close()
+    // Closing the server's side closes the page's too (by default); this makes sure of it.
+    await socket.page.close().catch(() => {})
+  }
+  await expect(page.getByTestId('live-state')).toHaveText('Reconnexion…')
+}
+
+/** Back online: the app opens a new socket by itself. */
+async function restore(page: Page) {
+  await page.context().setOffline(false)
+  await expect(page.getByTestId('live-state')).toHaveText('En direct')
+}
+
+test("admin: stats, a sitting's home read for a stated reason (recorded), an advice hidden with a reason", async ({ page, request }, info) => {
+  const owner = await someone(request, 'owner', 'Camille', info)
+  const basil = await plant(request, owner, `Basilic ${Date.now()}`)
+  const instructions = `Code 4721, clé sous le pot ${Date.now()}`
+  const id = await sitting(request, owner, [basil.id], instructions)
+  const elise = await botanist(request, 'Élise', info)
+  const advice = await call(request, elise, 'POST', `/api/plants/${basil.id}/advice`, { body: 'Arroser au whisky.' }, 201)
+  const boss = await adminSession(request)
+  const stats = await call(request, boss, 'GET', '/api/admin/stats')
+
+  await login(page, admin.email, admin.password)
+  await page.getByRole('link', { name: 'Administration' }).click()
+  await expect(page.getByTestId('stats')).toBeVisible()
+  // The counts the API gives (`events`, the log's last position, moves with every access).
+  const shown = JSON.parse((await page.getByTestId('stats').textContent())!)
+  expect({ ...shown, events: 0 }).toEqual({ ...stats, events: 0 })
+  expect(shown.events).toBeGreaterThanOrEqual(stats.events)
+  await check(page, 'admin-stats', info)
+
+  // A home's secrets: only with a reason.
+  const home = page.getByRole('form', { name: "Voir l'adresse d'une garde" })
+  await home.getByLabel('Identifiant de la garde').fill(id)
+  const show = home.getByRole('button', { name: 'Afficher' })
+  await expect(show).toBeDisabled()
+  const reason = `Signalement ${Date.now()} : vérifier l'adresse`
+  await home.getByLabel('Motif (obligatoire, enregistré)').fill(reason)
+  await show.click()
+  await expect(page.getByTestId('home')).toContainText(instructions)
+  await expect(page.getByTestId('home')).toContainText('"approximate": false')
+  // The look is recorded, with its reason.
+  const recorded = await call(request, boss, 'GET', `/api/audit/events?event_type=AccessRecorded&actor_id=${boss.id}&limit=100`)
+  expect(JSON.stringify(recorded.items)).toContain(reason)
+
+  // Moderation: the advice is hidden from everyone but admins, with the reason.
+  const moderation = page.getByRole('form', { name: 'Masquer un conseil' })
+  await moderation.getByLabel('Identifiant du conseil').fill(advice.id)
+  await moderation.getByLabel('Motif (obligatoire, enregistré)').fill('Conseil dangereux')
+  await moderation.getByRole('button', { name: 'Supprimer' }).click()
+  await expect(page.getByText("C'est fait.")).toBeVisible()
+  await check(page, 'admin-moderation', info)
+  expect((await call(request, owner, 'GET', `/api/plants/${basil.id}/advice`)).items).toEqual([])
+  const asAdmin = await call(request, boss, 'GET', `/api/plants/${basil.id}/advice`)
+  expect(asAdmin.items[0].moderation.reason).toBe('Conseil dangereux')
+})
+
+test('owner completes a running sitting and reviews the sitter', async ({ page, request }, info) => {
+  const owner = await someone(request, 'owner', 'Sarah', info)
+  const sitter = await someone(request, 'sitter', 'Nathan', info)
+  const olive = await plant(request, owner, `Olivier ${Date.now()}`)
+  const id = await sitting(request, owner, [olive.id])
+  await apply(request, sitter, id)
+  await accept(request, owner, id, sitter)
+  await call(request, owner, 'POST', `/api/sittings/${id}/start`, {}, 200)
+
+  await login(page, owner.email)
+  await visit(page, `/sittings/${id}`)
+  await expect(page.getByTestId('status')).toHaveText('en cours')
+  await page.getByRole('button', { name: 'Terminer la garde' }).click()
+  await expect(page.getByTestId('status')).toHaveText('terminée')
+  await expect(page.getByText('Garde terminée.')).toBeVisible()
+  await page.getByLabel('Note (1 à 5)').fill('4')
+  await page.getByLabel('Commentaire').fill('Plantes en pleine forme')
+  await page.getByRole('button', { name: 'Laisser un avis' }).click()
+  await expect(page.getByText('Merci pour votre avis.')).toBeVisible()
+  await check(page, 'sitting-reviewed', info)
+
+  const profile = await call(request, owner, 'GET', `/api/users/${sitter.id}`)
+  expect(profile).toMatchObject({ average_rating: 4, completed_sittings: 1 })
+  expect(profile.recent_reviews[0].comment).toBe('Plantes en pleine forme')
+  // Once only, said in words.
+  await page.getByRole('button', { name: 'Laisser un avis' }).click()
+  await expect(page.getByRole('alert')).toHaveText('Vous avez déjà laissé un avis.')
+})
