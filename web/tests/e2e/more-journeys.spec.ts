@@ -45,6 +45,50 @@ async function restore(page: Page) {
   await expect(page.getByTestId('live-state')).toHaveText('En direct')
 }
 
+test('password reset from the login page: mailed link, new password, old sessions ended, new password works', async ({ page, browser, request }, info) => {
+  const ana = await someone(request, 'reset', 'Rémi', info)
+  const before = await request.post('/api/auth/login', { data: { email: ana.email, password: PASSWORD } })
+  const oldRefresh = (await before.json()).refresh_token as string
+  // Another browser signed in before the reset.
+  const old = await browserPerson(browser, info)
+  await login(old, ana.email)
+
+  await page.goto('/login')
+  await page.getByRole('link', { name: 'Mot de passe oublié ?' }).click()
+  await expect(page).toHaveURL(/\/reset-password$/)
+  await check(page, 'reset-request', info)
+  await page.getByLabel('Adresse e-mail').fill(ana.email)
+  await page.getByRole('button', { name: 'Envoyer' }).click()
+  await expect(page.getByRole('status')).toContainText('Si un compte existe pour cette adresse')
+
+  // The mailed link opens the app, which takes the token out of the address bar.
+  await page.goto(await mailedLink(ana.email, 'reset-password'))
+  await expect(page.getByLabel('Nouveau mot de passe')).toBeVisible()
+  expect(page.url()).not.toContain('token=')
+  await check(page, 'reset-new-password', info)
+  const renewed = `${PASSWORD}-neuf`
+  await page.getByLabel('Nouveau mot de passe').fill(renewed)
+  await page.getByRole('button', { name: 'Enregistrer' }).click()
+  await expect(page.getByRole('status')).toContainText('toutes les sessions ont été fermées')
+  await check(page, 'reset-done', info)
+
+  // Every session from before is gone: the API's tokens, and the other browser's session.
+  expect((await request.get('/api/me', { headers: bearer(ana) })).status()).toBe(401)
+  expect((await request.post('/api/auth/refresh', { data: { refresh_token: oldRefresh } })).status()).toBe(401)
+  await old.getByRole('link', { name: 'Mon compte' }).click()
+  await expect(old.getByRole('alert').or(old.getByRole('heading', { name: 'Connexion' }))).toBeVisible()
+  await expect(old.getByTestId('sessions')).toHaveCount(0)
+  await old.context().close()
+
+  // The old password no longer opens the account; the new one does.
+  await page.getByRole('link', { name: 'Se connecter' }).first().click()
+  await page.getByLabel('Adresse e-mail').fill(ana.email)
+  await page.getByLabel('Mot de passe', { exact: true }).fill(PASSWORD)
+  await page.getByRole('button', { name: 'Connexion' }).click()
+  await expect(page.getByRole('alert')).toHaveText('Adresse ou mot de passe incorrect.')
+  await login(page, ana.email, renewed)
+})
+
 test("admin: stats, a sitting's home read for a stated reason (recorded), an advice hidden with a reason", async ({ page, request }, info) => {
   const owner = await someone(request, 'owner', 'Camille', info)
   const basil = await plant(request, owner, `Basilic ${Date.now()}`)
