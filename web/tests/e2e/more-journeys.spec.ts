@@ -89,6 +89,42 @@ test('password reset from the login page: mailed link, new password, old session
   await login(page, ana.email, renewed)
 })
 
+test('GDPR: my data downloads as JSON naming my plant; deleting my account signs me out for good', async ({ page, request }, info) => {
+  const me = await someone(request, 'gdpr', 'Gaëlle', info)
+  const fern = await plant(request, me, `Fougère ${info.project.name} ${Date.now()}`)
+  await login(page, me.email)
+  await visit(page, '/account')
+
+  const download = page.waitForEvent('download')
+  await page.getByRole('button', { name: 'Télécharger mes données' }).click()
+  const file = await download
+  expect(file.suggestedFilename()).toBe('arosaje-export.json')
+  const exported = JSON.parse(readFileSync(await file.path(), 'utf8'))
+  expect(JSON.stringify(exported)).toContain(fern.name)
+  await expect(page.getByText('Export téléchargé.')).toBeVisible()
+  await check(page, 'account-export', info)
+
+  // Erasure asks for the word first.
+  const erase = page.getByRole('button', { name: 'Supprimer mon compte' })
+  await expect(erase).toBeDisabled()
+  await page.getByLabel('Tapez SUPPRIMER pour confirmer').fill('SUPPRIMER')
+  await erase.click()
+  await expect(page).toHaveURL(/\/$/)
+  await expect(page.getByText('Compte supprimé.')).toBeVisible()
+  await expect(page.getByRole('link', { name: 'Se connecter' })).toBeVisible()
+  await expect(page.getByRole('link', { name: 'Mon compte' })).toHaveCount(0)
+  await check(page, 'account-erased', info)
+
+  // The account is gone: its session, and logging in again.
+  expect((await request.get('/api/me', { headers: bearer(me) })).status()).toBe(401)
+  await page.goto('/login')
+  await page.getByLabel('Adresse e-mail').fill(me.email)
+  await page.getByLabel('Mot de passe', { exact: true }).fill(PASSWORD)
+  await page.getByRole('button', { name: 'Connexion' }).click()
+  await expect(page.getByRole('alert')).toHaveText('Adresse ou mot de passe incorrect.')
+  await expect(page).toHaveURL(/\/login$/)
+})
+
 test('sitter withdraws an application; owner cancels the sitting; states in words', async ({ browser, request }, info) => {
   const owner = await someone(request, 'owner', 'Antoine', info)
   const sitter = await someone(request, 'sitter', 'Manon', info)
