@@ -173,6 +173,38 @@ test('sitter withdraws an application; owner cancels the sitting; states in word
   await o.context().close()
 })
 
+test("botanists: a second botanist finds another's advice, reads its versions, validates it", async ({ page, request }, info) => {
+  const owner = await someone(request, 'owner', 'Chloé', info)
+  const calathea = await plant(request, owner, `Calathea ${info.project.name} ${Date.now()}`)
+  await sitting(request, owner, [calathea.id])
+  const elise = await botanist(request, 'Élise', info)
+  const advice = await call(request, elise, 'POST', `/api/plants/${calathea.id}/advice`, { body: 'Brumiser chaque matin.' }, 201)
+  await call(request, elise, 'PATCH', `/api/advice/${advice.id}`, { body: 'Brumiser chaque matin, sans mouiller les fleurs.' })
+  const julien = await botanist(request, 'Julien', info)
+
+  await login(page, julien.email)
+  await page.getByRole('link', { name: 'Botaniste' }).click()
+  // Advised already: no longer in the queue; found by its name.
+  await expect(page.getByText('Chargement…')).toHaveCount(0)
+  await expect(page.getByRole('tabpanel')).not.toContainText(calathea.name)
+  await page.getByLabel('Chercher une plante').fill(calathea.name)
+  await page.getByRole('button', { name: 'Rechercher' }).click()
+  await page.getByTestId('found').getByRole('button', { name: calathea.name }).click()
+  const item = page.getByTestId('advice').locator(':scope > li', { hasText: 'sans mouiller' })
+  await expect(item).toContainText('Élise · v2')
+  await expect(item).toContainText('Validation : en attente')
+  await item.getByRole('button', { name: 'Versions' }).click()
+  await expect(item.locator('ol li')).toHaveText(['v1 — Brumiser chaque matin.', 'v2 — Brumiser chaque matin, sans mouiller les fleurs.'])
+  await check(page, 'botanist-peer-review', info)
+  await item.getByRole('button', { name: 'Valider' }).click()
+  await expect(item).toContainText('Validation : validé')
+  await expect(page.getByText('Avis enregistré.')).toBeVisible()
+
+  // The owner reads it validated once.
+  const seen = await call(request, owner, 'GET', `/api/plants/${calathea.id}/advice`)
+  expect(seen.items[0].validation).toMatchObject({ status: 'validated', validations: 1, rejections: 0 })
+})
+
 test("admin: stats, a sitting's home read for a stated reason (recorded), an advice hidden with a reason", async ({ page, request }, info) => {
   const owner = await someone(request, 'owner', 'Camille', info)
   const basil = await plant(request, owner, `Basilic ${Date.now()}`)
