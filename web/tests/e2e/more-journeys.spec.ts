@@ -173,6 +173,103 @@ test('sitter withdraws an application; owner cancels the sitting; states in word
   await o.context().close()
 })
 
+test('messages: presence once a sitting is accepted, read marks, search, resume after a lost connection', async ({ browser, request }, info) => {
+  test.setTimeout(180_000)
+  const owner = await someone(request, 'owner', 'Nicolas', info)
+  const sitter = await someone(request, 'sitter', 'Léa', info)
+  const fern = await plant(request, owner, `Fougère ${Date.now()}`)
+  const id = await sitting(request, owner, [fern.id])
+  await apply(request, sitter, id)
+  const conversation = await call(request, owner, 'POST', '/api/conversations', { participant_ids: [sitter.id] }, 201)
+  const thread = `/messages?c=${conversation.id}`
+
+  // The sitter's live connection goes through a route the test can cut.
+  const s = await browserPerson(browser, info)
+  const sockets = await cuttable(s)
+  await login(s, sitter.email)
+  await visit(s, thread)
+  await expect(s.getByTestId('live-state')).toHaveText('En direct')
+
+  // Presence: hidden while Léa has only applied, shown once Nicolas accepted her.
+  const o = await browserPerson(browser, info)
+  await login(o, owner.email)
+  await visit(o, thread)
+  await expect(o.getByTestId('live-state')).toHaveText('En direct')
+  const lea = o.getByTestId('conversations').locator('li', { hasText: 'Léa' })
+  await expect(lea).toContainText('présence masquée')
+  await accept(request, owner, id, sitter)
+  await visit(o, thread)
+  await expect(lea).toContainText('en ligne')
+  await check(o, 'messages-presence', info)
+
+  // Read marks: Léa has the conversation open, so she reads at once; Nicolas sees "Lu".
+  const first = `Bonjour, la clé est chez la voisine ${Date.now()}`
+  await say(o, first)
+  const hers = s.getByTestId('message').filter({ hasText: first })
+  await expect(hers).toHaveCount(1)
+  await expect(o.getByTestId('message').filter({ hasText: first }).locator('small')).toHaveText(/ · Lu$/)
+  await check(o, 'messages-read', info)
+  // Her own reading is not shown to her as Nicolas's: Nicolas now types, and that frame comes
+  // to her after the read mark's.
+  await o.getByLabel('Votre message').pressSequentially('Je repasse', { delay: 300 })
+  await expect(s.getByTestId('typing')).toHaveText('Nicolas écrit…')
+  await expect(s.getByTestId('message').locator('small').filter({ hasText: /· Lu$/ })).toHaveCount(0)
+  await o.getByLabel('Votre message').fill('')
+  // Her answer, read by Nicolas: "Lu" on her side.
+  await say(s, 'Bien reçu')
+  await expect(o.getByTestId('message').filter({ hasText: 'Bien reçu' })).toHaveCount(1)
+  await expect(s.getByTestId('message').filter({ hasText: 'Bien reçu' }).locator('small')).toHaveText(/ · Lu$/)
+
+  // Search in her conversations, and nothing found said so.
+  await s.getByLabel('Chercher dans mes messages').fill('voisine')
+  await s.getByRole('button', { name: 'Rechercher' }).click()
+  await expect(s.getByTestId('search-results')).toContainText(first)
+  await check(s, 'messages-search', info)
+  await s.getByLabel('Chercher dans mes messages').fill('introuvablexyz')
+  await s.getByRole('button', { name: 'Rechercher' }).click()
+  await expect(s.getByTestId('search-results')).toHaveText("Rien pour l'instant.")
+
+  // The connection is lost (offline, socket cut); Nicolas writes meanwhile.
+  await cut(s, sockets)
+  await check(s, 'messages-offline', info)
+  const meanwhile = `Pendant la coupure ${Date.now()}`
+  await say(o, meanwhile)
+  await expect(s.getByTestId('message').filter({ hasText: meanwhile })).toHaveCount(0)
+
+  // Back online: the client resumes where it was; the message comes once, nothing is lost.
+  await restore(s)
+  await expect(s.getByTestId('message').filter({ hasText: meanwhile })).toHaveCount(1)
+  const after = `Après la coupure ${Date.now()}`
+  await say(o, after)
+  // A live frame after the resumed ones: anything resumed twice would have come before it.
+  await expect(s.getByTestId('message').filter({ hasText: after })).toHaveCount(1)
+  await expect(s.getByTestId('message')).toHaveCount(4)
+  await expect(s.getByTestId('message').filter({ hasText: meanwhile })).toHaveCount(1)
+  await expect(hers).toHaveCount(1)
+  await check(s, 'messages-resumed', info)
+  // Her last word, read by Nicolas, so that a page opened now has nothing to mark read.
+  await say(s, 'À bientôt')
+  await expect(s.getByTestId('message').filter({ hasText: 'À bientôt' }).locator('small')).toHaveText(/ · Lu$/)
+  await s.context().close()
+
+  // A page that got no live frame yet (the thread came over REST) loses its connection: it
+  // resumes from the thread's newest message, so what came meanwhile is not lost either.
+  const s2 = await browserPerson(browser, info)
+  const sockets2 = await cuttable(s2)
+  await login(s2, sitter.email)
+  await visit(s2, thread)
+  await expect(s2.getByTestId('live-state')).toHaveText('En direct')
+  await expect(s2.getByTestId('message')).toHaveCount(5)
+  await cut(s2, sockets2)
+  const unseen = `Pendant la deuxième coupure ${Date.now()}`
+  await say(o, unseen)
+  await restore(s2)
+  await expect(s2.getByTestId('message').filter({ hasText: unseen })).toHaveCount(1)
+  await expect(s2.getByTestId('message')).toHaveCount(6)
+  await s2.context().close()
+  await o.context().close()
+})
+
 test("botanists: a second botanist finds another's advice, reads its versions, validates it", async ({ page, request }, info) => {
   const owner = await someone(request, 'owner', 'Chloé', info)
   const calathea = await plant(request, owner, `Calathea ${info.project.name} ${Date.now()}`)
