@@ -1971,7 +1971,7 @@ export interface components {
          *     clears).
          */
         PlantBody: {
-            /** @description Required when creating. */
+            /** @description Required when creating; cannot be cleared (`null` is refused). */
             name?: string;
             species?: string | null;
             description?: string | null;
@@ -2541,6 +2541,7 @@ export interface components {
         };
         /** @description Only the fields sent change; `null` clears a field. */
         UpdateProfileBody: {
+            /** @description Cannot be cleared (`null` is refused). */
             display_name?: string;
             /** @description Digits, spaces and `+ - ( ) .`; at least 6 digits. */
             phone?: string | null;
@@ -2663,7 +2664,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description `validation_failed` (with `fields`), `invalid_body` or `invalid_query` */
+        /** @description `validation_failed` (with `fields`), `invalid_body` or `invalid_query`; with an `Idempotency-Key`, `idempotency_key_reused` (the key came with another request) or `invalid_idempotency_key` */
         Unprocessable: {
             headers: {
                 [name: string]: unknown;
@@ -4416,7 +4417,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4543,7 +4544,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5292,12 +5293,12 @@ export interface operations {
     };
     search_messages: {
         parameters: {
-            query?: {
+            query: {
                 /**
                  * @description Words to find (web-search syntax: `"a phrase"`, `-without`, `or`); stemmed in French and
                  *     English.
                  */
-                q?: string;
+                q: string;
                 /** @description Page size, 1 to 100 (default 20). */
                 limit?: number;
                 /** @description `next_cursor` of the previous page. */
@@ -5525,7 +5526,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` (another body), or the first request with this key is still running */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5856,7 +5857,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `sitting_closed`: that sitting is over; `idempotency_key_reused` */
+            /** @description `sitting_closed`: that sitting is over; `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -6051,7 +6052,7 @@ export interface operations {
                 status?: string;
                 /** @description `lat,lon`: nearest first, within `radius_km`. */
                 near?: string;
-                /** @description Kilometres around `near`, up to 200 (default 10). */
+                /** @description Kilometres around `near`, up to 200 (default 10); needs `near`. */
                 radius_km?: number;
                 /** @description Sittings that end on or after this day. */
                 from?: string;
@@ -6146,7 +6147,7 @@ export interface operations {
                 };
             };
             408: components["responses"]["Timeout"];
-            /** @description `idempotency_key_reused` */
+            /** @description `request_in_progress`: the first request with this Idempotency-Key is still running */
             409: {
                 headers: {
                     [name: string]: unknown;
