@@ -51,6 +51,15 @@ export class Live {
     for (const l of this.stateListeners) l(state)
   }
 
+  /**
+   * The caller holds what the REST API showed up to `position` (e.g. a conversation's newest
+   * message): after a lost connection, `resume` starts there at the latest, even when no frame
+   * had come yet (else what was sent meanwhile would be missed).
+   */
+  caughtUp(position: number) {
+    if (position > this.last) this.last = position
+  }
+
   /** Starts from `after` (0: live frames only, no catch-up). */
   async start(after = 0) {
     this.stopped = false

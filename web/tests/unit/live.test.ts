@@ -60,6 +60,31 @@ describe('live connection', () => {
     vi.useRealTimers()
   })
 
+  it('resumes from what the page loaded when no frame had come before the connection was lost', async () => {
+    vi.useFakeTimers()
+    const live = new Live({
+      ticket: async () => 't',
+      url: (t) => `ws://x/ws?ticket=${t}`,
+      socket: (url) => new FakeSocket(url) as unknown as WebSocket,
+      retryMs: 10,
+    })
+    await live.start()
+    const first = FakeSocket.all.at(-1)!
+    first.open()
+    expect(first.sent).toEqual([])
+    // The page shows a conversation loaded over REST, newest message at position 12.
+    live.caughtUp(12)
+    live.caughtUp(3)
+    first.close()
+    await vi.advanceTimersByTimeAsync(20)
+    const second = FakeSocket.all.at(-1)!
+    expect(second).not.toBe(first)
+    second.open()
+    expect(JSON.parse(second.sent[0]!)).toEqual({ type: 'resume', after: 12 })
+    live.stop()
+    vi.useRealTimers()
+  })
+
   it('passes frames without a position (typing) every time', async () => {
     const live = new Live({ ticket: async () => 't', url: (t) => t, socket: (u) => new FakeSocket(u) as unknown as WebSocket })
     const types: string[] = []
