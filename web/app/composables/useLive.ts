@@ -1,7 +1,15 @@
+import { ref, onBeforeUnmount } from 'vue'
 import { api, ok } from '~/api/client'
 import { Live, type LiveState } from '~/api/live'
+import { onSessionChange } from '~/api/session'
 
 let live: Live | null = null
+
+// Signed out (logout, a refused refresh, an erased account): the socket closes, and no ticket
+// is asked for again until the next sign-in opens it anew.
+onSessionChange((signedIn) => {
+  if (!signedIn) stopLive()
+})
 
 /** The one live connection of this tab, opened on first use while signed in. */
 export function useLive() {
