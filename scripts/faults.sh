@@ -11,7 +11,8 @@
 #
 #   ./scripts/faults.sh                  the drill (FAULTS_PHASE_SECS per phase, 20)
 #   FAULTS_SOAK_SECS=600 ./scripts/faults.sh    a soak instead: steady load, RSS every 10 s
-# Settings: FAULTS_CLIENTS (8), FAULTS_PROFILE (debug or release; debug by default),
+# Settings: FAULTS_CLIENTS (8), FAULTS_ROUNDS (1), FAULTS_PROFILE (debug or release; debug by
+# default), FAULTS_BIN (a binary to run instead of building one),
 # REQUEST_TIMEOUT_SECS (10 here: a claim left by a killed instance counts as abandoned 15 s on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +33,17 @@ if [ "$(id -u)" = 0 ]; then
   touch "$LOG_DIR/postgres.log" && chown postgres: "$LOG_DIR/postgres.log"
 fi
 
-if [ "$PROFILE" = release ]; then
-  cargo build --release --bin arosaje
+if [ -n "${FAULTS_BIN:-}" ]; then
+  BIN="$FAULTS_BIN"
+  PROFILE="given"
 else
-  cargo build --bin arosaje
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --bin arosaje
+  else
+    cargo build --bin arosaje
+  fi
+  BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/arosaje"
 fi
-BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/arosaje"
 
 if [ ! -f "$PGDATA/PG_VERSION" ]; then
   "${AS_PG[@]}" "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust >/dev/null
