@@ -19,6 +19,12 @@ pub async fn send(
     metadata: &Metadata,
 ) -> Result<(Uuid, Committed), CommandError<ConversationError>> {
     let internal = |err: anyhow::Error| CommandError::Internal(err);
+    // An earlier attempt under this request's Idempotency-Key committed: its outcome.
+    if let Some((id, committed)) = crate::events::claim::prior_of_type("Message") {
+        if let Ok(message_id) = id.parse() {
+            return Ok((message_id, committed));
+        }
+    }
     let conversation = app
         .store
         .load_state::<Conversation>(&conversation_id.to_string())
@@ -42,7 +48,9 @@ pub async fn send(
         .store
         .execute_new_in::<Message>(&mut tx, &message_id.to_string(), command, &(), metadata)
         .await?;
-    tx.commit().await.map_err(|e| internal(e.into()))?;
+    tx.commit()
+        .await
+        .map_err(crate::events::store::commit_failed)?;
     app.store.appended("Message");
     Ok((message_id, committed))
 }

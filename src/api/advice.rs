@@ -383,7 +383,7 @@ async fn give_advice(
         None => current_sitter(&app.pool, plant_id).await?,
     };
     let sealed = app.keys.cipher(auth.user_id).await?.seal(&text_body);
-    let id = Uuid::now_v7();
+    let id = crate::events::claim::new_id("Advice");
     let command = AdviceCommand::GiveAdvice {
         author: auth.actor(),
         plant_id,

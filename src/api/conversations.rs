@@ -284,7 +284,7 @@ async fn start_conversation(
             .await?,
             None => None,
         };
-    let id = Uuid::now_v7();
+    let id = crate::events::claim::new_id("Conversation");
     let command = ConversationCommand::StartConversation {
         started_by: auth.user_id,
         others,

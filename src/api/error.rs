@@ -16,7 +16,7 @@ use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
 use crate::events::constraints::{self, OnViolation};
-use crate::events::store::CommandError;
+use crate::events::store::{is_connection_lost, CommandError, DatabaseUnavailable, OutcomeUnknown};
 use crate::identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,10 +160,8 @@ impl From<sqlx::Error> for ApiError {
             return conflict;
         }
         match &err {
-            sqlx::Error::PoolTimedOut => ApiError::Unavailable {
-                code: "database_busy",
-                message: "the database is busy; try again".into(),
-            },
+            sqlx::Error::PoolTimedOut => database_busy(),
+            err if is_connection_lost(err) => database_unavailable(err),
             _ => ApiError::Internal(err.into()),
         }
     }
@@ -179,6 +177,38 @@ fn constraint_conflict(err: &sqlx::Error) -> Option<ApiError> {
     })
 }
 
+fn database_busy() -> ApiError {
+    ApiError::Unavailable {
+        code: "database_busy",
+        message: "the database is busy; try again".into(),
+    }
+}
+
+/// 503 `database_unavailable`: nothing was written (a read, or a write that never reached the
+/// database); the request may be sent again as is.
+fn database_unavailable(err: &dyn std::fmt::Display) -> ApiError {
+    metrics::counter!("database_unavailable_total").increment(1);
+    tracing::warn!(error = %err, "database unavailable");
+    ApiError::Unavailable {
+        code: "database_unavailable",
+        message: "the database is unavailable; try again shortly".into(),
+    }
+}
+
+/// 503 `outcome_unknown`: a write's connection failed after the write was sent, so it may have
+/// committed. A retry with the same `Idempotency-Key` answers the first outcome if it did, and
+/// applies the request once if it did not.
+fn outcome_unknown(err: &dyn std::fmt::Display) -> ApiError {
+    metrics::counter!("outcome_unknown_total").increment(1);
+    tracing::warn!(error = %err, "outcome of a write unknown");
+    ApiError::Unavailable {
+        code: "outcome_unknown",
+        message: "the database connection failed during the write, which may or may not have \
+                  been applied; retry with the same Idempotency-Key"
+            .into(),
+    }
+}
+
 fn concurrent_modification() -> ApiError {
     ApiError::conflict(
         "concurrent_modification",
@@ -188,16 +218,32 @@ fn concurrent_modification() -> ApiError {
 
 impl ApiError {
     /// An internal error caused by a constraint violation, wherever it was wrapped (a command's
-    /// `Internal`, a key store's error), is that violation's 409, never a 500.
+    /// `Internal`, a key store's error), is that violation's 409, never a 500; one caused by a
+    /// lost database connection is a 503 (`outcome_unknown` for a write that may have
+    /// committed, else `database_unavailable`).
     fn or_constraint_conflict(self) -> ApiError {
         let ApiError::Internal(err) = &self else {
             return self;
         };
-        let found = err
+        if let Some(unknown) = err.downcast_ref::<OutcomeUnknown>() {
+            return outcome_unknown(unknown);
+        }
+        if let Some(unavailable) = err.downcast_ref::<DatabaseUnavailable>() {
+            return database_unavailable(unavailable);
+        }
+        let Some(cause) = err
             .chain()
             .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
-            .and_then(constraint_conflict);
-        found.unwrap_or(self)
+        else {
+            return self;
+        };
+        if matches!(cause, sqlx::Error::PoolTimedOut) {
+            return database_busy();
+        }
+        if is_connection_lost(cause) {
+            return database_unavailable(cause);
+        }
+        constraint_conflict(cause).unwrap_or(self)
     }
 }
 

@@ -16,10 +16,12 @@
 //!
 //! Answers below 500 are stored (201, 202 pending, 4xx domain and validation errors), except 401,
 //! 408 and 429, which say the request was not judged at all; on those and on 5xx the claim is
-//! released so a retry runs again. A stored 4xx is replayed only to the role that got it: after a
-//! role change the request runs again (a refusal changed nothing, and the new role may be
-//! answered otherwise), while a success is replayed to any role (it happened). Expired keys
-//! (24 h) are swept by one claim in [`SWEEP_ONE_IN`], in the background.
+//! released so a retry runs again, unless its command committed (a 503 `outcome_unknown`, or a
+//! failure after the commit): then the retry answers that committed outcome (see [`RELEASE`]).
+//! A stored 4xx is replayed only to the role that got it: after a role change the request runs
+//! again (a refusal changed nothing, and the new role may be answered otherwise), while a success
+//! is replayed to any role (it happened). Expired keys (24 h) are swept by one claim in
+//! [`SWEEP_ONE_IN`], in the background.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, OriginalUri, Request};
@@ -35,6 +37,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::token::AuthUser;
+use crate::events::{self, claim::Prior};
 use crate::App;
 
 /// The request header carrying the key.
@@ -53,19 +56,40 @@ pub const SWEEP_ONE_IN: u32 = 100;
 
 /// Claims a key, or takes over a row that expired (24 h) or was abandoned: no answer after the
 /// request time-out plus a grace, for the same request (the time-out layer wraps this
-/// middleware, so no live request holds a claim that old); or a refusal (4xx) of the same
-/// request given to another role than the caller's now.
+/// middleware, so no live request holds a claim that old); or released by a request that ended
+/// in a 5xx after its command committed; or a refusal (4xx) of the same request given to another
+/// role than the caller's now. A takeover of an unanswered claim keeps what the earlier attempt
+/// committed (`committed_position`), so the retry answers that outcome instead of running again.
 const CLAIM: &str = "\
     INSERT INTO idempotency_keys AS k (user_id, key, fingerprint, role) VALUES ($1, $2, $3, $5) \
     ON CONFLICT (user_id, key) DO UPDATE \
        SET fingerprint = EXCLUDED.fingerprint, status = NULL, content_type = NULL, body = NULL, \
-           role = EXCLUDED.role, created_at = now() \
+           role = EXCLUDED.role, created_at = now(), released = false, \
+           committed_position = CASE WHEN k.status IS NULL \
+                                      AND k.created_at >= now() - interval '24 hours' \
+                                     THEN k.committed_position END \
      WHERE k.created_at < now() - interval '24 hours' \
         OR (k.status IS NULL AND k.fingerprint = EXCLUDED.fingerprint \
-            AND k.created_at < now() - make_interval(secs => $4)) \
+            AND (k.released OR k.created_at < now() - make_interval(secs => $4))) \
         OR (k.status >= 400 AND k.fingerprint = EXCLUDED.fingerprint \
             AND k.role IS DISTINCT FROM EXCLUDED.role) \
-    RETURNING created_at";
+    RETURNING created_at, committed_position";
+
+/// Frees a claim whose request ended without an outcome (5xx, 401, 408, 429): deleted when its
+/// command did not commit, so a retry runs again; released when it did, so a retry takes it over
+/// at once and answers what was committed.
+const RELEASE: &str = "\
+    WITH freed AS ( \
+        DELETE FROM idempotency_keys \
+         WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL \
+           AND committed_position IS NULL \
+    ) \
+    UPDATE idempotency_keys SET released = true \
+     WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL \
+       AND committed_position IS NOT NULL";
+
+/// How long a release that failed (the database was unreachable) is tried again, once a second.
+const RELEASE_RETRY_SECS: u64 = 30;
 
 /// Makes a creating POST idempotent when it carries `Idempotency-Key`.
 ///
@@ -74,9 +98,13 @@ const CLAIM: &str = "\
 /// handler would: a refusal (401 for a session that ended, 403 `mfa_enrollment_required`, 503)
 /// is answered as is, with nothing claimed or replayed.
 ///
-/// Window of a duplicate: a request that committed its command but never stored its answer (the
-/// time-out layer dropped it, or the process died) leaves a bare claim; a retry after
-/// `REQUEST_TIMEOUT_SECS` + 5 s runs the request again. Before that, retries get 409.
+/// No window of a duplicate: the command's append marks the claim in its own statement (see
+/// [`crate::events::claim`]), so a request that committed but never stored its answer (its
+/// connection failed: 503 `outcome_unknown`; the time-out layer dropped it; the process died)
+/// leaves a claim that says so. A retry after a release (at once) or after
+/// `REQUEST_TIMEOUT_SECS` + 5 s (a process that died) answers the committed outcome (same
+/// resource, no second event); a claim whose command did not commit runs again. Before that,
+/// retries get 409.
 pub async fn idempotent(Extension(app): Extension<App>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
@@ -144,13 +172,34 @@ async fn run(
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let fingerprint = fingerprint(&parts.method, path, &bytes);
 
-    let claimed_at = match claim(app, user_id, role, key, &fingerprint).await? {
-        Claim::Ours(claimed_at) => claimed_at,
+    let (claimed_at, committed) = match claim(app, user_id, role, key, &fingerprint).await? {
+        Claim::Ours(claimed_at, committed) => (claimed_at, committed),
         Claim::Done(response) => return Ok(response),
     };
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let prior = match committed {
+        Some(position) => match Prior::load(&app.pool, position).await {
+            Ok(prior) => prior,
+            Err(err) => {
+                release(app, user_id, key, claimed_at).await;
+                return Err(err.into());
+            }
+        },
+        None => None,
+    };
+    if prior.is_some() {
+        metrics::counter!("idempotent_resolved_total").increment(1);
+    }
+    let scope = events::claim::Claim {
+        user_id,
+        key: key.to_string(),
+        claimed_at,
+        prior,
+    };
+    let response = events::claim::scope(
+        scope,
+        next.run(Request::from_parts(parts, Body::from(bytes))),
+    )
+    .await;
     Ok(finish(app, user_id, key, claimed_at, response).await)
 }
 
@@ -186,8 +235,9 @@ fn fingerprint(method: &Method, path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 enum Claim {
-    /// This request runs; its claim row carries this `created_at`.
-    Ours(DateTime<Utc>),
+    /// This request runs; its claim row carries this `created_at`, and the position of what an
+    /// earlier attempt under the key committed, if it did.
+    Ours(DateTime<Utc>, Option<i64>),
     /// Answered without running: a replay, or 409 while the first request runs.
     Done(Response),
 }
@@ -210,7 +260,7 @@ async fn claim(
     let abandoned_after = (app.config.request_timeout_secs + ABANDON_GRACE_SECS) as f64;
     // A row may vanish between the two statements (a 5xx released it, or the sweep): claim again.
     for _ in 0..3 {
-        let claimed: Option<DateTime<Utc>> = sqlx::query_scalar(CLAIM)
+        let claimed: Option<(DateTime<Utc>, Option<i64>)> = sqlx::query_as(CLAIM)
             .bind(user_id)
             .bind(key)
             .bind(fingerprint)
@@ -218,11 +268,11 @@ async fn claim(
             .bind(role)
             .fetch_optional(&app.pool)
             .await?;
-        if let Some(claimed_at) = claimed {
+        if let Some((claimed_at, committed)) = claimed {
             if sweep_now() {
                 sweep(app.clone());
             }
-            return Ok(Claim::Ours(claimed_at));
+            return Ok(Claim::Ours(claimed_at, committed));
         }
         let row: Option<StoredRow> = sqlx::query_as(
             "SELECT fingerprint, status, content_type, body, role FROM idempotency_keys \
@@ -343,20 +393,39 @@ async fn finish(
     Response::from_parts(parts, Body::from(bytes))
 }
 
-/// Deletes our claim so that a retry runs the request again.
+/// Frees our claim (see [`RELEASE`]) so that a retry is not kept waiting. When the database
+/// cannot be reached, tried again in the background for [`RELEASE_RETRY_SECS`]; until then a
+/// retry gets 409 `request_in_progress`.
 async fn release(app: &App, user_id: Uuid, key: &str, claimed_at: DateTime<Utc>) {
-    let released = sqlx::query(
-        "DELETE FROM idempotency_keys \
-          WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
-    )
-    .bind(user_id)
-    .bind(key)
-    .bind(claimed_at)
-    .execute(&app.pool)
-    .await;
-    if let Err(err) = released {
-        tracing::warn!(error = %err, %user_id, "idempotency claim not released");
+    if let Err(err) = release_once(&app.pool, user_id, key, claimed_at).await {
+        tracing::warn!(error = %err, %user_id, "idempotency claim not released; retrying");
+        let pool = app.pool.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            for _ in 0..RELEASE_RETRY_SECS {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if release_once(&pool, user_id, &key, claimed_at).await.is_ok() {
+                    return;
+                }
+            }
+            tracing::warn!(%user_id, "idempotency claim not released; it will count as abandoned");
+        });
     }
+}
+
+async fn release_once(
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+    key: &str,
+    claimed_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(RELEASE)
+        .bind(user_id)
+        .bind(key)
+        .bind(claimed_at)
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 fn sweep_now() -> bool {

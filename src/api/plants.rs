@@ -240,7 +240,7 @@ async fn create_plant(
         light: patch.care.light.flatten(),
         notes: patch.care.notes.flatten(),
     };
-    let id = Uuid::now_v7();
+    let id = crate::events::claim::new_id("Plant");
     let species = patch.species.flatten();
     let description = patch.description.flatten();
     // The read model's row as the projection writes it from PlantCreated (same values, created

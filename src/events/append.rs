@@ -1,14 +1,16 @@
 //! Appending events: one statement per command (atomic), or a share of a group commit for
 //! single-event commands. Every append takes the commit-order lock (a statement trigger on
-//! `events`), so positions become visible in commit order.
+//! `events`), so positions become visible in commit order. Under an `Idempotency-Key` claim,
+//! the same statement marks the claim with the command's last position (see [`super::claim`]).
 
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::group_commit::{GroupAppender, NewEvent};
-use super::store::{internal, CommandError, Committed};
+use super::claim;
+use super::group_commit::{AppendFailure, GroupAppender, NewEvent};
+use super::store::{internal, CommandError, Committed, DatabaseUnavailable, OutcomeUnknown};
 use super::{Metadata, Position};
 
 /// Appends one event through the group appender.
@@ -29,9 +31,14 @@ pub(super) async fn append_grouped<A: Aggregate>(
             event_version: event.event_version(),
             payload: serde_json::to_value(event).map_err(internal)?,
             metadata: serde_json::to_value(metadata.to_map()).map_err(internal)?,
+            claim: claim::mark(),
         })
         .await
-        .map_err(|message| CommandError::Internal(anyhow::anyhow!(message)))?;
+        .map_err(|failure| match failure {
+            AppendFailure::NotWritten(message) => internal(DatabaseUnavailable(message)),
+            AppendFailure::Unknown(message) => internal(OutcomeUnknown(message)),
+            AppendFailure::Failed(message) => CommandError::Internal(anyhow::anyhow!(message)),
+        })?;
     match verdict {
         Some((position, at)) => {
             metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(1);
@@ -44,6 +51,28 @@ pub(super) async fn append_grouped<A: Aggregate>(
         None => Err(CommandError::Conflict),
     }
 }
+
+const INSERT: &str = "\
+    INSERT INTO events \
+        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+    SELECT $1, $2, seq, etype, ever, payload, $7 \
+      FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(seq, etype, ever, payload) \
+    RETURNING global_position, timestamp";
+
+/// [`INSERT`], marking the claim `($8, $9, $10)` with the last position, in the same statement.
+const INSERT_AND_MARK: &str = "\
+    WITH inserted AS ( \
+        INSERT INTO events \
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+        SELECT $1, $2, seq, etype, ever, payload, $7 \
+          FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
+               AS e(seq, etype, ever, payload) \
+        RETURNING global_position, timestamp \
+    ), marked AS ( \
+        UPDATE idempotency_keys SET committed_position = (SELECT max(global_position) FROM inserted) \
+         WHERE user_id = $8 AND key = $9 AND created_at = $10 \
+    ) \
+    SELECT global_position, timestamp FROM inserted";
 
 /// Appends `events` after `current_sequence` in one statement (atomic for the command), returning
 /// the new version and the position of the last event. A duplicate sequence is a `Conflict`.
@@ -66,23 +95,27 @@ pub(super) async fn append<A: Aggregate>(
         versions.push(event.event_version());
         payloads.push(serde_json::to_value(event).map_err(internal)?);
     }
-    let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO events \
-             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT $1, $2, seq, etype, ever, payload, $7 \
-           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
-                AS e(seq, etype, ever, payload) \
-         RETURNING global_position, timestamp",
-    )
-    .bind(A::TYPE)
-    .bind(aggregate_id)
-    .bind(&sequences)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .fetch_all(&mut *conn)
-    .await?;
+    let mark = claim::mark();
+    let sql = if mark.is_some() {
+        INSERT_AND_MARK
+    } else {
+        INSERT
+    };
+    let mut query = sqlx::query_as(sql)
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata);
+    if let Some(mark) = &mark {
+        query = query
+            .bind(mark.user_id)
+            .bind(&mark.key)
+            .bind(mark.claimed_at);
+    }
+    let rows: Vec<(i64, DateTime<Utc>)> = query.fetch_all(&mut *conn).await?;
     metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
     let last = rows.into_iter().max();
     Ok(Committed {

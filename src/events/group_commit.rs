@@ -5,6 +5,10 @@
 //! race for its sequence number (a `Conflict`, retried by the caller like any other). Only
 //! single-event appends are grouped, so a command is never half written; commands with several
 //! events append on their own.
+//!
+//! An append made under an `Idempotency-Key` claim marks the claim's row in the same statement
+//! (see [`super::claim`]). A statement whose connection fails after it was sent may have
+//! committed: its appends get [`AppendFailure::Unknown`], never a plain failure.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,11 +18,24 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::claim::Mark;
+use super::store::is_connection_lost;
 use super::Position;
 
 /// The verdict on one append: its position and timestamp, or `None` when the sequence was
 /// already taken.
-pub type Verdict = Result<Option<(Position, DateTime<Utc>)>, String>;
+pub type Verdict = Result<Option<(Position, DateTime<Utc>)>, AppendFailure>;
+
+/// Why an append has no verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendFailure {
+    /// Nothing reached the database (no connection, or the appender stopped).
+    NotWritten(String),
+    /// The statement was sent and its connection failed: it may have committed.
+    Unknown(String),
+    /// The database refused the statement.
+    Failed(String),
+}
 
 /// One event to append at `sequence` of its aggregate's stream.
 pub struct NewEvent {
@@ -29,6 +46,8 @@ pub struct NewEvent {
     pub event_version: String,
     pub payload: Value,
     pub metadata: Value,
+    /// The `Idempotency-Key` claim to mark with this event's position.
+    pub claim: Option<Mark>,
 }
 
 struct Queued {
@@ -63,10 +82,10 @@ impl GroupAppender {
         self.queue
             .send(Queued { event, reply })
             .await
-            .map_err(|_| "the group appender has stopped".to_string())?;
+            .map_err(|_| AppendFailure::NotWritten("the group appender has stopped".into()))?;
         verdict
             .await
-            .map_err(|_| "the group appender dropped an append".to_string())?
+            .map_err(|_| AppendFailure::Unknown("the group appender dropped an append".into()))?
     }
 }
 
@@ -96,6 +115,35 @@ async fn write_groups(
 
 type Key = (&'static str, String, i64);
 
+const INSERT: &str = "\
+    INSERT INTO events \
+        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                         $6::jsonb[], $7::jsonb[]) \
+    ON CONFLICT DO NOTHING \
+    RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp";
+
+/// [`INSERT`], and each inserted event that carries a claim marks it, in the same statement.
+const INSERT_AND_MARK: &str = "\
+    WITH inserted AS ( \
+        INSERT INTO events \
+            (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                             $6::jsonb[], $7::jsonb[]) \
+        ON CONFLICT DO NOTHING \
+        RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp \
+    ), marked AS ( \
+        UPDATE idempotency_keys k SET committed_position = i.global_position \
+          FROM inserted i, \
+               UNNEST($1::text[], $2::text[], $3::bigint[], $8::uuid[], $9::text[], \
+                      $10::timestamptz[]) AS c(aggregate_type, aggregate_id, sequence, \
+                                               user_id, key, claimed_at) \
+         WHERE (i.aggregate_type, i.aggregate_id, i.sequence) \
+               = (c.aggregate_type, c.aggregate_id, c.sequence) \
+           AND (k.user_id, k.key, k.created_at) = (c.user_id, c.key, c.claimed_at) \
+    ) \
+    SELECT * FROM inserted";
+
 /// A returned row: aggregate type, aggregate id, sequence, global position, timestamp.
 type InsertedRow = (String, String, i64, i64, DateTime<Utc>);
 
@@ -116,6 +164,16 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
             let _ = request.reply.send(Ok(None));
         }
     }
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(err) => {
+            let failure = AppendFailure::NotWritten(format!("appending a group of events: {err}"));
+            for request in writing {
+                let _ = request.reply.send(Err(failure.clone()));
+            }
+            return;
+        }
+    };
     metrics::histogram!("event_append_group_size").record(writing.len() as f64);
 
     let mut types = Vec::with_capacity(writing.len());
@@ -125,7 +183,16 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     let mut versions = Vec::with_capacity(writing.len());
     let mut payloads = Vec::with_capacity(writing.len());
     let mut metadata = Vec::with_capacity(writing.len());
+    let marking = writing.iter().any(|q| q.event.claim.is_some());
+    let mut claim_users = Vec::new();
+    let mut claim_keys = Vec::new();
+    let mut claimed_at = Vec::new();
     for Queued { event, .. } in &writing {
+        if marking {
+            claim_users.push(event.claim.as_ref().map(|c| c.user_id));
+            claim_keys.push(event.claim.as_ref().map(|c| c.key.as_str()));
+            claimed_at.push(event.claim.as_ref().map(|c| c.claimed_at));
+        }
         types.push(event.aggregate_type);
         ids.push(event.aggregate_id.as_str());
         sequences.push(event.sequence);
@@ -134,23 +201,19 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         payloads.push(&event.payload);
         metadata.push(&event.metadata);
     }
-    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = sqlx::query_as(
-        "INSERT INTO events \
-             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                              $6::jsonb[], $7::jsonb[]) \
-         ON CONFLICT DO NOTHING \
-         RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&event_types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .fetch_all(pool)
-    .await;
+    let sql = if marking { INSERT_AND_MARK } else { INSERT };
+    let mut query = sqlx::query_as(sql)
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&event_types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata);
+    if marking {
+        query = query.bind(&claim_users).bind(&claim_keys).bind(&claimed_at);
+    }
+    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = query.fetch_all(&mut *conn).await;
 
     match inserted {
         Ok(rows) => {
@@ -174,8 +237,13 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         }
         Err(err) => {
             let message = format!("appending a group of events: {err}");
+            let failure = if is_connection_lost(&err) {
+                AppendFailure::Unknown(message)
+            } else {
+                AppendFailure::Failed(message)
+            };
             for request in writing {
-                let _ = request.reply.send(Err(message.clone()));
+                let _ = request.reply.send(Err(failure.clone()));
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod advice;
 pub mod append;
 pub mod bookings;
+pub mod claim;
 pub mod constraints;
 pub mod conversation;
 pub mod crypto;

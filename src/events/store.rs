@@ -18,6 +18,7 @@ use rand::Rng;
 use sqlx::{PgConnection, PgPool};
 
 use super::append::{append, append_grouped};
+use super::claim;
 use super::group_commit::GroupAppender;
 use super::upcast::Versioned;
 pub use super::wakeups::Wakeups;
@@ -56,6 +57,59 @@ impl<E: std::error::Error> From<sqlx::Error> for CommandError<E> {
         } else {
             CommandError::Internal(err.into())
         }
+    }
+}
+
+/// Nothing was written: the database could not be reached, or the connection failed before the
+/// write was sent (the edge answers 503 `database_unavailable`).
+#[derive(Debug, thiserror::Error)]
+#[error("the database is unavailable: {0}")]
+pub struct DatabaseUnavailable(pub String);
+
+/// A write was sent and its connection failed before the answer came: it may have committed
+/// (the edge answers 503 `outcome_unknown`; a retry with the same `Idempotency-Key` resolves it).
+#[derive(Debug, thiserror::Error)]
+#[error("the outcome of a write is unknown: {0}")]
+pub struct OutcomeUnknown(pub String);
+
+/// Whether an error says the connection to PostgreSQL is gone or refused (an I/O or protocol
+/// failure, a connection exception (class 08), an administrator or crash shutdown, a server
+/// that does not take connections now (57P)), rather than an answer about the statement.
+pub fn is_connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// A write whose connection was lost after it was sent: its outcome is unknown.
+fn unknown_if_lost<E: std::error::Error>(err: CommandError<E>) -> CommandError<E> {
+    match err {
+        CommandError::Internal(err)
+            if err
+                .chain()
+                .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+                .any(is_connection_lost) =>
+        {
+            internal(OutcomeUnknown(format!("{err:#}")))
+        }
+        other => other,
+    }
+}
+
+/// A commit that failed: unknown when its connection was lost.
+pub fn commit_failed<E: std::error::Error>(err: sqlx::Error) -> CommandError<E> {
+    if is_connection_lost(&err) {
+        internal(OutcomeUnknown(format!("committing: {err}")))
+    } else {
+        internal(err)
     }
 }
 
@@ -137,6 +191,9 @@ impl EventStore {
     where
         A: Aggregate,
     {
+        if let Some(committed) = claim::prior_for(A::TYPE, aggregate_id) {
+            return Ok(committed);
+        }
         let events = decide(A::default(), command, services).await?;
         append::<A>(conn, aggregate_id, 0, &events, metadata).await
     }
@@ -158,6 +215,9 @@ impl EventStore {
         A: Versioned,
         A::Command: Clone,
     {
+        if let Some(committed) = claim::prior_for(A::TYPE, aggregate_id) {
+            return Ok(committed);
+        }
         let mut attempt = 0;
         loop {
             let (mut aggregate, sequence) = self.load::<A>(aggregate_id).await?;
@@ -184,7 +244,7 @@ impl EventStore {
             };
             match appended {
                 Ok(committed) => {
-                    tx.commit().await.map_err(internal)?;
+                    tx.commit().await.map_err(commit_failed)?;
                     self.appended(A::TYPE);
                     return Ok(committed);
                 }
@@ -232,6 +292,10 @@ impl EventStore {
         A: Versioned,
         A::Command: Clone,
     {
+        // An earlier attempt under this request's Idempotency-Key committed: its outcome.
+        if let Some(committed) = claim::prior_for(A::TYPE, aggregate_id) {
+            return Ok(committed);
+        }
         let mut attempt = 0;
         loop {
             let (aggregate, sequence) = if assume_new {
@@ -254,7 +318,9 @@ impl EventStore {
                 }
                 _ => {
                     let mut conn = self.pool.acquire().await.map_err(internal)?;
-                    append::<A>(&mut conn, aggregate_id, sequence, &events, metadata).await
+                    append::<A>(&mut conn, aggregate_id, sequence, &events, metadata)
+                        .await
+                        .map_err(unknown_if_lost)
                 }
             };
             match appended {
@@ -288,6 +354,16 @@ impl EventStore {
             .await
             .map_err(|err| match err {
                 AggregateError::AggregateConflict => CommandError::Conflict,
+                AggregateError::DatabaseConnectionError(cause)
+                | AggregateError::UnexpectedError(cause)
+                    if cause.downcast_ref::<sqlx::Error>().is_some_and(|e| {
+                        is_connection_lost(e) || matches!(e, sqlx::Error::PoolTimedOut)
+                    }) =>
+                {
+                    internal(DatabaseUnavailable(format!(
+                        "loading {aggregate_id}: {cause}"
+                    )))
+                }
                 other => CommandError::Internal(anyhow::anyhow!("loading {aggregate_id}: {other}")),
             })?;
         Ok((context.aggregate, context.current_sequence))

@@ -203,12 +203,14 @@ async fn an_abandoned_claim_is_taken_over(options: PgPoolOptions, connect: PgCon
     let t = TestApp::spawn(options, connect).await;
     let (user_id, token) = t.user(&unique_email("owner")).await;
 
-    // The same request, claimed long ago by a process that died before answering.
+    // The same request, claimed long ago by a process that died before its command committed
+    // (no committed position on the claim; `faults.rs` has the one that died after).
     let first = create(&t, &token, Some("crashed"), &fern()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
     sqlx::query(
         "UPDATE idempotency_keys SET status = NULL, body = NULL, content_type = NULL, \
-                created_at = now() - interval '10 minutes' WHERE user_id = $1",
+                committed_position = NULL, created_at = now() - interval '10 minutes' \
+          WHERE user_id = $1",
     )
     .bind(user_id)
     .execute(&t.pool)

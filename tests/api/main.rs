@@ -12,6 +12,7 @@ mod edge;
 mod event_order;
 mod expiry;
 mod export;
+mod faults;
 mod fuzzing;
 mod gdpr;
 mod hardening;

@@ -180,7 +180,7 @@ async fn request_sitting(
     }
     let cipher = app.keys.cipher(auth.user_id).await?;
     let location = serde_json::to_string(&location).map_err(|e| ApiError::Internal(e.into()))?;
-    let id = Uuid::now_v7();
+    let id = crate::events::claim::new_id("Sitting");
     let command = SittingCommand::RequestSitting {
         owner_id: auth.user_id,
         plant_ids,
