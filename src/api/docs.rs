@@ -339,7 +339,10 @@ const COMMON_RESPONSES: [(&str, &str); 9] = [
     ("Timeout", "The request took too long (`request_timeout`)"),
     (
         "Unavailable",
-        "A dependency is busy or down; `Retry-After` says when to retry",
+        "A dependency is busy or down; `Retry-After` says when to retry: `database_busy`, \
+         `database_unavailable` (nothing was written), `outcome_unknown` (the database went away \
+         while a write may have committed: retry with the same `Idempotency-Key`, which answers \
+         what committed or applies it once), `sessions_unavailable`",
     ),
 ];
 
