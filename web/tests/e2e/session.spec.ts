@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test'
-import { check, email, login, registered } from './helpers'
+import { check, email, login, mailedLink, registered } from './helpers'
 
 test('a reload and a second tab keep the session (HttpOnly cookie); logout ends it everywhere', async ({ page, request }, info) => {
   const address = email('reload', info)
@@ -38,4 +38,18 @@ test('a reload and a second tab keep the session (HttpOnly cookie); logout ends 
   expect((await page.context().cookies()).some((c) => c.name === '__Host-arosaje_refresh')).toBe(false)
   await tab.goto('/plants')
   await expect(tab).toHaveURL(/\/login\?next=/)
+})
+
+test('the verification link opened in the tab that shows the page already verifies the address', async ({ page, request }, info) => {
+  const address = email('same-tab', info)
+  const r = await request.post('/api/auth/register', { data: { email: address, password: 'Monstera-en-vacances-e2e', display_name: 'Tab' } })
+  expect(r.status()).toBe(201)
+  await page.goto('/verify-email')
+  await expect(page.getByRole('alert')).toHaveText('Ce lien ne contient pas de jeton.')
+  // Only the fragment changes: the page is not loaded again, it must still take the token.
+  const link = new URL(await mailedLink(address, 'verify-email'))
+  await page.goto(`/verify-email${link.hash}`)
+  await expect(page.getByText('Adresse confirmée')).toBeVisible()
+  expect(page.url()).not.toContain('token=')
+  await login(page, address)
 })
