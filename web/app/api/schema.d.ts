@@ -2660,7 +2660,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description A dependency is busy or down; `Retry-After` says when to retry */
+        /** @description A dependency is busy or down; `Retry-After` says when to retry: `database_busy`, `database_unavailable` (nothing was written), `outcome_unknown` (the database went away while a write may have committed: retry with the same `Idempotency-Key`, which answers what committed or applies it once), `sessions_unavailable` */
         Unavailable: {
             headers: {
                 [name: string]: unknown;
