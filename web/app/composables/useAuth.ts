@@ -30,7 +30,9 @@ export function useAuth() {
       try {
         if (!user.value && (await restoreTokens())) await loadMe()
       } catch {
-        forget()
+        // A request cut short (the page reloading, the network gone) says nothing of the
+        // session: keep the flag the other tabs share, so the next load tries again.
+        user.value = null
       } finally {
         ready.value = true
       }
