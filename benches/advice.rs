@@ -118,13 +118,7 @@ async fn main() -> anyhow::Result<()> {
         let botanist = common::account(&http, &base, "botanist@bench.example").await?;
         arosaje::identity::create_admin(&app, "admin@bench.example", common::PASSWORD, "Admin")
             .await?;
-        let admin: Value = http
-            .post(format!("{base}/api/auth/login"))
-            .json(&json!({"email": "admin@bench.example", "password": common::PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let admin = common::login(&http, &base, "admin@bench.example").await?;
         let admin = admin["access_token"].as_str().context("admin token")?;
         let botanist_id: uuid::Uuid = botanist["user"]["id"].as_str().context("id")?.parse()?;
         let promoted = http

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 mod common;
 use common::ms;
@@ -104,13 +104,7 @@ async fn main() -> anyhow::Result<()> {
         arosaje::identity::create_admin(&app, "admin@bench.example", common::PASSWORD, "Admin")
             .await?;
         let http = reqwest::Client::new();
-        let login: Value = http
-            .post(format!("{base}/api/auth/login"))
-            .json(&json!({"email": "admin@bench.example", "password": common::PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let login = common::login(&http, &base, "admin@bench.example").await?;
         let token = login["access_token"].as_str().context("token")?.to_string();
         println!("generating {events} events");
         generate(&pool, events).await?;

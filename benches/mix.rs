@@ -272,13 +272,7 @@ async fn make_world(http: &reqwest::Client, base: &str, users: usize) -> anyhow:
         world.users[a].conversation = id.clone();
         world.users[b].conversation = id;
     }
-    let admin: Value = http
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": "admin@bench.example", "password": common::PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let admin = common::login(http, base, "admin@bench.example").await?;
     let admin = text(&admin, "access_token")?;
     for (i, login) in staff.iter().enumerate() {
         let role = if i == 0 { "AUDITOR" } else { "BOTANIST" };

@@ -96,6 +96,17 @@ pub async fn serve(config: Config) -> anyhow::Result<(App, PgPool, String, Backg
     Ok((app, pool, base, background))
 }
 
+/// Logs in with the bench password; returns the login body (an error body when refused).
+pub async fn login(http: &reqwest::Client, base: &str, email: &str) -> anyhow::Result<Value> {
+    Ok(http
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// Registers and logs in; returns the login body.
 pub async fn account(http: &reqwest::Client, base: &str, email: &str) -> anyhow::Result<Value> {
     let r = http
@@ -106,13 +117,7 @@ pub async fn account(http: &reqwest::Client, base: &str, email: &str) -> anyhow:
     anyhow::ensure!(r.status().is_success(), "register: {}", r.status());
     // With a zero read-your-writes wait the account may need a moment to be readable.
     for _ in 0..200 {
-        let login: Value = http
-            .post(format!("{base}/api/auth/login"))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let login = login(http, base, email).await?;
         if login["access_token"].is_string() {
             return Ok(login);
         }
