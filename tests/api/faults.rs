@@ -15,9 +15,9 @@ use sqlx::PgPool;
 use crate::helpers::{config, unique_email, Reply, TestApp};
 
 /// The commit-order lock every append takes (migration `commit_order`).
-const APPEND_LOCK: i64 = 27428895743634021;
+pub const APPEND_LOCK: i64 = 27428895743634021;
 
-async fn create(t: &TestApp, token: &str, key: &str, body: &Value) -> Reply {
+pub async fn create(t: &TestApp, token: &str, key: &str, body: &Value) -> Reply {
     let request = Request::builder()
         .method(Method::POST)
         .uri("/api/plants")
@@ -30,7 +30,7 @@ async fn create(t: &TestApp, token: &str, key: &str, body: &Value) -> Reply {
 }
 
 /// (rows in `plants`, `PlantCreated` events in the log).
-async fn plant_counts(pool: &PgPool) -> (i64, i64) {
+pub async fn plant_counts(pool: &PgPool) -> (i64, i64) {
     sqlx::query_as(
         "SELECT (SELECT count(*) FROM plants), \
                 (SELECT count(*) FROM events WHERE event_type = 'PlantCreated')",
@@ -40,7 +40,7 @@ async fn plant_counts(pool: &PgPool) -> (i64, i64) {
     .unwrap()
 }
 
-fn fern() -> Value {
+pub fn fern() -> Value {
     json!({"name": "Fern", "care": {"watering_interval_days": 3}})
 }
 
@@ -237,4 +237,34 @@ async fn a_retry_after_a_lost_answer_answers_the_committed_outcome(
         assert_eq!(replay.headers["idempotent-replayed"], "true", "{claim}");
         assert_eq!(replay.body, first.body, "{claim}");
     }
+}
+
+/// A read that records an access to personal data (an admin's list of accounts) whose access
+/// record's append is cut: 503 `outcome_unknown`, never 500 (the cause survives the context).
+#[sqlx::test]
+async fn a_cut_access_record_is_503_outcome_unknown(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options, connect).await;
+    let (_, admin) = t.admin().await;
+    let mut holder = t.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (cut, ()) = tokio::join!(
+        t.get("/api/admin/users", &admin),
+        terminate_waiting(&t.pool, "advisory", "INSERT INTO events"),
+    );
+    holder.rollback().await.unwrap();
+    assert_eq!(
+        (cut.status, cut.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+        "{cut:?}"
+    );
+    assert_eq!(cut.headers["retry-after"], "1");
+    let read = t.get("/api/admin/users", &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
 }

@@ -27,6 +27,7 @@ mod messaging;
 mod mfa;
 mod notifications;
 mod ops;
+mod partition;
 mod photos;
 mod plants;
 mod rebuild;
