@@ -75,18 +75,26 @@ const CLAIM: &str = "\
             AND k.role IS DISTINCT FROM EXCLUDED.role) \
     RETURNING created_at, committed_position";
 
-/// Frees a claim whose request ended without an outcome (5xx, 401, 408, 429): deleted when its
-/// command did not commit, so a retry runs again; released when it did, so a retry takes it over
-/// at once and answers what was committed.
+/// Frees a claim whose request ended without an outcome (5xx, 401, 408, 429), so a retry is not
+/// kept waiting: released, so a retry takes it over at once and answers what was committed, if
+/// anything was ([`FORGET`] then deletes it when nothing was).
+///
+/// "Did the command commit?" is read from the claim's row after locking it: an append under the
+/// claim locks the row in its own statement and holds it to its commit (see
+/// [`crate::events::claim`]), so an append whose connection broke on our side while its backend
+/// lives on (a partition, a time-out) is waited for here, and one that had not locked it yet
+/// finds the row changed and inserts nothing.
 const RELEASE: &str = "\
-    WITH freed AS ( \
-        DELETE FROM idempotency_keys \
-         WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL \
-           AND committed_position IS NULL \
-    ) \
     UPDATE idempotency_keys SET released = true \
      WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL \
-       AND committed_position IS NOT NULL";
+    RETURNING committed_position IS NOT NULL";
+
+/// Deletes a released claim whose command did not commit, so that the key is free again (a retry
+/// may even change the body). A row locked by an append that commits meanwhile is kept.
+const FORGET: &str = "\
+    DELETE FROM idempotency_keys \
+     WHERE user_id = $1 AND key = $2 AND created_at = $3 AND status IS NULL \
+       AND committed_position IS NULL";
 
 /// How long a release that failed (the database was unreachable) is tried again, once a second.
 const RELEASE_RETRY_SECS: u64 = 30;
@@ -419,13 +427,21 @@ async fn release_once(
     key: &str,
     claimed_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(RELEASE)
+    let committed: Option<bool> = sqlx::query_scalar(RELEASE)
         .bind(user_id)
         .bind(key)
         .bind(claimed_at)
-        .execute(pool)
-        .await
-        .map(drop)
+        .fetch_optional(pool)
+        .await?;
+    if committed == Some(false) {
+        sqlx::query(FORGET)
+            .bind(user_id)
+            .bind(key)
+            .bind(claimed_at)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 fn sweep_now() -> bool {

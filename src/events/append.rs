@@ -1,7 +1,8 @@
 //! Appending events: one statement per command (atomic), or a share of a group commit for
 //! single-event commands. Every append takes the commit-order lock (a statement trigger on
 //! `events`), so positions become visible in commit order. Under an `Idempotency-Key` claim,
-//! the same statement marks the claim with the command's last position (see [`super::claim`]).
+//! the same statement inserts only while the claim is still the request's and marks it with the
+//! command's last position (see [`super::claim`]).
 
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -37,6 +38,7 @@ pub(super) async fn append_grouped<A: Aggregate>(
         .map_err(|failure| match failure {
             AppendFailure::NotWritten(message) => internal(DatabaseUnavailable(message)),
             AppendFailure::Unknown(message) => internal(OutcomeUnknown(message)),
+            AppendFailure::ClaimLost => internal(OutcomeUnknown(CLAIM_LOST.into())),
             AppendFailure::Failed(message) => CommandError::Internal(anyhow::anyhow!(message)),
         })?;
     match verdict {
@@ -52,6 +54,10 @@ pub(super) async fn append_grouped<A: Aggregate>(
     }
 }
 
+/// Why an append under a claim that is no longer the request's is refused. The request appended
+/// nothing, but whoever holds the key now may have: a retry with the key tells.
+const CLAIM_LOST: &str = "the Idempotency-Key claim is no longer this request's";
+
 const INSERT: &str = "\
     INSERT INTO events \
         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
@@ -59,18 +65,27 @@ const INSERT: &str = "\
       FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(seq, etype, ever, payload) \
     RETURNING global_position, timestamp";
 
-/// [`INSERT`], marking the claim `($8, $9, $10)` with the last position, in the same statement.
+/// [`INSERT`] under the claim `($8, $9, $10)`: only while the claim is still this request's
+/// (the row, unanswered, locked until the commit), and marking it with the last position, in the
+/// same statement. A claim freed or taken over meanwhile makes it insert nothing (see
+/// [`super::claim`]).
 const INSERT_AND_MARK: &str = "\
-    WITH inserted AS ( \
+    WITH owned AS MATERIALIZED ( \
+        SELECT FROM idempotency_keys \
+         WHERE user_id = $8 AND key = $9 AND created_at = $10 AND status IS NULL \
+           FOR UPDATE \
+    ), inserted AS ( \
         INSERT INTO events \
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
         SELECT $1, $2, seq, etype, ever, payload, $7 \
           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
                AS e(seq, etype, ever, payload) \
+         WHERE EXISTS (SELECT FROM owned) \
         RETURNING global_position, timestamp \
     ), marked AS ( \
-        UPDATE idempotency_keys SET committed_position = (SELECT max(global_position) FROM inserted) \
-         WHERE user_id = $8 AND key = $9 AND created_at = $10 \
+        UPDATE idempotency_keys SET committed_position = last.position \
+          FROM (SELECT max(global_position) AS position FROM inserted) last \
+         WHERE user_id = $8 AND key = $9 AND created_at = $10 AND last.position IS NOT NULL \
     ) \
     SELECT global_position, timestamp FROM inserted";
 
@@ -116,6 +131,10 @@ pub(super) async fn append<A: Aggregate>(
             .bind(mark.claimed_at);
     }
     let rows: Vec<(i64, DateTime<Utc>)> = query.fetch_all(&mut *conn).await?;
+    if rows.len() < n {
+        // Only under a claim: this attempt no longer holds it and appended nothing.
+        return Err(internal(OutcomeUnknown(CLAIM_LOST.into())));
+    }
     metrics::counter!("events_appended_total", "aggregate_type" => A::TYPE).increment(n as u64);
     let last = rows.into_iter().max();
     Ok(Committed {

@@ -10,6 +10,29 @@
 //! again with that commit as [`Claim::prior`]: the handler takes the same resource id
 //! ([`new_id`]) and the store answers the command with the committed events instead of appending
 //! (see [`prior_for`]), so the retry gets the first outcome and the log gets nothing more.
+//!
+//! That answer must not change after it was read. PostgreSQL notices a vanished client only when
+//! it next talks to it: an append whose connection broke on our side (a partition, a time-out
+//! that dropped the request, a process that died) may still be running, blocked on the
+//! commit-order lock, and commit after we concluded "nothing committed" and freed the claim; the
+//! retry would then apply the command a second time. So the append is conditional on the claim
+//! in the same statement: it locks the claim's row (`FOR UPDATE`, with our `created_at` and no
+//! answer) and inserts nothing when that row is gone or changed. Every write that frees or takes
+//! over a claim (release, forget, takeover, sweep) is an `UPDATE`/`DELETE`/`ON CONFLICT` on that
+//! row, which waits for the row lock and then judges the row as committed. Under either order the
+//! two are serialised:
+//! - the append locked the row first: whoever frees it waits for the append's transaction, then
+//!   sees `committed_position` set (commit) or not (rollback), and answers accordingly;
+//! - the claim was freed or taken over first: the append's lock finds the row deleted or with
+//!   another `created_at` (read committed re-reads the newest version of a locked row), so the
+//!   orphaned statement inserts nothing and commits an empty append.
+//!
+//! The other way, terminating the old backend (`pg_terminate_backend` on a pid remembered at
+//! claim time) before freeing the claim, was not taken: the append does not run on the claim's
+//! connection (its pid is not known when the claim is made), a group commit shares one backend
+//! among several requests' appends (terminating it cuts the others), a pid may be reused, and an
+//! instance that died cannot say which backend was its. Requests without a key keep the plain
+//! `INSERT` (no lock, no join).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

@@ -6,16 +6,19 @@
 //! single-event appends are grouped, so a command is never half written; commands with several
 //! events append on their own.
 //!
-//! An append made under an `Idempotency-Key` claim marks the claim's row in the same statement
-//! (see [`super::claim`]). A statement whose connection fails after it was sent may have
-//! committed: its appends get [`AppendFailure::Unknown`], never a plain failure.
+//! An append made under an `Idempotency-Key` claim is inserted only while the claim is still its
+//! request's, and marks the claim's row, in the same statement (see [`super::claim`]); one whose
+//! claim is gone gets [`AppendFailure::ClaimLost`]. A statement whose connection fails after it
+//! was sent may have committed: its appends get [`AppendFailure::Unknown`], never a plain
+//! failure.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::claim::Mark;
@@ -35,6 +38,9 @@ pub enum AppendFailure {
     Unknown(String),
     /// The database refused the statement.
     Failed(String),
+    /// The event's `Idempotency-Key` claim is no longer its request's (freed or taken over): it
+    /// was not inserted.
+    ClaimLost,
 }
 
 /// One event to append at `sequence` of its aggregate's stream.
@@ -123,29 +129,60 @@ const INSERT: &str = "\
     ON CONFLICT DO NOTHING \
     RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp";
 
-/// [`INSERT`], and each inserted event that carries a claim marks it, in the same statement.
+/// [`INSERT`] where events that carry a claim are inserted only while their claim is still their
+/// request's (the row, unanswered, locked until the commit) and mark it, in the same statement
+/// (see [`super::claim`]). Rows with `lost` set are claimed events whose claim is gone: not
+/// inserted.
 const INSERT_AND_MARK: &str = "\
-    WITH inserted AS ( \
+    WITH appends AS MATERIALIZED ( \
+        SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                             $6::jsonb[], $7::jsonb[], $8::uuid[], $9::text[], \
+                             $10::timestamptz[]) \
+            AS a(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+                 metadata, user_id, key, claimed_at) \
+    ), owned AS MATERIALIZED ( \
+        SELECT k.user_id, k.key, k.created_at FROM idempotency_keys k \
+         WHERE (k.user_id, k.key, k.created_at) IN \
+               (SELECT user_id, key, claimed_at FROM appends) \
+           AND k.status IS NULL \
+           FOR UPDATE OF k \
+    ), inserted AS ( \
         INSERT INTO events \
             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-        SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                             $6::jsonb[], $7::jsonb[]) \
+        SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+               metadata \
+          FROM appends a \
+         WHERE a.user_id IS NULL \
+            OR (a.user_id, a.key, a.claimed_at) IN (SELECT * FROM owned) \
         ON CONFLICT DO NOTHING \
         RETURNING aggregate_type, aggregate_id, sequence, global_position, timestamp \
     ), marked AS ( \
         UPDATE idempotency_keys k SET committed_position = i.global_position \
-          FROM inserted i, \
-               UNNEST($1::text[], $2::text[], $3::bigint[], $8::uuid[], $9::text[], \
-                      $10::timestamptz[]) AS c(aggregate_type, aggregate_id, sequence, \
-                                               user_id, key, claimed_at) \
-         WHERE (i.aggregate_type, i.aggregate_id, i.sequence) \
-               = (c.aggregate_type, c.aggregate_id, c.sequence) \
-           AND (k.user_id, k.key, k.created_at) = (c.user_id, c.key, c.claimed_at) \
+          FROM inserted i \
+          JOIN appends a USING (aggregate_type, aggregate_id, sequence) \
+         WHERE (k.user_id, k.key, k.created_at) = (a.user_id, a.key, a.claimed_at) \
     ) \
-    SELECT * FROM inserted";
+    SELECT aggregate_type, aggregate_id, sequence, global_position, timestamp, false AS lost \
+      FROM inserted \
+    UNION ALL \
+    SELECT aggregate_type, aggregate_id, sequence, NULL, NULL, true \
+      FROM appends a \
+     WHERE a.user_id IS NOT NULL \
+       AND (a.user_id, a.key, a.claimed_at) NOT IN (SELECT * FROM owned)";
 
-/// A returned row: aggregate type, aggregate id, sequence, global position, timestamp.
-type InsertedRow = (String, String, i64, i64, DateTime<Utc>);
+/// A returned row: aggregate type, aggregate id, sequence, global position and timestamp (none
+/// when the event's claim was lost).
+type InsertedRow = (String, String, i64, Option<(Position, DateTime<Utc>)>);
+
+fn inserted_row(row: &PgRow, marking: bool) -> Result<InsertedRow, sqlx::Error> {
+    let lost = marking && row.try_get::<bool, _>(5)?;
+    let inserted = if lost {
+        None
+    } else {
+        Some((Position::new(row.try_get(3)?), row.try_get(4)?))
+    };
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, inserted))
+}
 
 async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     // Two appends of the same version in one group: the first one competes, the others lost.
@@ -202,7 +239,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         metadata.push(&event.metadata);
     }
     let sql = if marking { INSERT_AND_MARK } else { INSERT };
-    let mut query = sqlx::query_as(sql)
+    let mut query = sqlx::query(sql)
         .bind(&types)
         .bind(&ids)
         .bind(&sequences)
@@ -213,17 +250,19 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     if marking {
         query = query.bind(&claim_users).bind(&claim_keys).bind(&claimed_at);
     }
-    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = query.fetch_all(&mut *conn).await;
+    let inserted: Result<Vec<InsertedRow>, sqlx::Error> =
+        query.fetch_all(&mut *conn).await.and_then(|rows| {
+            rows.iter()
+                .map(|row| inserted_row(row, marking))
+                .collect()
+        });
 
     match inserted {
         Ok(rows) => {
-            let mut positions: HashMap<(String, String, i64), (Position, DateTime<Utc>)> =
+            let mut outcomes: HashMap<(String, String, i64), Option<(Position, DateTime<Utc>)>> =
                 HashMap::new();
-            for (aggregate_type, aggregate_id, sequence, position, at) in rows {
-                positions.insert(
-                    (aggregate_type, aggregate_id, sequence),
-                    (Position::new(position), at),
-                );
+            for (aggregate_type, aggregate_id, sequence, inserted) in rows {
+                outcomes.insert((aggregate_type, aggregate_id, sequence), inserted);
             }
             for request in writing {
                 let event = request.event;
@@ -232,7 +271,14 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
                     event.aggregate_id,
                     event.sequence,
                 );
-                let _ = request.reply.send(Ok(positions.get(&key).copied()));
+                let verdict = match outcomes.get(&key) {
+                    Some(Some(inserted)) => Ok(Some(*inserted)),
+                    // Not inserted because its claim is gone.
+                    Some(None) => Err(AppendFailure::ClaimLost),
+                    // Not inserted: its sequence was taken.
+                    None => Ok(None),
+                };
+                let _ = request.reply.send(verdict);
             }
         }
         Err(err) => {
