@@ -16,7 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commands::access::{Access, AccessCommand};
-use crate::events::store::Committed;
+use crate::events::store::{CommandError, Committed};
 use crate::events::Metadata;
 use crate::App;
 
@@ -141,7 +141,11 @@ pub async fn record_in(
             metadata,
         )
         .await
-        .map_err(|err| anyhow::anyhow!("recording an access: {err}"))?;
+        .map_err(|err| match err {
+            // Keep the cause (a lost connection is a 503 at the edge, not a 500).
+            CommandError::Internal(err) => err.context("recording an access"),
+            other => anyhow::anyhow!("recording an access: {other}"),
+        })?;
     metrics::counter!("access_records_total").increment(1);
     Ok(committed)
 }
