@@ -172,7 +172,8 @@ const INSERT_AND_MARK: &str = "\
 
 /// A returned row: aggregate type, aggregate id, sequence, global position and timestamp (none
 /// when the event's claim was lost).
-type InsertedRow = (String, String, i64, Option<(Position, DateTime<Utc>)>);
+type InsertedRow = (String, String, i64, Option<Inserted>);
+type Inserted = (Position, DateTime<Utc>);
 
 fn inserted_row(row: &PgRow, marking: bool) -> Result<InsertedRow, sqlx::Error> {
     let lost = marking && row.try_get::<bool, _>(5)?;
@@ -250,17 +251,14 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     if marking {
         query = query.bind(&claim_users).bind(&claim_keys).bind(&claimed_at);
     }
-    let inserted: Result<Vec<InsertedRow>, sqlx::Error> =
-        query.fetch_all(&mut *conn).await.and_then(|rows| {
-            rows.iter()
-                .map(|row| inserted_row(row, marking))
-                .collect()
-        });
+    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = query
+        .fetch_all(&mut *conn)
+        .await
+        .and_then(|rows| rows.iter().map(|row| inserted_row(row, marking)).collect());
 
     match inserted {
         Ok(rows) => {
-            let mut outcomes: HashMap<(String, String, i64), Option<(Position, DateTime<Utc>)>> =
-                HashMap::new();
+            let mut outcomes: HashMap<(String, String, i64), Option<Inserted>> = HashMap::new();
             for (aggregate_type, aggregate_id, sequence, inserted) in rows {
                 outcomes.insert((aggregate_type, aggregate_id, sequence), inserted);
             }

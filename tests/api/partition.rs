@@ -57,7 +57,9 @@ impl Partition {
     fn cut(&self, client_port: i32) {
         let port = u16::try_from(client_port).unwrap();
         let cut = self.cuts.lock().unwrap().remove(&port);
-        cut.expect("a connection through the proxy").send(()).unwrap();
+        cut.expect("a connection through the proxy")
+            .send(())
+            .unwrap();
     }
 }
 
