@@ -106,10 +106,11 @@ const RELEASE_RETRY_SECS: u64 = 30;
 /// handler would: a refusal (401 for a session that ended, 403 `mfa_enrollment_required`, 503)
 /// is answered as is, with nothing claimed or replayed.
 ///
-/// No window of a duplicate: the command's append marks the claim in its own statement (see
-/// [`crate::events::claim`]), so a request that committed but never stored its answer (its
-/// connection failed: 503 `outcome_unknown`; the time-out layer dropped it; the process died)
-/// leaves a claim that says so. A retry after a release (at once) or after
+/// No window of a duplicate: the command's append runs only while it holds the claim and marks
+/// it, in its own statement (see [`crate::events::claim`]), so a request that committed but
+/// never stored its answer (its connection failed: 503 `outcome_unknown`; the time-out layer
+/// dropped it; the process died) leaves a claim that says so, and one whose backend commits
+/// only after the claim was freed (a partition) inserts nothing. A retry after a release (at once) or after
 /// `REQUEST_TIMEOUT_SECS` + 5 s (a process that died) answers the committed outcome (same
 /// resource, no second event); a claim whose command did not commit runs again. Before that,
 /// retries get 409.
