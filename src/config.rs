@@ -191,6 +191,10 @@ pub struct Config {
     /// Failed attempts at one event before a projector parks it and goes on.
     #[arg(long, env = "PROJECTION_MAX_ATTEMPTS", default_value_t = 5)]
     pub projection_max_attempts: u32,
+    /// A read model never built, on a log of at least this many events, is built at start by a
+    /// rebuild (bulk, aside, then swapped in) rather than batch by batch.
+    #[arg(long, env = "COLD_START_REBUILD_EVENTS", default_value_t = 100_000)]
+    pub cold_start_rebuild_events: i64,
     /// Largest accepted JSON request body, in bytes.
     #[arg(long, env = "MAX_JSON_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_json_body_bytes: usize,
@@ -466,6 +470,7 @@ impl Config {
                 i64::from(self.projection_max_attempts),
             ),
             ("PROJECTION_POLL_MS", self.projection_poll_ms as i64),
+            ("COLD_START_REBUILD_EVENTS", self.cold_start_rebuild_events),
             (
                 "START_REMINDER_INTERVAL_SECS",
                 self.start_reminder_interval_secs as i64,

@@ -188,6 +188,7 @@ impl App {
                 batch_size: config.projection_batch_size,
                 poll_interval: config.projection_poll(),
                 max_attempts: config.projection_max_attempts,
+                cold_start_log: config.cold_start_rebuild_events,
             },
             models,
             wakeups.clone(),

@@ -525,6 +525,44 @@ impl Projection for AdviceProjection {
     /// function of the advice as it stands, so one recount after the batch equals one after
     /// each event.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
+        self.apply_events(conn, events, Recount::Touched).await
+    }
+
+    /// A rebuild leaves the queue counts to [`Projection::finish_replay`]: recounting a plant's
+    /// rows after every batch that gives it advice cost a quarter of the advice rebuild
+    /// (measured on a 1M-event log: 10 s of 41 s, each queue row rewritten three times).
+    async fn apply_replay(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        self.apply_events(conn, events, Recount::AtTheEnd).await
+    }
+
+    /// Every queue row counted once (the counts are a function of the advice as it stands).
+    /// A set-based form (joins, `DISTINCT ON`) took as long as this one on the 1M-event log.
+    async fn finish_replay(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        sqlx::query(QUEUE_COUNTS).execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// When a batch recounts the queue rows it touched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recount {
+    /// At the end of the batch (the live projector, and the rebuild's last events).
+    Touched,
+    /// Never: a rebuild's replay, which counts every row once after it (`finish_replay`).
+    AtTheEnd,
+}
+
+impl AdviceProjection {
+    async fn apply_events(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+        recount: Recount,
+    ) -> anyhow::Result<()> {
         let mut advice = Vec::new();
         let mut sittings = Vec::new();
         let mut people = HashSet::new();
@@ -589,6 +627,9 @@ impl Projection for AdviceProjection {
                 self.sitting_layer(conn, &decoded, &mut dirty_sittings)
                     .await?;
             }
+        }
+        if recount == Recount::AtTheEnd {
+            return Ok(());
         }
         let plants: Vec<Uuid> = dirty_plants.into_iter().collect();
         let sittings: Vec<Uuid> = dirty_sittings.into_iter().collect();

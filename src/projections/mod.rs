@@ -65,6 +65,23 @@ pub trait Projection: Send + Sync + 'static {
     async fn reconcile(&self, _conn: &mut PgConnection) -> anyhow::Result<()> {
         Ok(())
     }
+    /// A rebuild's replay of the log (see [`rebuild`]): `apply`, except that what is derived
+    /// from the rows as they stand (counts, flags) may be left to [`Projection::finish_replay`],
+    /// which runs once after the replay: recomputing such a value once at the end equals
+    /// recomputing it after every batch. The default is `apply`.
+    async fn apply_replay(
+        &self,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        self.apply(conn, events).await
+    }
+    /// After a rebuild's replay, before it is compared or swapped in (the same `search_path` as
+    /// the replay): computes what [`Projection::apply_replay`] left. Events applied after it
+    /// (the swap's last ones) go through `apply`, which keeps those values current.
+    async fn finish_replay(&self, _conn: &mut PgConnection) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Columns that legitimately differ between a rebuilt and the live model (when the row was
     /// written), left out when `projections rebuild --dry-run` compares them.
     fn volatile_columns(&self) -> &'static [&'static str] {

@@ -22,7 +22,9 @@
 //!    scan it once it is not), and the copies are analysed as they grow. Every statement of a
 //!    projection finds its rows by key: scans and hash or merge joins are turned off, as the
 //!    planner takes a copy that is still filling for smaller than it is (a batch of 2,000 keys
-//!    joined to 20,000 rows was a hash join over the whole table per statement, measured). Then the deferred
+//!    joined to 20,000 rows was a hash join over the whole table per statement, measured). The
+//!    replay goes through [`Projection::apply_replay`], which may leave derived values (the
+//!    advice queue's counts) to one [`Projection::finish_replay`] at its end. Then the deferred
 //!    indexes are built and the copies analysed.
 //! 4. Swap, in one transaction: lock the checkpoint row (the live projector waits), lock the live
 //!    tables, apply the last events to the shadow, drop the foreign keys of other tables that
@@ -317,7 +319,9 @@ pub async fn rebuild(
         ));
         while let Some((to, events)) = ready.recv().await {
             let mut tx = pool.begin_with(shadow.begin.clone()).await?;
-            shadow.apply_events(&mut tx, events, to).await?;
+            shadow
+                .apply_events(&mut tx, events, to, Phase::Replay)
+                .await?;
             tx.commit().await?;
             progress(shadow.progress());
             if shadow.applied >= analysed_at {
@@ -327,6 +331,20 @@ pub async fn rebuild(
         }
         reader.await??;
         anyhow::ensure!(shadow.position == head, "the log reader stopped early");
+    }
+    // What the replay left for the end (derived counts), once, before the swap's last events.
+    {
+        let mut tx = pool
+            .begin_with(format!(
+                "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL search_path = {}",
+                search_path(projection, Some(&shadow_schema(projection)))
+            ))
+            .await?;
+        projection
+            .finish_replay(&mut tx)
+            .await
+            .with_context(|| format!("finishing the replay of {name}"))?;
+        tx.commit().await?;
     }
     // Indexes no lookup uses are built once, after the bulk of the rows (faster than row by
     // row, GIN above all).
@@ -730,7 +748,7 @@ impl Shadow<'_> {
     /// `search_path` says which tables), then moves the position to `to`.
     async fn apply_range(&mut self, conn: &mut PgConnection, to: i64) -> anyhow::Result<()> {
         let events = read_range(conn, self.projection.aggregate_types(), self.position, to).await?;
-        self.apply_events(conn, events, to).await
+        self.apply_events(conn, events, to, Phase::Live).await
     }
 
     /// Applies `events`, those of (position, to], then moves the position to `to`.
@@ -739,8 +757,9 @@ impl Shadow<'_> {
         conn: &mut PgConnection,
         events: Vec<StoredEvent>,
         to: i64,
+        phase: Phase,
     ) -> anyhow::Result<()> {
-        let (applied, failed) = apply_events(conn, self.projection, events).await?;
+        let (applied, failed) = apply_events(conn, self.projection, events, phase).await?;
         self.applied += applied;
         self.parked.extend(failed);
         self.position = to;
@@ -781,7 +800,29 @@ async fn apply_range(
     to: i64,
 ) -> anyhow::Result<(u64, Vec<(StoredEvent, anyhow::Error)>)> {
     let events = read_range(conn, projection.aggregate_types(), from, to).await?;
-    apply_events(conn, projection, events).await
+    apply_events(conn, projection, events, Phase::Live).await
+}
+
+/// Which of a projection's ways to apply a batch a rebuild uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The bulk of the log: [`Projection::apply_replay`], finished by
+    /// [`Projection::finish_replay`].
+    Replay,
+    /// After `finish_replay` (the swap's last events, a dry run's): [`Projection::apply`].
+    Live,
+}
+
+async fn apply_one(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[StoredEvent],
+    phase: Phase,
+) -> anyhow::Result<()> {
+    match phase {
+        Phase::Replay => projection.apply_replay(conn, events).await,
+        Phase::Live => projection.apply(conn, events).await,
+    }
 }
 
 /// Applies `events` on `conn`, inside a transaction: at once, or, if that fails, one at a time
@@ -790,6 +831,7 @@ async fn apply_events(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     events: Vec<StoredEvent>,
+    phase: Phase,
 ) -> anyhow::Result<(u64, Vec<(StoredEvent, anyhow::Error)>)> {
     if events.is_empty() {
         return Ok((0, Vec::new()));
@@ -797,7 +839,7 @@ async fn apply_events(
     sqlx::query("SAVEPOINT rebuild_batch")
         .execute(&mut *conn)
         .await?;
-    match projection.apply(conn, &events).await {
+    match apply_one(conn, projection, &events, phase).await {
         Ok(()) => {
             sqlx::query("RELEASE SAVEPOINT rebuild_batch")
                 .execute(&mut *conn)
@@ -817,7 +859,7 @@ async fn apply_events(
         sqlx::query("SAVEPOINT rebuild_event")
             .execute(&mut *conn)
             .await?;
-        match projection.apply(conn, std::slice::from_ref(&event)).await {
+        match apply_one(conn, projection, std::slice::from_ref(&event), phase).await {
             Ok(()) => {
                 sqlx::query("RELEASE SAVEPOINT rebuild_event")
                     .execute(&mut *conn)
@@ -1533,4 +1575,76 @@ pub async fn rebuild_outdated(pool: PgPool, projections: Vec<Arc<dyn Projection>
             ),
         }
     }
+}
+
+/// Builds read models that were never built (a cold start: see
+/// [`super::runner::Projections::cold_models`]) by rebuilding them: those that other read
+/// models' rows refer to (foreign keys into their tables: `users`) first, one by one, then the
+/// others at once, each on its own connections. Their projectors must not run meanwhile (they
+/// would fill the live tables a second time, and a swap waits for their batches).
+pub async fn build_cold(
+    pool: &PgPool,
+    models: &[Arc<dyn Projection>],
+    options: &RebuildOptions,
+) -> anyhow::Result<()> {
+    let mut parents = Vec::new();
+    let mut others = Vec::new();
+    for model in models {
+        let tables: Vec<&str> = model.tables().to_vec();
+        let referred: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c \
+                             WHERE c.contype = 'f' \
+                               AND c.confrelid = ANY(SELECT to_regclass(t)::oid FROM unnest($1::text[]) t) \
+                               AND c.conrelid <> ALL(SELECT to_regclass(t)::oid FROM unnest($1::text[]) t))",
+        )
+        .bind(&tables)
+        .fetch_one(pool)
+        .await?;
+        if referred {
+            parents.push(model.clone());
+        } else {
+            others.push(model.clone());
+        }
+    }
+    for model in parents {
+        build_one(pool.clone(), model, options.clone()).await?;
+    }
+    let mut builds = tokio::task::JoinSet::new();
+    for model in others {
+        builds.spawn(build_one(pool.clone(), model, options.clone()));
+    }
+    let mut failed = None;
+    while let Some(done) = builds.join_next().await {
+        if let Err(err) = done.map_err(anyhow::Error::from).and_then(|r| r) {
+            failed.get_or_insert(err);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// One cold start rebuild, logged.
+async fn build_one(
+    pool: PgPool,
+    model: Arc<dyn Projection>,
+    options: RebuildOptions,
+) -> anyhow::Result<()> {
+    let name = model.name();
+    tracing::info!(
+        projection = name,
+        "cold start: building the read model by a rebuild"
+    );
+    let log = ProgressLog::new(name, Duration::from_secs(10));
+    let report = rebuild(&pool, model.as_ref(), &options, &|progress| {
+        log.observe(progress)
+    })
+    .await
+    .with_context(|| format!("building {name}"))?;
+    tracing::info!(
+        projection = name,
+        events = report.events,
+        seconds = report.elapsed.as_secs_f64(),
+        events_per_second = report.events_per_second().round(),
+        "read model built"
+    );
+    Ok(())
 }

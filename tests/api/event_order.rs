@@ -109,6 +109,7 @@ impl Fixture {
                 batch_size,
                 poll_interval: Duration::from_millis(100),
                 max_attempts: 3,
+                ..Default::default()
             },
             vec![Arc::new(Counting { delay })],
             self.wake.clone(),
@@ -522,6 +523,7 @@ async fn a_failing_projector_retries_without_holding_up_the_others(
             batch_size: 100,
             poll_interval: Duration::from_millis(100),
             max_attempts: 5,
+            ..Default::default()
         },
         vec![
             Arc::new(Flaky {
@@ -641,6 +643,7 @@ async fn an_event_that_keeps_failing_is_parked_and_the_projection_goes_on(
             batch_size: 100,
             poll_interval: Duration::from_millis(50),
             max_attempts: 3,
+            ..Default::default()
         },
         vec![Arc::new(Picky)],
         fixture.wake.clone(),

@@ -542,6 +542,7 @@ async fn parked_events_are_retried_once_the_code_is_fixed_and_any_projection_reb
             batch_size: 100,
             poll_interval: Duration::from_millis(50),
             max_attempts: 1,
+            ..Default::default()
         },
         vec![flaky.clone()],
         Arc::new(Wakeups::default()),
@@ -778,4 +779,124 @@ async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
         .await
         .expect("verify");
     assert!(verified.broken.is_none(), "{:?}", verified.broken);
+}
+
+/// Empties every read model and sets its checkpoint back to the start: a cold start.
+async fn forget_read_models(pool: &PgPool, models: &[Arc<dyn Projection>]) {
+    let tables: Vec<&str> = models.iter().flat_map(|m| m.tables().to_vec()).collect();
+    sqlx::query(&format!("TRUNCATE {} CASCADE", tables.join(", ")))
+        .execute(pool)
+        .await
+        .unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+    sqlx::query("UPDATE projection_checkpoints SET last_position = 0 WHERE name = ANY($1)")
+        .bind(&names)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// A cold start (read models never built, a large log) builds them by rebuilds, `users` first,
+/// and they equal what the batches of the live projectors made: called directly in small
+/// batches (the replay and its `finish_replay` run), and through `spawn` as `serve` does.
+#[sqlx::test]
+async fn a_cold_start_builds_the_read_models_by_rebuilds_equal_to_the_batches(
+    options_: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use arosaje::seed::load::{self, LoadOptions};
+    let t = TestApp::with_config(options_, connect, crate::helpers::config(), false).await;
+    let sizes = LoadOptions {
+        users: 9,
+        plants: 12,
+        sittings: 31,
+        messages: 40,
+        conversations: Some(4),
+        applications: 3,
+        botanists: 4,
+        advice: 29,
+        access: 6,
+        batch: 17,
+        ..Default::default()
+    };
+    load::load(&t.app, &sizes, &|_, _| {})
+        .await
+        .expect("seed load");
+    // Below the cold start threshold (100,000 events by default): batch by batch.
+    assert!(t.app.projections.cold_models().await.unwrap().is_empty());
+    load::catch_up(&t.app).await.expect("catch up");
+    let models = read_models(&t);
+    let before = snapshot(&t.pool, &models).await;
+    assert!(
+        before
+            .iter()
+            .filter(|(table, _)| table != "public.plant_photos")
+            .all(|(_, rows)| !rows.is_empty()),
+        "every model has rows"
+    );
+    let head: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    let cold_runner = || {
+        Projections::new(
+            t.pool.clone(),
+            ProjectorSettings {
+                poll_interval: Duration::from_millis(50),
+                cold_start_log: 1,
+                ..Default::default()
+            },
+            t.app.projections.projections(),
+            Arc::new(Wakeups::default()),
+        )
+    };
+
+    forget_read_models(&t.pool, &models).await;
+    let runner = cold_runner();
+    let cold = runner.cold_models().await.unwrap();
+    let mut cold_names: Vec<&str> = cold.iter().map(|m| m.name()).collect();
+    cold_names.sort_unstable();
+    let mut all: Vec<&str> = models.iter().map(|m| m.name()).collect();
+    all.sort_unstable();
+    assert_eq!(cold_names, all);
+    rebuild::build_cold(&t.pool, &cold, &options(5, false))
+        .await
+        .expect("cold build");
+    assert!(runner.cold_models().await.unwrap().is_empty());
+    assert_eq!(snapshot(&t.pool, &models).await, before);
+
+    forget_read_models(&t.pool, &models).await;
+    let runner = cold_runner();
+    runner.init().await.unwrap();
+    let tasks = runner.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM projection_checkpoints WHERE name = ANY($1) AND last_position < $2",
+        )
+        .bind(&all)
+        .bind(head)
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{behind} models behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in &tasks {
+        task.abort();
+    }
+    assert_eq!(snapshot(&t.pool, &models).await, before);
+    let unvalidated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(unvalidated, 0);
 }

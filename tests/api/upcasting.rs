@@ -151,6 +151,7 @@ async fn a_v1_event_reads_as_v2_in_aggregates_and_projections(
             batch_size: 10,
             poll_interval: Duration::from_millis(100),
             max_attempts: 1,
+            ..Default::default()
         },
         vec![Arc::new(Tally)],
         wakeups,
