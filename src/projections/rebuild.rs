@@ -68,6 +68,12 @@ pub struct RebuildOptions {
     pub lock_timeout: Duration,
     /// Swap attempts before giving up (the copy is then dropped; the live model stays).
     pub swap_attempts: u32,
+    /// How long to wait for another rebuild of the projection (in any instance) to end before
+    /// giving up.
+    pub lock_wait: Duration,
+    /// Build the model only if it is still unbuilt (checkpoint 0) once this rebuild holds the
+    /// lock, else do nothing (a cold start, which another instance may have done meanwhile).
+    pub unbuilt_only: bool,
 }
 
 impl Default for RebuildOptions {
@@ -77,6 +83,8 @@ impl Default for RebuildOptions {
             dry_run: false,
             lock_timeout: Duration::from_secs(5),
             swap_attempts: 10,
+            lock_wait: Duration::from_secs(10),
+            unbuilt_only: false,
         }
     }
 }
@@ -154,6 +162,8 @@ pub struct RebuildReport {
     pub parked: u64,
     /// Dry run: per table, how the copy differs from the live model.
     pub differences: Option<Vec<TableDiff>>,
+    /// `unbuilt_only` and the model was built already (by another instance): nothing done.
+    pub skipped: bool,
 }
 
 impl RebuildReport {
@@ -252,7 +262,7 @@ pub async fn rebuild(
     // dropped future closes it).
     let mut lock = PgConnection::connect_with(&pool.connect_options()).await?;
     // The session of a rebuild that was just interrupted may take a moment to end.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + options.lock_wait;
     loop {
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .bind(REBUILD_LOCK_CLASS)
@@ -266,6 +276,25 @@ pub async fn rebuild(
             anyhow::bail!("another rebuild of projection {name} is running");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if options.unbuilt_only {
+        let position: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT last_position FROM projection_checkpoints WHERE name = $1), 0)",
+        )
+        .bind(name)
+        .fetch_one(&mut lock)
+        .await?;
+        if position > 0 {
+            return Ok(RebuildReport {
+                projection: name,
+                events: 0,
+                position,
+                elapsed: started.elapsed(),
+                parked: 0,
+                differences: None,
+                skipped: true,
+            });
+        }
     }
     discard(pool, projection).await?;
     let Shadowed {
@@ -410,6 +439,7 @@ pub async fn rebuild(
         elapsed: started.elapsed(),
         parked: shadow.parked.len() as u64,
         differences,
+        skipped: false,
     })
 }
 
@@ -1581,7 +1611,11 @@ pub async fn rebuild_outdated(pool: PgPool, projections: Vec<Arc<dyn Projection>
 /// [`super::runner::Projections::cold_models`]) by rebuilding them: those that other read
 /// models' rows refer to (foreign keys into their tables: `users`) first, one by one, then the
 /// others at once, each on its own connections. Their projectors must not run meanwhile (they
-/// would fill the live tables a second time, and a swap waits for their batches).
+/// would fill the live tables a second time, and a swap waits for their batches). Instances
+/// starting cold together build each model once: the rebuild lock is waited for, and a model
+/// found built once it is taken is skipped (`unbuilt_only`). A second rebuild of `users` while
+/// other models replay would deadlock with their swaps (seen in the two-instance test before
+/// this).
 pub async fn build_cold(
     pool: &PgPool,
     models: &[Arc<dyn Projection>],
@@ -1634,11 +1668,21 @@ async fn build_one(
         "cold start: building the read model by a rebuild"
     );
     let log = ProgressLog::new(name, Duration::from_secs(10));
+    let options = RebuildOptions {
+        // As long as another instance's build of it takes.
+        lock_wait: Duration::from_secs(3600),
+        unbuilt_only: true,
+        ..options
+    };
     let report = rebuild(&pool, model.as_ref(), &options, &|progress| {
         log.observe(progress)
     })
     .await
     .with_context(|| format!("building {name}"))?;
+    if report.skipped {
+        tracing::info!(projection = name, "cold start: built by another instance");
+        return Ok(());
+    }
     tracing::info!(
         projection = name,
         events = report.events,

@@ -240,13 +240,25 @@ async fn events_become_business_series_in_line_protocol(
         assert!(write.content_type.starts_with("text/plain"), "{write:?}");
         assert!(!write.lines.is_empty());
     }
-    let stats = t.app.series.stats();
+    // Every line the server received is counted as written. The writer goes on sending
+    // projection lag meanwhile, and counts a batch once its answer is back (after the server
+    // recorded it): compare once the two agree, within a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = t.app.series.stats();
+        let received_lines: usize = received.writes().iter().map(|w| w.lines.len()).sum();
+        if stats.written as usize == received_lines {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "written {} != received {received_lines}: {stats:?}",
+            stats.written
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(stats.dropped, 0, "{stats:?}");
     assert_eq!(stats.failed_writes, 0, "{stats:?}");
-    assert_eq!(
-        stats.written as usize,
-        writes.iter().map(|w| w.lines.len()).sum::<usize>()
-    );
     let metrics = t.call(Method::GET, "/metrics", None, None).await;
     let text = metrics.body.as_str().expect("metrics text");
     assert!(text.contains("influx_points_written_total"), "{text}");
