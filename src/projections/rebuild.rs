@@ -278,12 +278,9 @@ pub async fn rebuild(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if options.unbuilt_only {
-        let position: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT last_position FROM projection_checkpoints WHERE name = $1), 0)",
-        )
-        .bind(name)
-        .fetch_one(&mut lock)
-        .await?;
+        let position = super::runner::load_checkpoint(pool, name)
+            .await?
+            .global_position;
         if position > 0 {
             return Ok(RebuildReport {
                 projection: name,
@@ -464,7 +461,7 @@ pub async fn discard(pool: &PgPool, projection: &dyn Projection) -> anyhow::Resu
 
 /// The last committed log position. Positions are handed out in commit order, so every event
 /// at or below it is visible now or never will be.
-async fn head(pool: &PgPool) -> sqlx::Result<i64> {
+pub(crate) async fn head(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")
         .fetch_one(pool)
         .await
@@ -1583,26 +1580,14 @@ pub async fn rebuild_outdated(pool: PgPool, projections: Vec<Arc<dyn Projection>
             to = projection.version(),
             "rebuilding an outdated read model in the background"
         );
-        let log = ProgressLog::new(name, Duration::from_secs(10));
-        match rebuild(
-            &pool,
-            projection.as_ref(),
-            &RebuildOptions::default(),
-            &|progress| log.observe(progress),
-        )
-        .await
+        if let Err(err) =
+            rebuild_logged(&pool, projection.as_ref(), &RebuildOptions::default()).await
         {
-            Ok(report) => tracing::info!(
-                projection = name,
-                events = report.events,
-                seconds = report.elapsed.as_secs_f64(),
-                "read model rebuilt"
-            ),
-            Err(err) => tracing::error!(
+            tracing::error!(
                 projection = name,
                 error = %format!("{err:#}"),
                 "rebuild failed; the old model keeps serving (run `arosaje projections rebuild {name}`)"
-            ),
+            );
         }
     }
 }
@@ -1667,28 +1652,39 @@ async fn build_one(
         projection = name,
         "cold start: building the read model by a rebuild"
     );
-    let log = ProgressLog::new(name, Duration::from_secs(10));
     let options = RebuildOptions {
         // As long as another instance's build of it takes.
         lock_wait: Duration::from_secs(3600),
         unbuilt_only: true,
         ..options
     };
-    let report = rebuild(&pool, model.as_ref(), &options, &|progress| {
-        log.observe(progress)
-    })
-    .await
-    .with_context(|| format!("building {name}"))?;
+    let report = rebuild_logged(&pool, model.as_ref(), &options)
+        .await
+        .with_context(|| format!("building {name}"))?;
     if report.skipped {
         tracing::info!(projection = name, "cold start: built by another instance");
-        return Ok(());
     }
-    tracing::info!(
-        projection = name,
-        events = report.events,
-        seconds = report.elapsed.as_secs_f64(),
-        events_per_second = report.events_per_second().round(),
-        "read model built"
-    );
     Ok(())
+}
+
+/// A rebuild started by `serve` itself (an outdated or a cold model): progress as a log line
+/// every 10 s, and one line when it is done.
+async fn rebuild_logged(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    options: &RebuildOptions,
+) -> anyhow::Result<RebuildReport> {
+    let name = projection.name();
+    let log = ProgressLog::new(name, Duration::from_secs(10));
+    let report = rebuild(pool, projection, options, &|progress| log.observe(progress)).await?;
+    if !report.skipped {
+        tracing::info!(
+            projection = name,
+            events = report.events,
+            seconds = report.elapsed.as_secs_f64(),
+            events_per_second = report.events_per_second().round(),
+            "read model rebuilt"
+        );
+    }
+    Ok(report)
 }

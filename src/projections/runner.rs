@@ -290,27 +290,21 @@ impl Projections {
     /// better than batches (no foreign key checked row by row, indexes no lookup uses built
     /// once at the end, derived counts computed once).
     pub async fn cold_models(&self) -> sqlx::Result<Vec<Arc<dyn Projection>>> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")
-            .fetch_one(&self.inner.pool)
-            .await?;
+        let head = super::rebuild::head(&self.inner.pool).await?;
         if head < self.inner.settings.cold_start_log.max(1) {
             return Ok(Vec::new());
         }
-        let mut cold = Vec::new();
-        for projector in &self.inner.projectors {
-            let projection = &projector.projection;
-            if projection.mode() != Mode::ReadModel || projection.tables().is_empty() {
-                continue;
-            }
-            if load_checkpoint(&self.inner.pool, projection.name())
-                .await?
-                .global_position
-                == 0
-            {
-                cold.push(projection.clone());
-            }
-        }
-        Ok(cold)
+        let checkpoints = all_checkpoints(&self.inner.pool).await?;
+        Ok(self
+            .projections()
+            .into_iter()
+            .filter(|p| p.mode() == Mode::ReadModel && !p.tables().is_empty())
+            .filter(|p| {
+                checkpoints
+                    .get(p.name())
+                    .is_none_or(|c| c.position.global_position == 0)
+            })
+            .collect())
     }
 
     /// Wakes every local projector.
