@@ -40,6 +40,16 @@ pub async fn plant_counts(pool: &PgPool) -> (i64, i64) {
     .unwrap()
 }
 
+/// A 503 with its code and `Retry-After: 1`, as every lost-database answer.
+pub fn assert_unavailable(reply: &Reply, code: &str) {
+    assert_eq!(
+        (reply.status, reply.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, code),
+        "{reply:?}"
+    );
+    assert_eq!(reply.headers["retry-after"], "1", "{reply:?}");
+}
+
 pub fn fern() -> Value {
     json!({"name": "Fern", "care": {"watering_interval_days": 3}})
 }
@@ -98,12 +108,7 @@ async fn a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t: TestAp
         terminate_waiting(&t.pool, "advisory", "INSERT INTO events"),
     );
     holder.rollback().await.unwrap();
-    assert_eq!(
-        (cut.status, cut.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
-        "{cut:?}"
-    );
-    assert_eq!(cut.headers["retry-after"], "1");
+    assert_unavailable(&cut, "outcome_unknown");
     assert_eq!(plant_counts(&t.pool).await, (0, 0), "nothing committed");
 
     let retry = create(&t, &token, "cut-1", &fern()).await;
@@ -158,12 +163,7 @@ async fn a_cut_read_is_503_database_unavailable(options: PgPoolOptions, connect:
         terminate_waiting(&t.pool, "relation", "FROM plants"),
     );
     holder.rollback().await.unwrap();
-    assert_eq!(
-        (cut.status, cut.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
-        "{cut:?}"
-    );
-    assert_eq!(cut.headers["retry-after"], "1");
+    assert_unavailable(&cut, "database_unavailable");
     let read = t.get("/api/plants", &token).await;
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
     assert_eq!(read.body["items"].as_array().map(Vec::len), Some(1));
@@ -259,12 +259,7 @@ async fn a_cut_access_record_is_503_outcome_unknown(
         terminate_waiting(&t.pool, "advisory", "INSERT INTO events"),
     );
     holder.rollback().await.unwrap();
-    assert_eq!(
-        (cut.status, cut.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
-        "{cut:?}"
-    );
-    assert_eq!(cut.headers["retry-after"], "1");
+    assert_unavailable(&cut, "outcome_unknown");
     let read = t.get("/api/admin/users", &admin).await;
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
 }

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use crate::faults::{create, fern, plant_counts, APPEND_LOCK};
+use crate::faults::{assert_unavailable, create, fern, plant_counts, APPEND_LOCK};
 use crate::helpers::{config, pool, unique_email, TestApp};
 
 /// A TCP proxy between the app's pool and PostgreSQL that cuts a connection on the app's side
@@ -168,11 +168,7 @@ async fn an_orphaned_append_does_not_double_its_retry(
         partition.cut(client_port);
         pid
     });
-    assert_eq!(
-        (cut.status, cut.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
-        "{cut:?}"
-    );
+    assert_unavailable(&cut, "outcome_unknown");
 
     let retry = if retry_races_the_orphan {
         // The retry's append queues behind the orphan's; then both get the lock in turn.
@@ -291,11 +287,7 @@ async fn an_orphan_holding_its_claim_is_waited_for(
             holder.rollback().await.unwrap();
         }
     );
-    assert_eq!(
-        (cut.status, cut.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
-        "{cut:?}"
-    );
+    assert_unavailable(&cut, "outcome_unknown");
     let committed: Vec<String> =
         sqlx::query_scalar("SELECT aggregate_id FROM events WHERE event_type = 'PlantCreated'")
             .fetch_all(&db)

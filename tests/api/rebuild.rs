@@ -633,18 +633,9 @@ async fn an_outdated_read_model_is_rebuilt_at_start_up(
     assert_eq!(t.get("/api/plants", &token).await.status, StatusCode::OK);
 }
 
-/// A `seed load` of every kind (botanists, advice with versions and verdicts, several
-/// applications per sitting, reports, reviews, messages, access records), projected live by the
-/// runner's batches, is what a rebuild of each model makes in batches cut elsewhere; and the
-/// load is one the aggregates and the tamper evidence accept.
-#[sqlx::test]
-async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
-    options_: PgPoolOptions,
-    connect: PgConnectOptions,
-) {
-    use arosaje::seed::load::{self, LoadOptions};
-    let t = TestApp::with_config(options_, connect, crate::helpers::config(), false).await;
-    let sizes = LoadOptions {
+/// A small `seed load` in which every read model has work.
+fn load_of_every_kind() -> arosaje::seed::load::LoadOptions {
+    arosaje::seed::load::LoadOptions {
         users: 9,
         plants: 12,
         sittings: 31,
@@ -656,7 +647,21 @@ async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
         access: 6,
         batch: 17,
         ..Default::default()
-    };
+    }
+}
+
+/// A `seed load` of every kind (botanists, advice with versions and verdicts, several
+/// applications per sitting, reports, reviews, messages, access records), projected live by the
+/// runner's batches, is what a rebuild of each model makes in batches cut elsewhere; and the
+/// load is one the aggregates and the tamper evidence accept.
+#[sqlx::test]
+async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
+    options_: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use arosaje::seed::load;
+    let t = TestApp::with_config(options_, connect, crate::helpers::config(), false).await;
+    let sizes = load_of_every_kind();
     let plan = sizes.plan().expect("plan");
     let report = load::load(&t.app, &sizes, &|_, _| {})
         .await
@@ -804,21 +809,9 @@ async fn a_cold_start_builds_the_read_models_by_rebuilds_equal_to_the_batches(
     options_: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    use arosaje::seed::load::{self, LoadOptions};
+    use arosaje::seed::load;
     let t = TestApp::with_config(options_, connect, crate::helpers::config(), false).await;
-    let sizes = LoadOptions {
-        users: 9,
-        plants: 12,
-        sittings: 31,
-        messages: 40,
-        conversations: Some(4),
-        applications: 3,
-        botanists: 4,
-        advice: 29,
-        access: 6,
-        batch: 17,
-        ..Default::default()
-    };
+    let sizes = load_of_every_kind();
     load::load(&t.app, &sizes, &|_, _| {})
         .await
         .expect("seed load");
