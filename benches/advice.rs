@@ -32,7 +32,7 @@ async fn seed(
     plants: usize,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    let mut tx = pool.begin().await?;
+    let mut tx = arosaje::infra::db::begin(pool).await?;
     sqlx::query(
         "CREATE TEMP TABLE bench_plants ON COMMIT DROP AS \
          SELECT i, gen_random_uuid() AS plant_id, gen_random_uuid() AS sitting_id \

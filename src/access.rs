@@ -156,7 +156,7 @@ pub async fn expire(app: &App, today: NaiveDate) -> anyhow::Result<usize> {
     let cutoff = month_of(today)
         .checked_sub_months(Months::new(RETENTION_MONTHS))
         .unwrap_or(NaiveDate::MIN);
-    let mut tx = app.pool.begin().await?;
+    let mut tx = crate::infra::db::begin(&app.pool).await?;
     let keys: Vec<NaiveDate> =
         sqlx::query_scalar("DELETE FROM access_keys WHERE month < $1 RETURNING month")
             .bind(cutoff)

@@ -56,7 +56,7 @@ fn chain_step(chain: &[u8], hash: &[u8]) -> Vec<u8> {
 /// Signs every event after the last checkpoint; `None` when there is none. One writer at a time
 /// (an advisory lock), so instances running it together write one checkpoint each, in turn.
 pub async fn checkpoint(pool: &PgPool, key: &[u8]) -> anyhow::Result<Option<i64>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::infra::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('arosaje audit checkpoints'))")
         .execute(&mut *tx)
         .await?;

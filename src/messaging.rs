@@ -32,7 +32,9 @@ pub async fn send(
         .map_err(internal)?;
     let sender_takes_part = conversation.is_some_and(|c| c.takes_part(sender_id));
     let message_id = Uuid::now_v7();
-    let mut tx = app.pool.begin().await.map_err(|e| internal(e.into()))?;
+    let mut tx = crate::infra::db::begin(&app.pool)
+        .await
+        .map_err(|e| internal(e.into()))?;
     let cipher = app
         .message_keys
         .create_in(&mut tx, message_id, sender_id)
@@ -60,7 +62,7 @@ pub async fn send(
 /// copies (and so the search index) are cleared, in one transaction. Idempotent, so every
 /// instance may run it. Returns how many texts it made unreadable.
 pub async fn expire_texts(app: &App, older_than: std::time::Duration) -> anyhow::Result<u64> {
-    let mut tx = app.pool.begin().await?;
+    let mut tx = crate::infra::db::begin(&app.pool).await?;
     let expired: Vec<Uuid> = sqlx::query_scalar(
         "DELETE FROM message_keys WHERE created_at < now() - make_interval(secs => $1) \
          RETURNING message_id",

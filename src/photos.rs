@@ -322,7 +322,7 @@ pub async fn delete_queued(app: &App, queued: Vec<Queued>) -> anyhow::Result<()>
 pub async fn sweep_orphans(app: &App, older_than: Duration) -> anyhow::Result<usize> {
     let mut cleaned = 0;
     loop {
-        let mut tx = app.pool.begin().await?;
+        let mut tx = crate::infra::db::begin(&app.pool).await?;
         let claimed: Option<(Uuid, Vec<String>)> = sqlx::query_as(
             "SELECT photo_id, keys FROM photo_uploads \
               WHERE created_at < now() - make_interval(secs => $1) \

@@ -234,7 +234,9 @@ impl EventStore {
                     at: None,
                 });
             }
-            let mut tx = self.pool.begin().await.map_err(internal)?;
+            let mut tx = crate::infra::db::begin(&self.pool)
+                .await
+                .map_err(internal)?;
             let appended = match guard
                 .check(&mut tx, aggregate_id, &aggregate, &events)
                 .await

@@ -34,7 +34,7 @@ pub async fn register_user(
         ..metadata
     };
 
-    let mut tx = app.pool.begin().await?;
+    let mut tx = crate::infra::db::begin(&app.pool).await?;
     let claimed = sqlx::query(
         "INSERT INTO email_claims (email_hash, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )

@@ -2,6 +2,7 @@
 
 pub mod attempts;
 pub mod cache;
+pub mod db;
 pub mod hub;
 pub mod images;
 pub mod influx;

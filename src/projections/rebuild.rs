@@ -53,6 +53,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::runner::{is_transient, park, EventRow};
 use super::{quote_ident, search_path, Mode, Projection};
 use crate::events::StoredEvent;
+use crate::infra::db;
 
 /// Two-key advisory lock space of rebuilds ("arob"; the runner's side effects use "aros").
 const REBUILD_LOCK_CLASS: i32 = 0x6172_6f62;
@@ -344,7 +345,7 @@ pub async fn rebuild(
             batches,
         ));
         while let Some((to, events)) = ready.recv().await {
-            let mut tx = pool.begin_with(shadow.begin.clone()).await?;
+            let mut tx = db::begin_with(pool, shadow.begin.clone()).await?;
             shadow
                 .apply_events(&mut tx, events, to, Phase::Replay)
                 .await?;
@@ -360,12 +361,14 @@ pub async fn rebuild(
     }
     // What the replay left for the end (derived counts), once, before the swap's last events.
     {
-        let mut tx = pool
-            .begin_with(format!(
+        let mut tx = db::begin_with(
+            pool,
+            format!(
                 "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL search_path = {}",
                 search_path(projection, Some(&shadow_schema(projection)))
-            ))
-            .await?;
+            ),
+        )
+        .await?;
         projection
             .finish_replay(&mut tx)
             .await
@@ -444,9 +447,7 @@ pub async fn rebuild(
 /// tables are never in them before a swap commits, and the swap empties them when it does.
 pub async fn discard(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<()> {
     // Quietly: "does not exist, skipping" and "drop cascades to" notices say nothing here.
-    let mut tx = pool
-        .begin_with("BEGIN; SET LOCAL client_min_messages = warning")
-        .await?;
+    let mut tx = db::begin_with(pool, "BEGIN; SET LOCAL client_min_messages = warning").await?;
     for schema in [shadow_schema(projection), retired_schema(projection)] {
         sqlx::query(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
@@ -510,9 +511,7 @@ async fn attach_foreign_keys(pool: &PgPool, external: &[ExternalKey]) -> anyhow:
     if external.is_empty() {
         return Ok(());
     }
-    let mut tx = pool
-        .begin_with("BEGIN; SET LOCAL search_path = public")
-        .await?;
+    let mut tx = db::begin_with(pool, "BEGIN; SET LOCAL search_path = public").await?;
     sqlx::query("LOCK TABLE public.users IN SHARE ROW EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
@@ -540,7 +539,7 @@ async fn create_shadow(
     tables: &[Table],
 ) -> anyhow::Result<Shadowed> {
     let shadow = shadow_schema(projection);
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     // Definitions come back fully qualified (`REFERENCES public.users(id)`).
     sqlx::query("SELECT set_config('search_path', '', true)")
         .execute(&mut *tx)
@@ -979,7 +978,7 @@ async fn swap_once(
     let name = projection.name();
     let shadow_name = shadow_schema(projection);
     let retired = retired_schema(projection);
-    let mut tx = pool.begin_with(shadow.begin.clone()).await?;
+    let mut tx = db::begin_with(pool, shadow.begin.clone()).await?;
     sqlx::query(&format!(
         "SET LOCAL lock_timeout = {}",
         options.lock_timeout.as_millis().max(1)
@@ -1191,7 +1190,7 @@ async fn compare(
 ) -> anyhow::Result<Option<Vec<TableDiff>>> {
     let projection = shadow.projection;
     let shadow_name = shadow_schema(projection);
-    let mut tx = pool.begin_with(shadow.begin.clone()).await?;
+    let mut tx = db::begin_with(pool, shadow.begin.clone()).await?;
     sqlx::query(&format!(
         "SET LOCAL lock_timeout = {}",
         options.lock_timeout.as_millis().max(1) * 10
@@ -1481,7 +1480,7 @@ pub async fn retry(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result
     );
     let mut report = RetryReport::default();
     for position in positions {
-        let mut tx = pool.begin_with(begin.clone()).await?;
+        let mut tx = db::begin_with(pool, begin.clone()).await?;
         sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
             .bind(name)
             .fetch_optional(&mut *tx)

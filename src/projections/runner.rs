@@ -468,7 +468,8 @@ impl Projections {
         // The batch and its checkpoint commit or vanish together, and both can be redone from the
         // durable log: waiting for this commit's WAL flush buys nothing. The log is read in index
         // order whatever the planner's statistics say.
-        let mut tx = self.inner.pool.begin_with(projector.begin.clone()).await?;
+        let mut tx =
+            crate::infra::db::begin_with(&self.inner.pool, projector.begin.clone()).await?;
         // Locked: one batch of this projection at a time, across instances.
         let checkpoint: i64 = sqlx::query_scalar(
             "SELECT last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",

@@ -779,7 +779,7 @@ pub async fn load(
 /// Appends one batch with its keys, claims and bookings, in one transaction; returns the first
 /// and last positions it got.
 async fn write(app: &App, batch: Batch, done: &mut u64) -> anyhow::Result<(i64, i64)> {
-    let mut tx = app.pool.begin().await?;
+    let mut tx = crate::infra::db::begin(&app.pool).await?;
     if !batch.user_keys.is_empty() {
         let (ids, keys): (Vec<Uuid>, Vec<Vec<u8>>) = batch.user_keys.into_iter().unzip();
         sqlx::query(

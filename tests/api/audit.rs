@@ -271,7 +271,7 @@ async fn an_aggregate_reads_as_it_was_at_any_earlier_time(
 
 /// Runs `sql` as an attacker with database access would: with the immutability trigger off.
 async fn tamper(t: &TestApp, sql: &str, stream: &str, sequence: i64) {
-    let mut tx = t.pool.begin().await.unwrap();
+    let mut tx = arosaje::infra::db::begin(&t.pool).await.unwrap();
     sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update")
         .execute(&mut *tx)
         .await

@@ -222,7 +222,9 @@ async fn a_transaction_that_commits_late_is_waited_for_not_skipped(
     let projections = fixture.projections(Duration::ZERO, 100).await;
 
     // A manual INSERT (as in psql) takes a position and keeps its transaction open...
-    let mut slow = fixture.pool.begin().await.expect("begin");
+    let mut slow = arosaje::infra::db::begin(&fixture.pool)
+        .await
+        .expect("begin");
     let slow_id = Uuid::now_v7();
     sqlx::query(MANUAL_INSERT)
         .bind(slow_id.to_string())

@@ -96,7 +96,7 @@ async fn terminate_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
 /// same key applies the request once.
 async fn a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t: TestApp) {
     let (_, token) = t.user(&unique_email("owner")).await;
-    let mut holder = t.pool.begin().await.unwrap();
+    let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(APPEND_LOCK)
         .execute(&mut *holder)
@@ -153,7 +153,7 @@ async fn a_cut_read_is_503_database_unavailable(options: PgPoolOptions, connect:
         create(&t, &token, "one", &fern()).await.status,
         StatusCode::CREATED
     );
-    let mut holder = t.pool.begin().await.unwrap();
+    let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
     sqlx::query("LOCK TABLE plants IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *holder)
         .await
@@ -248,7 +248,7 @@ async fn a_cut_access_record_is_503_outcome_unknown(
 ) {
     let t = TestApp::spawn(options, connect).await;
     let (_, admin) = t.admin().await;
-    let mut holder = t.pool.begin().await.unwrap();
+    let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(APPEND_LOCK)
         .execute(&mut *holder)

@@ -677,7 +677,7 @@ async fn the_log_holds_no_password_hash_in_clear_and_old_events_still_work(
     // An account registered before (version 1: the hash in clear) is read through the upcaster.
     let old_id = Uuid::now_v7();
     let old_email = unique_email("veteran");
-    let mut tx = t.pool.begin().await.unwrap();
+    let mut tx = arosaje::infra::db::begin(&t.pool).await.unwrap();
     let cipher = t.app.keys.create_in(&mut tx, old_id).await.unwrap();
     tx.commit().await.unwrap();
     let password = arosaje::commands::values::Password::parse(PASSWORD, &[]).unwrap();

@@ -35,5 +35,6 @@ mod secrets;
 mod seed;
 mod sittings;
 mod smtp;
+mod transactions;
 mod upcasting;
 mod web;

@@ -140,7 +140,7 @@ async fn finished(db: &PgPool, pid: i32) {
 
 /// Takes the commit-order lock in a transaction of the test's own, so appends wait behind it.
 async fn hold_append_lock(db: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut holder = db.begin().await.unwrap();
+    let mut holder = arosaje::infra::db::begin(db).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(APPEND_LOCK)
         .execute(&mut *holder)
@@ -245,7 +245,7 @@ async fn an_orphan_holding_its_claim_is_waited_for(
     .execute(&db)
     .await
     .unwrap();
-    let mut holder = db.begin().await.unwrap();
+    let mut holder = arosaje::infra::db::begin(&db).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(GATE)
         .execute(&mut *holder)
