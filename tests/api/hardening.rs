@@ -11,7 +11,8 @@ use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
 use crate::helpers::{
-    config, eventually, put_redis_session, redis_session, unique_email, TestApp, PASSWORD,
+    capture_logs, config, eventually, put_redis_session, redis_session, unique_email, TestApp,
+    PASSWORD,
 };
 
 fn session_of(t: &TestApp, token: &str) -> Uuid {
@@ -555,27 +556,6 @@ async fn display_names_refuse_invisible_and_direction_characters(
     assert_eq!(registered.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
-/// Log lines written while a test runs on this thread.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[sqlx::test]
 async fn a_failed_login_writes_one_json_security_line_with_no_secret(
     options: PgPoolOptions,
@@ -585,26 +565,15 @@ async fn a_failed_login_writes_one_json_security_line_with_no_secret(
     let email = unique_email("target");
     t.user(&email).await;
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_env_filter("info")
-        .with_writer(captured.clone())
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
+    let (captured, guard) = capture_logs();
     let wrong = "a wrong guess at the password";
     let reply = t.login(&email, wrong).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(t.login(&email, PASSWORD).await.status, StatusCode::OK);
     drop(guard);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
-        .collect();
+    let text = captured.text();
+    let lines = captured.lines();
     let failed: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["fields"]["event"] == "login_failed")

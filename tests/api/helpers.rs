@@ -92,6 +92,9 @@ impl TestApp {
         config: Config,
         run_projectors: bool,
     ) -> TestApp {
+        keep_interest();
+        // The app's connections are made as `connect_database` makes them.
+        let connect = arosaje::infra::db::session_settings(connect, &config.store);
         let pool = pool(options, connect).await;
         let app = App::with_pool(config, pool.clone()).await.expect("app");
         let projectors = run_projectors.then(|| app.start_projectors());
@@ -366,4 +369,96 @@ pub async fn put_redis_session(user_id: Uuid, session_id: Uuid, value: &serde_js
         .query_async::<()>(&mut conn)
         .await
         .expect("hset");
+}
+
+/// Log lines written, as `LOG_FORMAT=json` writes them, while a [`capture_logs`] guard lives.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("buffer").clone()).expect("UTF-8")
+    }
+
+    pub fn lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect()
+    }
+}
+
+/// A global subscriber that records nothing but is interested in every callsite.
+///
+/// tracing caches one interest per callsite for the whole process. While at most one
+/// dispatcher is registered, a callsite first reached on a thread with no subscriber of its own
+/// is cached as `never`, and from then on no thread sees it, a capturing one included: another
+/// test's wrong password could silence the `login_failed` line `hardening.rs` waits for
+/// (tokio-rs/tracing's callsite cache; seen in CI as a flake of that test). With this one
+/// registered for the whole binary, no callsite is ever cached as `never`: each event asks the
+/// subscriber of its own thread.
+struct InterestKeeper;
+
+impl tracing::Subscriber for InterestKeeper {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Installs [`InterestKeeper`] once per test binary; every test app does, so it is in place
+/// before the callsites are first reached.
+fn keep_interest() {
+    static KEEPER: std::sync::Once = std::sync::Once::new();
+    KEEPER.call_once(|| {
+        tracing::subscriber::set_global_default(InterestKeeper)
+            .expect("no other global subscriber in the test binary");
+    });
+}
+
+/// Captures, as JSON lines at `info`, what this thread logs while the guard lives.
+/// `#[sqlx::test]` runs each test on a current-thread runtime, so the app's projectors, spawned
+/// on it, log here too, and other tests (on other threads) do not.
+pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    keep_interest();
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter("info")
+        .with_writer(captured.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (captured, guard)
 }

@@ -5,7 +5,6 @@
 //! runtime, so the app's projectors, spawned on it, log through it too, and other tests (on
 //! other threads) do not.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,36 +12,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{eventually, unique_email, TestApp};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8(self.0.lock().expect("buffer").clone()).expect("UTF-8");
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
-            .collect()
-    }
-}
+use crate::helpers::{capture_logs, eventually, unique_email, TestApp};
 
 #[sqlx::test]
 async fn one_request_id_follows_a_command_from_http_to_its_projection(
@@ -52,15 +22,7 @@ async fn one_request_id_follows_a_command_from_http_to_its_projection(
     let t = TestApp::spawn(options, connect).await;
     let (user_id, token) = t.user(&unique_email("logged")).await;
 
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_env_filter("info")
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_logs();
 
     let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
     let request = Request::builder()
@@ -109,4 +71,29 @@ async fn one_request_id_follows_a_command_from_http_to_its_projection(
         },
     )
     .await;
+}
+
+/// Reached only by the test below, so its first use is the test's own.
+fn log_from_a_fresh_callsite() {
+    tracing::warn!(target: "capture_check", "reached");
+}
+
+/// tracing caches each callsite's interest for the whole process. Without the helpers' global
+/// interest keeper, a line first logged on a thread with no subscriber while a single capture
+/// is registered is cached as never logged, and the capture misses it for good: the cause of
+/// a flake in `hardening.rs`. Run alone, this test fails without the keeper.
+#[test]
+fn a_line_first_logged_on_another_thread_still_reaches_a_capture() {
+    let (captured, guard) = capture_logs();
+    std::thread::spawn(log_from_a_fresh_callsite)
+        .join()
+        .expect("the other thread");
+    log_from_a_fresh_callsite();
+    drop(guard);
+    let reached = captured
+        .lines()
+        .iter()
+        .filter(|l| l["target"] == "capture_check")
+        .count();
+    assert_eq!(reached, 1, "{}", captured.text());
 }
