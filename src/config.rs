@@ -127,6 +127,17 @@ pub struct StoreConfig {
     /// Maximum connections in the PostgreSQL pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
     pub database_max_connections: u32,
+    /// PostgreSQL ends a session of ours left idle inside a transaction this long (seconds; 0:
+    /// never), releasing its locks: an instance cut off mid-append would otherwise hold the
+    /// commit-order lock, and stall every append, until TCP gives up on it.
+    #[arg(long, env = "DATABASE_IDLE_IN_TRANSACTION_SECS", default_value_t = 60)]
+    pub database_idle_in_transaction_secs: u64,
+    /// PostgreSQL probes a silent connection of ours after this long (seconds; 0: the server's
+    /// default), then every 10 s, and drops it after 3 unanswered probes: a vanished instance's
+    /// session locks (a side-effect projector's lease, a rebuild's) are freed within about
+    /// this long plus 30 s. TCP connections only.
+    #[arg(long, env = "DATABASE_TCP_KEEPALIVE_SECS", default_value_t = 30)]
+    pub database_tcp_keepalive_secs: u64,
 }
 
 /// Everything `serve` needs.

@@ -1,4 +1,10 @@
-//! Transactions that a cancelled caller cannot leak into the pool.
+//! Connections whose failures end on the server's side, and transactions that a cancelled
+//! caller cannot leak into the pool.
+//!
+//! [`session_settings`]: PostgreSQL ends a session of ours idle inside a transaction, or whose
+//! peer went silent, after the configured time, so an instance that vanishes mid-transaction
+//! (a partition, a dead host: unlike a killed process, nothing closes its socket) does not hold
+//! its locks, the commit-order lock among them, for the hours TCP takes to notice.
 //!
 //! sqlx 0.8.6 (the 0.8 line postgres-es 0.5 is built on; upstream sqlx#4385 and #4393, fixed
 //! by #4394 after that release) counts a transaction only once its `BEGIN` has answered, and
@@ -16,7 +22,51 @@
 
 use std::borrow::Cow;
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::config::StoreConfig;
+
+/// Probes after the first one, and the seconds between them (`tcp_keepalives_count`,
+/// `tcp_keepalives_interval`).
+const KEEPALIVE_PROBES: u64 = 3;
+const KEEPALIVE_INTERVAL_SECS: u64 = 10;
+
+/// `options` with the server-side limits of `config` as startup parameters: every connection
+/// made from them has them, the pool's and the dedicated lock connections alike
+/// (`pool.connect_options()`). A setting at 0 is left to the server (or to the URL's
+/// `options`).
+pub fn session_settings(options: PgConnectOptions, config: &StoreConfig) -> PgConnectOptions {
+    let mut settings = Vec::new();
+    if config.database_idle_in_transaction_secs > 0 {
+        settings.push((
+            "idle_in_transaction_session_timeout",
+            format!("{}s", config.database_idle_in_transaction_secs),
+        ));
+    }
+    if config.database_tcp_keepalive_secs > 0 {
+        let idle = config.database_tcp_keepalive_secs;
+        settings.extend([
+            ("tcp_keepalives_idle", idle.to_string()),
+            (
+                "tcp_keepalives_interval",
+                KEEPALIVE_INTERVAL_SECS.to_string(),
+            ),
+            ("tcp_keepalives_count", KEEPALIVE_PROBES.to_string()),
+            // Also bounds a backend blocked sending to a peer that is gone (otherwise
+            // retransmissions last about 15 minutes), with the same deadline as the probes.
+            (
+                "tcp_user_timeout",
+                format!("{}s", idle + KEEPALIVE_PROBES * KEEPALIVE_INTERVAL_SECS),
+            ),
+        ]);
+    }
+    if settings.is_empty() {
+        options
+    } else {
+        options.options(settings)
+    }
+}
 
 /// A transaction on a connection of `pool` (`BEGIN`), safe to cancel at any point.
 pub async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {

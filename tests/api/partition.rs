@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::faults::{assert_unavailable, create, fern, plant_counts, APPEND_LOCK};
-use crate::helpers::{config, pool, unique_email, TestApp};
+use crate::helpers::{config, eventually, pool, unique_email, TestApp};
 
 /// A TCP proxy between the app's pool and PostgreSQL that cuts a connection on the app's side
 /// only, as a partition would: the app sees its connection close, the server does not.
@@ -317,4 +317,86 @@ async fn a_grouped_orphan_holding_its_claim_is_waited_for(
     connect: PgConnectOptions,
 ) {
     an_orphan_holding_its_claim_is_waited_for(options, connect, 2).await;
+}
+
+/// An instance cut off inside a transaction that holds the commit-order lock (between an
+/// append's `INSERT` and its `COMMIT`) leaves a backend idle in that transaction, and every
+/// append waits behind it. Nothing closes its socket, so TCP alone would take hours: the
+/// server's idle-in-transaction timeout, which the app sets on its sessions, ends it, and
+/// appends resume.
+#[sqlx::test]
+async fn a_transaction_cut_off_holding_the_commit_order_lock_is_ended_by_the_server(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let partition = Partition::start(&connect).await;
+    let db = pool(options.clone(), connect.clone()).await;
+    let mut config = config();
+    config.store.database_idle_in_transaction_secs = 2;
+    let t = TestApp::with_config(options, partition.connect(&connect), config, true).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+
+    // A transaction of the app's pool takes the lock an append's INSERT takes, then is cut off.
+    let mut stranded = arosaje::infra::db::begin(&t.pool).await.unwrap();
+    let (pid, client_port): (i32, i32) = sqlx::query_as(
+        "SELECT pg_backend_pid(), inet_client_port() FROM (SELECT pg_advisory_xact_lock($1)) AS held",
+    )
+    .bind(APPEND_LOCK)
+    .fetch_one(&mut *stranded)
+    .await
+    .unwrap();
+    partition.cut(client_port);
+
+    let created = tokio::time::timeout(
+        Duration::from_secs(30),
+        create(&t, &token, "after-the-cut", &fern()),
+    )
+    .await
+    .expect("appends stay stalled behind the cut-off transaction");
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(plant_counts(&db).await, (1, 1));
+    eventually(
+        "the server to end the cut-off session",
+        Duration::from_secs(10),
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)",
+            )
+            .bind(pid)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    drop(stranded);
+}
+
+/// The limits `connect_database` puts on its sessions reach every connection made from the
+/// pool's options: pooled ones, and the dedicated ones that hold session locks (side-effect
+/// projectors' leases, rebuilds).
+#[sqlx::test]
+async fn every_connection_of_the_app_carries_the_server_side_limits(
+    _options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut store = config().store;
+    store.database_url = arosaje::config::ConnectionUrl::new(connect.to_url_lossy().to_string());
+    store.database_idle_in_transaction_secs = 45;
+    store.database_tcp_keepalive_secs = 20;
+    let pool = arosaje::connect_database(&store).await.unwrap();
+    let mut dedicated = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    let read = "SELECT array_agg(setting ORDER BY name) FROM pg_settings WHERE name IN \
+        ('idle_in_transaction_session_timeout', 'tcp_keepalives_count', 'tcp_keepalives_idle', \
+         'tcp_keepalives_interval', 'tcp_user_timeout')";
+    let expected = ["45000", "3", "20", "10", "50000"];
+    let pooled: Vec<String> = sqlx::query_scalar(read).fetch_one(&pool).await.unwrap();
+    assert_eq!(pooled, expected);
+    let own: Vec<String> = sqlx::query_scalar(read)
+        .fetch_one(&mut dedicated)
+        .await
+        .unwrap();
+    assert_eq!(own, expected);
 }
