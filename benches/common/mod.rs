@@ -11,7 +11,6 @@ use anyhow::Context;
 use arosaje::config::Config;
 use arosaje::{api, App, BackgroundTasks, MIGRATOR};
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -80,10 +79,8 @@ pub fn config(db: &BenchDb) -> Config {
 /// The migrated database, the application with its projectors, and the HTTP server on a
 /// loopback port.
 pub async fn serve(config: Config) -> anyhow::Result<(App, PgPool, String, BackgroundTasks)> {
-    let pool = PgPoolOptions::new()
-        .max_connections(config.store.database_max_connections)
-        .connect(config.store.database_url.as_str())
-        .await?;
+    // The pool `serve` opens, with its session settings.
+    let pool = arosaje::connect_database(&config.store).await?;
     MIGRATOR.run(&pool).await?;
     let app = App::with_pool(config, pool.clone()).await?;
     let background = app.start_projectors();
