@@ -311,13 +311,15 @@ pub async fn rebuild(
     // The copies are analysed whenever they have grown fourfold since the last time.
     let mut analysed_at: u64 = 1_000;
 
+    // `enable_* = off` penalises plans by 1e10, over `jit_above_cost`: without `jit = off`
+    // every statement of the replay would be JIT-compiled (see `runner::read_model_batch`).
     let mut shadow = Shadow {
         projection,
         begin: format!(
             "BEGIN; SET LOCAL synchronous_commit = off; \
              SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off; \
              SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-             SET LOCAL search_path = {}",
+             SET LOCAL jit = off; SET LOCAL search_path = {}",
             search_path(projection, Some(&shadow_schema(projection)))
         ),
         position: 0,

@@ -165,7 +165,7 @@ impl Projections {
                      SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
                      SET LOCAL plan_cache_mode = force_custom_plan; \
                      SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-                     SET LOCAL search_path = {}",
+                     SET LOCAL jit = off; SET LOCAL search_path = {}",
                     super::search_path(projection.as_ref(), None)
                 ),
                 projection,
@@ -467,7 +467,10 @@ impl Projections {
         let projection = &projector.projection;
         // The batch and its checkpoint commit or vanish together, and both can be redone from the
         // durable log: waiting for this commit's WAL flush buys nothing. The log is read in index
-        // order whatever the planner's statistics say.
+        // order whatever the planner's statistics say. Those `enable_* = off` add the planner's
+        // penalty (1e10) to any plan that still has such a node, which crosses `jit_above_cost`:
+        // the server then JIT-compiles the statement, about 230 ms each time (the advice queue's
+        // recount made every advice and sitting write wait about 700 ms), so JIT is off.
         let mut tx =
             crate::infra::db::begin_with(&self.inner.pool, projector.begin.clone()).await?;
         // Locked: one batch of this projection at a time, across instances.
