@@ -6,6 +6,7 @@
 //! after the last position it saw. Events older than `max_age` are not published: a projector
 //! started on an old log does not replay history to whoever is connected.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use super::{Mode, Projection, Transient};
 use crate::commands::conversation::{Message, ReadMark};
 use crate::events::advice::AdviceEvent;
 use crate::events::conversation::{ConversationEvent, MessageEvent, ReadMarkEvent};
-use crate::events::crypto::{CryptoError, MessageKeys};
+use crate::events::crypto::MessageKeys;
 use crate::events::sitting::SittingEvent;
 use crate::events::StoredEvent;
 use crate::infra::redis::Redis;
@@ -178,11 +179,27 @@ impl Projection for FanoutProjection {
         Mode::SideEffects
     }
 
+    /// The batch's frames in log order, published together: the message keys in one query, each
+    /// conversation's participants once, and the frames in Redis pipelines.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {
-        for event in events {
-            if chrono::Utc::now() - event.timestamp > self.max_age {
-                continue;
-            }
+        let recent: Vec<&StoredEvent> = events
+            .iter()
+            .filter(|e| chrono::Utc::now() - e.timestamp <= self.max_age)
+            .collect();
+        let message_ids = recent
+            .iter()
+            .filter(|e| e.aggregate_type == "Message")
+            .map(|e| e.aggregate_id.parse())
+            .collect::<Result<Vec<Uuid>, _>>()?;
+        let ciphers = if message_ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.keys.ciphers(&message_ids).await?
+        };
+        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut frames: Vec<(Uuid, String)> = Vec::new();
+        let mut messages: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+        for event in recent {
             let position = event.position.global_position;
             let id: Uuid = event.aggregate_id.parse()?;
             let (conversation, frame) = match event.aggregate_type.as_str() {
@@ -192,15 +209,16 @@ impl Projection for FanoutProjection {
                         sender_id,
                         body,
                     } => {
-                        let body = match self.keys.cipher(id).await {
-                            Ok(cipher) => Some(cipher.open(&body)?),
-                            Err(CryptoError::KeyMissing(_)) => None,
-                            Err(err) => return Err(err.into()),
-                        };
+                        // No key: erased, or past retention.
+                        let body = ciphers
+                            .get(&id)
+                            .map(|cipher| cipher.open(&body))
+                            .transpose()?;
                         let data = json!({
                             "id": id, "conversation_id": conversation_id, "sender_id": sender_id,
                             "body": body, "position": position, "created_at": event.timestamp,
                         });
+                        messages.push(event.timestamp);
                         (conversation_id, frame("message.created", position, data))
                     }
                 },
@@ -224,25 +242,28 @@ impl Projection for FanoutProjection {
                     } else {
                         advice_frame(id, event)?
                     };
-                    let Some((recipients, frame)) = found else {
-                        continue;
-                    };
-                    for user in recipients {
-                        crate::infra::hub::publish(&self.redis, user, &frame)
-                            .await
-                            .map_err(|err| Transient(err.into()))?;
+                    if let Some((recipients, frame)) = found {
+                        frames.extend(recipients.into_iter().map(|user| (user, frame.clone())));
                     }
                     continue;
                 }
                 _ => continue,
             };
-            for user in participants(conn, conversation).await? {
-                crate::infra::hub::publish(&self.redis, user, &frame)
-                    .await
-                    .map_err(|err| Transient(err.into()))?;
-            }
+            let recipients = match members.entry(conversation) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(first) => {
+                    first.insert(participants(conn, conversation).await?)
+                }
+            };
+            frames.extend(recipients.iter().map(|user| (*user, frame.clone())));
+        }
+        crate::infra::hub::publish_all(&self.redis, &frames)
+            .await
+            .map_err(|err| Transient(err.into()))?;
+        let now = chrono::Utc::now();
+        for sent in messages {
             metrics::histogram!("websocket_publish_delay_seconds").record(
-                (chrono::Utc::now() - event.timestamp)
+                (now - sent)
                     .to_std()
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0),
