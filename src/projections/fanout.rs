@@ -179,6 +179,11 @@ impl Projection for FanoutProjection {
         Mode::SideEffects
     }
 
+    /// A frame published twice is dropped by the socket (it carries its position).
+    fn repeatable_effects(&self) -> bool {
+        true
+    }
+
     /// The batch's frames in log order, published together: the message keys in one query, each
     /// conversation's participants once, and the frames in Redis pipelines.
     async fn apply(&self, conn: &mut PgConnection, events: &[StoredEvent]) -> anyhow::Result<()> {

@@ -46,6 +46,13 @@ pub trait Projection: Send + Sync + 'static {
     fn mode(&self) -> Mode {
         Mode::ReadModel
     }
+    /// For [`Mode::SideEffects`]: whether acting on an event twice is harmless (a frame that
+    /// carries its position, which sockets drop when seen), so a batch may be applied whole and
+    /// retried whole. Otherwise (mail) events are applied one at a time, and the checkpoint
+    /// passes each one acted on.
+    fn repeatable_effects(&self) -> bool {
+        false
+    }
     /// Whether commands wait for this projection before answering (read-your-writes). Side
     /// effects such as mail are not read back, so commands do not wait for them.
     fn read_your_writes(&self) -> bool {

@@ -575,9 +575,24 @@ impl Projections {
         if events.is_empty() {
             return Ok(self.outcome(0, 0, Position::new(checkpoint)));
         }
-        let (reached, parked, failure) = self
-            .one_by_one(projector, conn, checkpoint, &events, false)
-            .await?;
+        let whole =
+            projection.repeatable_effects() && self.trouble(projector, checkpoint).is_none();
+        let (reached, parked, failure) = if whole {
+            let last = events
+                .last()
+                .map(|e| e.position)
+                .unwrap_or(Position::new(checkpoint));
+            let relevant = relevant(projection.as_ref(), &events);
+            if let Err(err) = projection.apply(&mut *conn, &relevant).await {
+                // Find the event at fault: the next batches go one event at a time.
+                self.set_trouble(projector, events[0].position.global_position, 0);
+                return Err(err);
+            }
+            (last, Vec::new(), None)
+        } else {
+            self.one_by_one(projector, conn, checkpoint, &events, false)
+                .await?
+        };
         save_checkpoint(&mut *conn, projection.name(), checkpoint, reached).await?;
         log_applied(projection.as_ref(), &events, reached, &parked);
         self.record_lag(projection.as_ref(), &events, reached);

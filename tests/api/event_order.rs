@@ -12,7 +12,7 @@ use arosaje::events::plant::Care;
 use arosaje::events::store::{CommandError, EventStore, Wakeups};
 use arosaje::events::user::Role;
 use arosaje::events::{Metadata, Position};
-use arosaje::projections::{Projection, Projections, ProjectorSettings};
+use arosaje::projections::{Mode, Projection, Projections, ProjectorSettings};
 use arosaje::BackgroundTasks;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -578,8 +578,11 @@ async fn a_failing_projector_retries_without_holding_up_the_others(
     assert_eq!(flaky, 50, "failed batches rolled back, then applied once");
 }
 
-/// Fails, every time, on plants whose id is listed in `test_poison`; records the others.
-struct Picky;
+/// Fails, every time, on plants whose id is listed in `test_poison`; records the others. As a
+/// side-effect projector, its effects count as repeatable (batches applied whole, as fan-out's).
+struct Picky {
+    mode: Mode,
+}
 
 #[async_trait]
 impl Projection for Picky {
@@ -591,6 +594,12 @@ impl Projection for Picky {
     }
     fn aggregate_types(&self) -> &'static [&'static str] {
         &["Plant"]
+    }
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+    fn repeatable_effects(&self) -> bool {
+        self.mode == Mode::SideEffects
     }
     async fn apply(
         &self,
@@ -617,6 +626,25 @@ impl Projection for Picky {
 async fn an_event_that_keeps_failing_is_parked_and_the_projection_goes_on(
     options: PgPoolOptions,
     connect: PgConnectOptions,
+) {
+    parks_the_poison_and_goes_on(options, connect, Mode::ReadModel).await;
+}
+
+/// A side-effect projector with repeatable effects applies batches whole: the batch that meets
+/// the poison is retried event by event, so the events before it act twice at most, the poison
+/// is parked, and the rest act once.
+#[sqlx::test]
+async fn a_side_effect_batch_applied_whole_parks_its_poison_and_goes_on(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    parks_the_poison_and_goes_on(options, connect, Mode::SideEffects).await;
+}
+
+async fn parks_the_poison_and_goes_on(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+    mode: Mode,
 ) {
     let fixture = Fixture::new(options, connect, 0).await;
     sqlx::query("CREATE TABLE test_poison (aggregate_id text PRIMARY KEY)")
@@ -647,7 +675,7 @@ async fn an_event_that_keeps_failing_is_parked_and_the_projection_goes_on(
             max_attempts: 3,
             ..Default::default()
         },
-        vec![Arc::new(Picky)],
+        vec![Arc::new(Picky { mode })],
         fixture.wake.clone(),
     );
     projections.init().await.expect("init");
@@ -664,8 +692,32 @@ async fn an_event_that_keeps_failing_is_parked_and_the_projection_goes_on(
     .await;
 
     let (seen, max_n) = fixture.seen().await;
-    assert_eq!(seen, 19, "every event but the poison one took effect");
-    assert_eq!(max_n, 1, "and each exactly once");
+    match mode {
+        Mode::ReadModel => {
+            assert_eq!(seen, 19, "every event but the poison one took effect");
+            assert_eq!(max_n, 1, "and each exactly once");
+        }
+        Mode::SideEffects => {
+            // The whole batch once (up to the poison), then one by one: the events before it
+            // again, the poison for each of its 3 attempts, the rest once.
+            let times: Vec<i32> = sqlx::query_scalar(
+                "SELECT COALESCE(s.n, 0) FROM events e \
+                   LEFT JOIN test_seen s USING (global_position) \
+                  WHERE e.aggregate_type = 'Plant' ORDER BY e.global_position",
+            )
+            .fetch_all(&fixture.pool)
+            .await
+            .expect("seen");
+            let expected: Vec<i32> = (0..20)
+                .map(|i| match i {
+                    0..7 => 2,
+                    7 => 4,
+                    _ => 1,
+                })
+                .collect();
+            assert_eq!(times, expected);
+        }
+    }
     let parked: Vec<(i64, String, String, i32)> = sqlx::query_as(
         "SELECT global_position, event_type, error, attempts FROM parked_events \
           WHERE projection = 'picky'",
