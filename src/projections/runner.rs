@@ -502,16 +502,8 @@ impl Projections {
         };
         let trouble = self.trouble(projector, checkpoint);
         let (reached, parked, failure) = if trouble.is_none() {
-            let relevant = relevant(projection.as_ref(), &events);
-            match projection.apply(&mut tx, &relevant).await {
-                Ok(()) => (last, Vec::new(), None),
-                Err(err) => {
-                    // Find the event at fault: the next batches go one event at a time.
-                    drop(tx);
-                    self.set_trouble(projector, events[0].position.global_position, 0);
-                    return Err(err);
-                }
-            }
+            self.apply_whole(projector, &mut tx, &events).await?;
+            (last, Vec::new(), None)
         } else {
             self.one_by_one(projector, &mut tx, checkpoint, &events, true)
                 .await?
@@ -572,22 +564,13 @@ impl Projections {
         let events = self
             .read_events(conn, projection, checkpoint, self.inner.settings.batch_size)
             .await?;
-        if events.is_empty() {
+        let Some(last) = events.last().map(|e| e.position) else {
             return Ok(self.outcome(0, 0, Position::new(checkpoint)));
-        }
+        };
         let whole =
             projection.repeatable_effects() && self.trouble(projector, checkpoint).is_none();
         let (reached, parked, failure) = if whole {
-            let last = events
-                .last()
-                .map(|e| e.position)
-                .unwrap_or(Position::new(checkpoint));
-            let relevant = relevant(projection.as_ref(), &events);
-            if let Err(err) = projection.apply(&mut *conn, &relevant).await {
-                // Find the event at fault: the next batches go one event at a time.
-                self.set_trouble(projector, events[0].position.global_position, 0);
-                return Err(err);
-            }
+            self.apply_whole(projector, conn, &events).await?;
             (last, Vec::new(), None)
         } else {
             self.one_by_one(projector, conn, checkpoint, &events, false)
@@ -600,6 +583,26 @@ impl Projections {
             Some(err) => Err(err),
             None => Ok(self.outcome(events.len(), parked.len(), reached)),
         }
+    }
+
+    /// Applies a batch in one call (its events of the projection's types). On a failure, the
+    /// batch's first event is marked as trouble: the next batches go one event at a time, to find
+    /// the one at fault.
+    async fn apply_whole(
+        &self,
+        projector: &Projector,
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let projection = &projector.projection;
+        let relevant = relevant(projection.as_ref(), events);
+        if let Err(err) = projection.apply(conn, &relevant).await {
+            if let Some(first) = events.first() {
+                self.set_trouble(projector, first.position.global_position, 0);
+            }
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Applies events one at a time (inside savepoints when `transactional`), parking one that
