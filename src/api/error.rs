@@ -16,7 +16,10 @@ use crate::commands::sitting::SittingError;
 use crate::commands::user::UserError;
 use crate::commands::values::FieldErrors;
 use crate::events::constraints::{self, OnViolation};
-use crate::events::store::{is_connection_lost, CommandError, DatabaseUnavailable, OutcomeUnknown};
+use crate::events::store::{
+    is_connection_lost, passing_refusal, CommandError, DatabaseBusy, DatabaseUnavailable,
+    OutcomeUnknown, PassingRefusal,
+};
 use crate::identity::IdentityError;
 
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +162,16 @@ impl From<sqlx::Error> for ApiError {
         if let Some(conflict) = constraint_conflict(&err) {
             return conflict;
         }
-        match &err {
-            sqlx::Error::PoolTimedOut => database_busy(),
-            err if is_connection_lost(err) => database_unavailable(err),
-            _ => ApiError::Internal(err.into()),
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            return database_busy();
         }
+        if is_connection_lost(&err) {
+            return database_unavailable(&err);
+        }
+        if let Some(refusal) = passing_refusal(&err) {
+            return refused(refusal, &err);
+        }
+        ApiError::Internal(err.into())
     }
 }
 
@@ -177,10 +185,25 @@ fn constraint_conflict(err: &sqlx::Error) -> Option<ApiError> {
     })
 }
 
+/// 503 `database_busy`: no connection came free in time, or the database refused a statement
+/// for a passing reason; nothing was written. Counted in `database_busy_total`.
 fn database_busy() -> ApiError {
+    metrics::counter!("database_busy_total").increment(1);
     ApiError::Unavailable {
         code: "database_busy",
         message: "the database is busy; try again".into(),
+    }
+}
+
+/// A statement the database refused for a passing reason (it wrote nothing): 503
+/// `database_busy` or `database_unavailable`, logged, never a 500.
+fn refused(refusal: PassingRefusal, err: &dyn std::fmt::Display) -> ApiError {
+    match refusal {
+        PassingRefusal::Busy => {
+            tracing::warn!(error = %err, "database busy: statement refused");
+            database_busy()
+        }
+        PassingRefusal::Unavailable => database_unavailable(err),
     }
 }
 
@@ -220,7 +243,8 @@ impl ApiError {
     /// An internal error caused by a constraint violation, wherever it was wrapped (a command's
     /// `Internal`, a key store's error), is that violation's 409, never a 500; one caused by a
     /// lost database connection is a 503 (`outcome_unknown` for a write that may have
-    /// committed, else `database_unavailable`).
+    /// committed, else `database_unavailable`), and so is a statement the database refused for
+    /// a passing reason (`database_busy` or `database_unavailable`: it wrote nothing).
     fn or_constraint_conflict(self) -> ApiError {
         let ApiError::Internal(err) = &self else {
             return self;
@@ -230,6 +254,9 @@ impl ApiError {
         }
         if let Some(unavailable) = err.downcast_ref::<DatabaseUnavailable>() {
             return database_unavailable(unavailable);
+        }
+        if let Some(busy) = err.downcast_ref::<DatabaseBusy>() {
+            return refused(PassingRefusal::Busy, busy);
         }
         let Some(cause) = err
             .chain()
@@ -242,6 +269,9 @@ impl ApiError {
         }
         if is_connection_lost(cause) {
             return database_unavailable(cause);
+        }
+        if let Some(refusal) = passing_refusal(cause) {
+            return refused(refusal, cause);
         }
         constraint_conflict(cause).unwrap_or(self)
     }

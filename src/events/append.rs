@@ -11,7 +11,9 @@ use sqlx::PgConnection;
 
 use super::claim;
 use super::group_commit::{AppendFailure, GroupAppender, NewEvent};
-use super::store::{internal, CommandError, Committed, DatabaseUnavailable, OutcomeUnknown};
+use super::store::{
+    internal, CommandError, Committed, DatabaseBusy, DatabaseUnavailable, OutcomeUnknown,
+};
 use super::{Metadata, Position};
 
 /// Appends one event through the group appender.
@@ -39,7 +41,11 @@ pub(super) async fn append_grouped<A: Aggregate>(
             AppendFailure::NotWritten(message) => internal(DatabaseUnavailable(message)),
             AppendFailure::Unknown(message) => internal(OutcomeUnknown(message)),
             AppendFailure::ClaimLost => internal(OutcomeUnknown(CLAIM_LOST.into())),
-            AppendFailure::Failed(message) => CommandError::Internal(anyhow::anyhow!(message)),
+            AppendFailure::Busy(message) => internal(DatabaseBusy(message)),
+            AppendFailure::Refused(err) => match std::sync::Arc::try_unwrap(err) {
+                Ok(err) => CommandError::from(err),
+                Err(err) => CommandError::Internal(anyhow::anyhow!("appending an event: {err}")),
+            },
         })?;
     match verdict {
         Some((position, at)) => {

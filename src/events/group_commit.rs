@@ -10,7 +10,10 @@
 //! request's, and marks the claim's row, in the same statement (see [`super::claim`]); one whose
 //! claim is gone gets [`AppendFailure::ClaimLost`]. A statement whose connection fails after it
 //! was sent may have committed: its appends get [`AppendFailure::Unknown`], never a plain
-//! failure.
+//! failure. A statement the database refuses for a passing reason (a timeout, a read-only
+//! standby) wrote nothing ([`AppendFailure::Busy`], [`AppendFailure::NotWritten`]); one it refuses
+//! for its content is split, and each event goes again alone, so one request's bad event never
+//! fails another request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::claim::Mark;
-use super::store::is_connection_lost;
+use super::store::{is_connection_lost, passing_refusal, PassingRefusal};
 use super::Position;
 
 /// The verdict on one append: its position and timestamp, or `None` when the sequence was
@@ -30,14 +33,19 @@ use super::Position;
 pub type Verdict = Result<Option<(Position, DateTime<Utc>)>, AppendFailure>;
 
 /// Why an append has no verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AppendFailure {
-    /// Nothing reached the database (no connection, or the appender stopped).
+    /// Nothing was written: no connection, the appender stopped, or the database cannot take
+    /// writes now (read-only, out of resources).
     NotWritten(String),
+    /// The database refused the statement for a passing reason of load (a timeout, a cancel,
+    /// a deadlock): nothing was written.
+    Busy(String),
     /// The statement was sent and its connection failed: it may have committed.
     Unknown(String),
-    /// The database refused the statement.
-    Failed(String),
+    /// The database refused this event (a statement of its own: a group it failed was split,
+    /// so no other append shares its refusal).
+    Refused(Arc<sqlx::Error>),
     /// The event's `Idempotency-Key` claim is no longer its request's (freed or taken over): it
     /// was not inserted.
     ClaimLost,
@@ -213,7 +221,64 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         }
     };
     metrics::histogram!("event_append_group_size").record(writing.len() as f64);
+    match insert(&mut conn, &writing).await {
+        Ok(rows) => deliver(writing, rows),
+        Err(err) => match failure_for_all(&err) {
+            Some(failure) => {
+                for request in writing {
+                    let _ = request.reply.send(Err(failure.clone()));
+                }
+            }
+            None if writing.len() == 1 => {
+                if let Some(request) = writing.into_iter().next() {
+                    let _ = request
+                        .reply
+                        .send(Err(AppendFailure::Refused(Arc::new(err))));
+                }
+            }
+            None => {
+                // The database refused one event (bad data, a constraint), which fails the whole
+                // statement: each event goes again alone, so only its own request hears of it.
+                tracing::warn!(
+                    error = %err,
+                    events = writing.len(),
+                    "a group append was refused; appending its events one by one"
+                );
+                for request in writing {
+                    match insert(&mut conn, std::slice::from_ref(&request)).await {
+                        Ok(rows) => deliver(vec![request], rows),
+                        Err(err) => {
+                            let failure = failure_for_all(&err)
+                                .unwrap_or_else(|| AppendFailure::Refused(Arc::new(err)));
+                            let _ = request.reply.send(Err(failure));
+                        }
+                    }
+                }
+            }
+        },
+    }
+}
 
+/// What a failed statement means to every append it carried, when it says nothing about any one
+/// of them: unknown when its connection was lost (it may have committed), busy or not written
+/// when the database refused it for a passing reason. `None` for a refusal of the statement's
+/// content.
+fn failure_for_all(err: &sqlx::Error) -> Option<AppendFailure> {
+    let message = format!("appending a group of events: {err}");
+    if is_connection_lost(err) {
+        return Some(AppendFailure::Unknown(message));
+    }
+    match passing_refusal(err)? {
+        PassingRefusal::Busy => Some(AppendFailure::Busy(message)),
+        PassingRefusal::Unavailable => Some(AppendFailure::NotWritten(message)),
+    }
+}
+
+/// One statement appending `writing` (marking the claims of those that carry one).
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    writing: &[Queued],
+) -> Result<Vec<InsertedRow>, sqlx::Error> {
     let mut types = Vec::with_capacity(writing.len());
     let mut ids = Vec::with_capacity(writing.len());
     let mut sequences = Vec::with_capacity(writing.len());
@@ -225,7 +290,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     let mut claim_users = Vec::new();
     let mut claim_keys = Vec::new();
     let mut claimed_at = Vec::new();
-    for Queued { event, .. } in &writing {
+    for Queued { event, .. } in writing {
         if marking {
             claim_users.push(event.claim.as_ref().map(|c| c.user_id));
             claim_keys.push(event.claim.as_ref().map(|c| c.key.as_str()));
@@ -251,44 +316,32 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     if marking {
         query = query.bind(&claim_users).bind(&claim_keys).bind(&claimed_at);
     }
-    let inserted: Result<Vec<InsertedRow>, sqlx::Error> = query
+    query
         .fetch_all(&mut *conn)
         .await
-        .and_then(|rows| rows.iter().map(|row| inserted_row(row, marking)).collect());
+        .and_then(|rows| rows.iter().map(|row| inserted_row(row, marking)).collect())
+}
 
-    match inserted {
-        Ok(rows) => {
-            let mut outcomes: HashMap<(String, String, i64), Option<Inserted>> = HashMap::new();
-            for (aggregate_type, aggregate_id, sequence, inserted) in rows {
-                outcomes.insert((aggregate_type, aggregate_id, sequence), inserted);
-            }
-            for request in writing {
-                let event = request.event;
-                let key = (
-                    event.aggregate_type.to_string(),
-                    event.aggregate_id,
-                    event.sequence,
-                );
-                let verdict = match outcomes.get(&key) {
-                    Some(Some(inserted)) => Ok(Some(*inserted)),
-                    // Not inserted because its claim is gone.
-                    Some(None) => Err(AppendFailure::ClaimLost),
-                    // Not inserted: its sequence was taken.
-                    None => Ok(None),
-                };
-                let _ = request.reply.send(verdict);
-            }
-        }
-        Err(err) => {
-            let message = format!("appending a group of events: {err}");
-            let failure = if is_connection_lost(&err) {
-                AppendFailure::Unknown(message)
-            } else {
-                AppendFailure::Failed(message)
-            };
-            for request in writing {
-                let _ = request.reply.send(Err(failure.clone()));
-            }
-        }
+/// Each request's verdict from the rows its statement returned.
+fn deliver(writing: Vec<Queued>, rows: Vec<InsertedRow>) {
+    let mut outcomes: HashMap<(String, String, i64), Option<Inserted>> = HashMap::new();
+    for (aggregate_type, aggregate_id, sequence, inserted) in rows {
+        outcomes.insert((aggregate_type, aggregate_id, sequence), inserted);
+    }
+    for request in writing {
+        let event = request.event;
+        let key = (
+            event.aggregate_type.to_string(),
+            event.aggregate_id,
+            event.sequence,
+        );
+        let verdict = match outcomes.get(&key) {
+            Some(Some(inserted)) => Ok(Some(*inserted)),
+            // Not inserted because its claim is gone.
+            Some(None) => Err(AppendFailure::ClaimLost),
+            // Not inserted: its sequence was taken.
+            None => Ok(None),
+        };
+        let _ = request.reply.send(verdict);
     }
 }

@@ -89,6 +89,47 @@ pub fn is_connection_lost(err: &sqlx::Error) -> bool {
     }
 }
 
+/// The database is busy: it refused a statement for a passing reason of load (a statement or
+/// lock timeout, a cancelled statement, a deadlock or serialization failure, no connection slot
+/// left), so nothing was written (the edge answers 503 `database_busy`).
+#[derive(Debug, thiserror::Error)]
+#[error("the database is busy: {0}")]
+pub struct DatabaseBusy(pub String);
+
+/// Why the database refused a statement for a passing reason that says nothing about the request
+/// itself: the statement wrote nothing, and the same request may be sent again as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassingRefusal {
+    /// Load: statement or lock timeout, cancelled statement, deadlock, serialization failure,
+    /// too many connections.
+    Busy,
+    /// The database cannot take writes now: read-only (a standby after a failover,
+    /// `default_transaction_read_only`), out of disk or memory, a system I/O error.
+    Unavailable,
+}
+
+/// Whether `err` is the database refusing a statement for a passing reason (see
+/// [`PassingRefusal`]) rather than an answer about the request (a constraint, bad data) or a
+/// lost connection ([`is_connection_lost`]). The statement failed, so its transaction wrote
+/// nothing.
+pub fn passing_refusal(err: &sqlx::Error) -> Option<PassingRefusal> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let code = db.code()?;
+    match code.as_ref() {
+        // query_canceled (statement_timeout, pg_cancel_backend), lock_not_available
+        // (lock_timeout), serialization_failure, deadlock_detected, too_many_connections.
+        "57014" | "55P03" | "40001" | "40P01" | "53300" => Some(PassingRefusal::Busy),
+        // read_only_sql_transaction, insufficient resources (disk full, out of memory, ...),
+        // system errors (I/O).
+        code if code == "25006" || code.starts_with("53") || code.starts_with("58") => {
+            Some(PassingRefusal::Unavailable)
+        }
+        _ => None,
+    }
+}
+
 /// A write whose connection was lost after it was sent: its outcome is unknown.
 fn unknown_if_lost<E: std::error::Error>(err: CommandError<E>) -> CommandError<E> {
     match err {

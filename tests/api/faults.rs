@@ -4,6 +4,8 @@
 //! `outcome_unknown`, and a retry with the same `Idempotency-Key` resolves it: one plant, one
 //! event.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -57,8 +59,22 @@ pub fn fern() -> Value {
 /// Waits for a backend of this test's database that waits on a lock of `wait_event` kind while
 /// running a statement that contains `statement`, and terminates it. Only ever this database's.
 async fn terminate_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
+    let pid = waiting_backend(pool, wait_event, statement).await;
+    signal(pool, "pg_terminate_backend", pid).await;
+}
+
+/// As [`terminate_waiting`], but cancels the backend's statement (`pg_cancel_backend`, what
+/// `statement_timeout` does): the session stays, the statement fails with `57014`.
+async fn cancel_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
+    let pid = waiting_backend(pool, wait_event, statement).await;
+    signal(pool, "pg_cancel_backend", pid).await;
+}
+
+/// The pid of a backend of this test's database that waits on a lock of `wait_event` kind while
+/// running a statement that contains `statement` (waiting up to 20 s for one).
+async fn waiting_backend(pool: &PgPool, wait_event: &str, statement: &str) -> i32 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let pid: i32 = loop {
+    loop {
         let waiting: Option<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity \
               WHERE datname = current_database() AND pid <> pg_backend_pid() \
@@ -72,23 +88,28 @@ async fn terminate_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
         .await
         .unwrap();
         if let Some(pid) = waiting {
-            break pid;
+            return pid;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no backend waits on a {wait_event} lock running {statement}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let terminated: bool = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-          WHERE pid = $1 AND datname = current_database()",
-    )
+    }
+}
+
+/// Sends `function` (`pg_terminate_backend` or `pg_cancel_backend`) to `pid`, a backend of this
+/// test's database.
+async fn signal(pool: &PgPool, function: &str, pid: i32) {
+    let signalled: bool = sqlx::query_scalar(&format!(
+        "SELECT {function}(pid) FROM pg_stat_activity \
+          WHERE pid = $1 AND datname = current_database()"
+    ))
     .bind(pid)
     .fetch_one(pool)
     .await
     .unwrap();
-    assert!(terminated);
+    assert!(signalled, "{function}({pid})");
 }
 
 /// An append blocked on the commit-order lock (held by a second session) has its backend
@@ -141,6 +162,190 @@ async fn an_ungrouped_append_cut_mid_statement_is_outcome_unknown_then_applied_o
     config.group_commit_writers = 0;
     let t = TestApp::with_config(options, connect, config, true).await;
     a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t).await;
+}
+
+/// An append blocked on the commit-order lock has its statement cancelled, as `statement_timeout`
+/// or an operator's `pg_cancel_backend` would: the database refused it, so nothing was written.
+/// 503 `database_busy` with `Retry-After`, never 500; the retry with the same key applies the
+/// request once.
+async fn a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t: TestApp) {
+    let (_, token) = t.user(&unique_email("owner")).await;
+    let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let body = fern();
+    let (cancelled, ()) = tokio::join!(
+        create(&t, &token, "cancelled-1", &body),
+        cancel_waiting(&t.pool, "advisory", "INSERT INTO events"),
+    );
+    holder.rollback().await.unwrap();
+    assert_unavailable(&cancelled, "database_busy");
+    assert_eq!(plant_counts(&t.pool).await, (0, 0), "nothing written");
+
+    let retry = create(&t, &token, "cancelled-1", &fern()).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert!(!retry.headers.contains_key("idempotent-replayed"));
+    assert_eq!(plant_counts(&t.pool).await, (1, 1), "one plant, one event");
+}
+
+#[sqlx::test]
+async fn a_cancelled_grouped_append_is_database_busy_and_its_retry_applies_it_once(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut config = config();
+    config.group_commit_writers = 2;
+    let t = TestApp::with_config(options, connect, config, true).await;
+    a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t).await;
+}
+
+#[sqlx::test]
+async fn a_cancelled_ungrouped_append_is_database_busy_and_its_retry_applies_it_once(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let mut config = config();
+    config.group_commit_writers = 0;
+    let t = TestApp::with_config(options, connect, config, true).await;
+    a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t).await;
+}
+
+/// An instance whose database went read-only (a failover that left it on a standby): its reads
+/// answer, its writes (a claimed one and a plain one) answer 503 `database_unavailable` with
+/// `Retry-After`, never 500, and write nothing; the same request sent to a writable instance
+/// is applied once.
+async fn a_read_only_database_answers_writes_503_and_writes_nothing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+    group_commit_writers: usize,
+) {
+    let writable = TestApp::spawn(options, connect.clone()).await;
+    let (_, token) = writable.user(&unique_email("owner")).await;
+    let mut config = config();
+    config.group_commit_writers = group_commit_writers;
+    // The standby instance starts on a writable database; then every connection it takes from
+    // its pool is read-only, as after a failover that left its address on a standby.
+    let read_only = Arc::new(AtomicBool::new(false));
+    let pool = {
+        let read_only = read_only.clone();
+        PgPoolOptions::new()
+            .max_connections(8)
+            .before_acquire(move |conn, _| {
+                let read_only = read_only.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if read_only {
+                        sqlx::query("SET default_transaction_read_only = on")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_with(arosaje::infra::db::session_settings(connect, &config.store))
+            .await
+            .unwrap()
+    };
+    let standby = TestApp::with_pool(pool, config, false).await;
+    read_only.store(true, Ordering::SeqCst);
+
+    let listed = standby.get("/api/plants", &token).await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
+    let claimed = create(&standby, &token, "standby-1", &fern()).await;
+    assert_unavailable(&claimed, "database_unavailable");
+    let plain = standby.post("/api/plants", Some(&token), fern()).await;
+    assert_unavailable(&plain, "database_unavailable");
+    assert_eq!(
+        plant_counts(&writable.pool).await,
+        (0, 0),
+        "nothing written"
+    );
+
+    let retry = create(&writable, &token, "standby-1", &fern()).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert!(!retry.headers.contains_key("idempotent-replayed"));
+    assert_eq!(
+        plant_counts(&writable.pool).await,
+        (1, 1),
+        "one plant, one event"
+    );
+}
+
+#[sqlx::test]
+async fn a_read_only_database_answers_grouped_writes_503(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    a_read_only_database_answers_writes_503_and_writes_nothing(options, connect, 2).await;
+}
+
+#[sqlx::test]
+async fn a_read_only_database_answers_ungrouped_writes_503(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    a_read_only_database_answers_writes_503_and_writes_nothing(options, connect, 0).await;
+}
+
+/// One event the database refuses (a payload `jsonb` cannot hold) queued in the same group as
+/// others: only its own append is refused, with the database's error; the others are appended.
+#[sqlx::test]
+async fn an_event_the_database_refuses_fails_only_its_own_append_in_a_group(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use arosaje::events::group_commit::{AppendFailure, GroupAppender, NewEvent};
+    let pool = crate::helpers::pool(options, connect).await;
+    let appender = GroupAppender::start(pool.clone(), 1, 16);
+    let event = |id: &str, name: &str| NewEvent {
+        aggregate_type: "Plant",
+        aggregate_id: id.to_string(),
+        sequence: 1,
+        event_type: "PlantCreated".into(),
+        event_version: "1".into(),
+        payload: json!({"name": name}),
+        metadata: json!({}),
+        claim: None,
+    };
+    // The writer takes the first append alone and blocks on the commit-order lock; the next
+    // three queue meanwhile and go as one group once it is released.
+    let mut holder = arosaje::infra::db::begin(&pool).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let spawn = |event: NewEvent| {
+        let appender = appender.clone();
+        tokio::spawn(async move { appender.append(event).await })
+    };
+    let first = spawn(event("p-first", "first"));
+    waiting_backend(&pool, "advisory", "INSERT INTO events").await;
+    let before = spawn(event("p-before", "before"));
+    let poison = spawn(event("p-poison", "nul \u{0} inside"));
+    let after = spawn(event("p-after", "after"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.rollback().await.unwrap();
+
+    for (name, append) in [("first", first), ("before", before), ("after", after)] {
+        let verdict = append.await.unwrap();
+        assert!(matches!(verdict, Ok(Some(_))), "{name}: {verdict:?}");
+    }
+    match poison.await.unwrap() {
+        Err(AppendFailure::Refused(err)) => {
+            let code = err.as_database_error().and_then(|db| db.code());
+            assert_eq!(code.as_deref(), Some("22P05"), "{err}");
+        }
+        other => panic!("the poison: {other:?}"),
+    }
+    let appended: Vec<String> =
+        sqlx::query_scalar("SELECT aggregate_id FROM events ORDER BY global_position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(appended, ["p-first", "p-before", "p-after"]);
 }
 
 /// A read whose backend is terminated while it waits (on a table lock a second session holds):

@@ -92,10 +92,15 @@ impl TestApp {
         config: Config,
         run_projectors: bool,
     ) -> TestApp {
-        keep_interest();
         // The app's connections are made as `connect_database` makes them.
         let connect = arosaje::infra::db::session_settings(connect, &config.store);
         let pool = pool(options, connect).await;
+        Self::with_pool(pool, config, run_projectors).await
+    }
+
+    /// An app on a pool the test built (e.g. with `before_acquire` hooks that change sessions).
+    pub async fn with_pool(pool: PgPool, config: Config, run_projectors: bool) -> TestApp {
+        keep_interest();
         let app = App::with_pool(config, pool.clone()).await.expect("app");
         let projectors = run_projectors.then(|| app.start_projectors());
         // Each test app is its own client address, so rate limits of parallel tests stay apart.
