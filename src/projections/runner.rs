@@ -110,7 +110,14 @@ struct Projector {
     /// up to [`CATCH_UP_BATCH`], while the projector is far behind (a cold start, a backlog),
     /// and falls back to the configured batch size once it has caught up.
     window: std::sync::atomic::AtomicI64,
+    /// Without local projectors: whether a task follows this projection's checkpoint in the
+    /// database for the requests waiting on it (see [`Projections::follow`]).
+    following: std::sync::atomic::AtomicBool,
 }
+
+/// How often an instance without local projectors reads the checkpoint of a projection that
+/// requests wait on: one read per interval per projection, however many requests wait.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(5);
 
 /// The largest batch a read model reads while catching up on a backlog: set-based projections
 /// write a batch with a few statements per kind of event, so the larger the batch the fewer
@@ -132,6 +139,8 @@ struct Inner {
     running: std::sync::atomic::AtomicBool,
     /// Where each batch's lag goes as a business series (InfluxDB), if anywhere.
     series: Series,
+    /// Checkpoint reads made for waiting requests, without local projectors.
+    checkpoint_reads: std::sync::atomic::AtomicU64,
 }
 
 /// What one batch did.
@@ -173,6 +182,7 @@ impl Projections {
                 trouble: std::sync::Mutex::new(None),
                 lock: Mutex::new(None),
                 window: std::sync::atomic::AtomicI64::new(settings.batch_size.max(1)),
+                following: std::sync::atomic::AtomicBool::new(false),
             })
             .collect();
         Self {
@@ -183,6 +193,7 @@ impl Projections {
                 wakeups,
                 running: std::sync::atomic::AtomicBool::new(false),
                 series: Series::disabled(),
+                checkpoint_reads: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -319,7 +330,8 @@ impl Projections {
 
     /// Waits until every projection that reads `aggregate_type` has passed `position`.
     /// Returns false on time-out. Without local projectors (an API-only instance) it follows the
-    /// checkpoints in the database instead.
+    /// checkpoints in the database instead: one task per projection reads them while requests
+    /// wait, however many do.
     pub async fn wait_for(
         &self,
         aggregate_type: &str,
@@ -331,46 +343,83 @@ impl Projections {
             .inner
             .running
             .load(std::sync::atomic::Ordering::Relaxed);
-        for projector in &self.inner.projectors {
+        for (index, projector) in self.inner.projectors.iter().enumerate() {
             let projection = &projector.projection;
             if !projection.read_your_writes()
                 || !projection.aggregate_types().contains(&aggregate_type)
             {
                 continue;
             }
-            let reached = if local {
-                let mut rx = projector.checkpoint.subscribe();
-                let waited =
-                    tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= position)).await;
-                matches!(waited, Ok(Ok(_)))
-            } else {
-                self.poll_checkpoint(projection.name(), position, deadline)
-                    .await
-            };
-            if !reached {
+            // Subscribed before the follower is asked for, so it sees this waiter.
+            let mut rx = projector.checkpoint.subscribe();
+            if !local {
+                self.follow(index);
+            }
+            let waited = tokio::time::timeout_at(deadline, rx.wait_for(|p| *p >= position)).await;
+            if !matches!(waited, Ok(Ok(_))) {
                 return false;
             }
         }
         true
     }
 
-    async fn poll_checkpoint(
-        &self,
-        name: &str,
-        position: Position,
-        deadline: tokio::time::Instant,
-    ) -> bool {
+    /// Starts the task that follows projector `index`'s checkpoint in the database, unless it
+    /// runs. It stops once nobody waits on that checkpoint.
+    fn follow(&self, index: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let following = &self.inner.projectors[index].following;
+        if following
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_ok()
+        {
+            let this = self.clone();
+            tokio::spawn(async move { this.follow_checkpoint(index).await });
+        }
+    }
+
+    async fn follow_checkpoint(&self, index: usize) {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        let projector = &self.inner.projectors[index];
+        let name = projector.projection.name();
         loop {
-            if let Ok(current) = load_checkpoint(&self.inner.pool, name).await {
-                if current >= position {
-                    return true;
+            if projector.checkpoint.receiver_count() == 0 {
+                projector.following.store(false, SeqCst);
+                // A waiter that subscribed meanwhile either saw `false` and started a follower,
+                // or is seen here; in that case this one goes on unless another took over.
+                if projector.checkpoint.receiver_count() == 0
+                    || projector
+                        .following
+                        .compare_exchange(false, true, SeqCst, SeqCst)
+                        .is_err()
+                {
+                    return;
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+            self.inner.checkpoint_reads.fetch_add(1, Relaxed);
+            match load_checkpoint(&self.inner.pool, name).await {
+                Ok(current) => {
+                    projector.checkpoint.send_if_modified(|seen| {
+                        let newer = current > *seen;
+                        if newer {
+                            *seen = current;
+                        }
+                        newer
+                    });
+                }
+                Err(err) => {
+                    tracing::debug!(projection = name, error = %err, "reading a checkpoint to follow it")
+                }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
         }
+    }
+
+    /// How many times this instance read a checkpoint from the database for waiting requests
+    /// (without local projectors).
+    pub fn checkpoint_reads(&self) -> u64 {
+        self.inner
+            .checkpoint_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs batches of one projection until it is caught up (for the CLI and tests). An event

@@ -371,6 +371,41 @@ async fn a_command_whose_read_model_lags_answers_202_with_its_position(
     assert_eq!(stored, 1, "the command itself is durable");
 }
 
+/// An instance without projectors learns from the database when another instance's projectors
+/// have applied its command (201), and its waiting requests share one reader per checkpoint:
+/// 16 creates that each wait 1 s for a projector that never comes read it about 200 times (one
+/// read per 5 ms), not 16 times as often.
+#[sqlx::test]
+async fn an_instance_without_projectors_follows_each_checkpoint_once_for_all_its_waiters(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::spawn(options.clone(), connect.clone()).await;
+    let (_, token) = t.user(&unique_email("follow")).await;
+    let mut waits = config();
+    waits.read_your_writes_timeout_ms = 1_000;
+    let api_only = TestApp::with_config(options, connect, waits, false).await;
+
+    let applied = api_only.create_plant(&token, "Seen elsewhere").await;
+    assert_eq!(applied.status, StatusCode::CREATED, "{applied:?}");
+    drop(t);
+    let before = api_only.app.projections.checkpoint_reads();
+    let names: Vec<String> = (0..16).map(|i| format!("Waiting {i}")).collect();
+    let replies =
+        futures::future::join_all(names.iter().map(|name| api_only.create_plant(&token, name)))
+            .await;
+    assert!(
+        replies.iter().all(|r| r.status == StatusCode::ACCEPTED),
+        "{replies:?}"
+    );
+    let reads = api_only.app.projections.checkpoint_reads() - before;
+    assert!(reads >= 20, "the checkpoint was followed: {reads} reads");
+    assert!(
+        reads <= 500,
+        "16 waiters of 1 s share one reader (about 200 reads): {reads} reads"
+    );
+}
+
 #[sqlx::test]
 async fn a_request_over_the_time_limit_gets_a_json_408(
     options: PgPoolOptions,
