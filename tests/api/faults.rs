@@ -63,13 +63,6 @@ async fn terminate_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
     signal(pool, "pg_terminate_backend", pid).await;
 }
 
-/// As [`terminate_waiting`], but cancels the backend's statement (`pg_cancel_backend`, what
-/// `statement_timeout` does): the session stays, the statement fails with `57014`.
-async fn cancel_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
-    let pid = waiting_backend(pool, wait_event, statement).await;
-    signal(pool, "pg_cancel_backend", pid).await;
-}
-
 /// The pid of a backend of this test's database that waits on a lock of `wait_event` kind while
 /// running a statement that contains `statement` (waiting up to 20 s for one).
 async fn waiting_backend(pool: &PgPool, wait_event: &str, statement: &str) -> i32 {
@@ -112,10 +105,26 @@ async fn signal(pool: &PgPool, function: &str, pid: i32) {
     assert!(signalled, "{function}({pid})");
 }
 
-/// An append blocked on the commit-order lock (held by a second session) has its backend
-/// terminated: 503 `outcome_unknown` with `Retry-After`, nothing committed; the retry with the
-/// same key applies the request once.
-async fn a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t: TestApp) {
+/// An app with `writers` group-commit writers (0: each append is its own statement).
+async fn app_with_writers(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+    writers: usize,
+) -> TestApp {
+    let mut config = config();
+    config.group_commit_writers = writers;
+    TestApp::with_config(options, connect, config, true).await
+}
+
+/// An append blocked on the commit-order lock (held by a second session) is interrupted by
+/// `function`, a signal to its backend, and answers 503 `code` with `Retry-After`, never 500,
+/// with nothing committed; the retry with the same key applies the request once, and the next
+/// one replays that answer.
+async fn an_interrupted_append_answers_503_and_its_retry_applies_it_once(
+    t: TestApp,
+    function: &str,
+    code: &str,
+) {
     let (_, token) = t.user(&unique_email("owner")).await;
     let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -124,33 +133,37 @@ async fn a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t: TestAp
         .await
         .unwrap();
     let body = fern();
-    let (cut, ()) = tokio::join!(
-        create(&t, &token, "cut-1", &body),
-        terminate_waiting(&t.pool, "advisory", "INSERT INTO events"),
-    );
+    let (interrupted, ()) = tokio::join!(create(&t, &token, "interrupted-1", &body), async {
+        let pid = waiting_backend(&t.pool, "advisory", "INSERT INTO events").await;
+        signal(&t.pool, function, pid).await;
+    });
     holder.rollback().await.unwrap();
-    assert_unavailable(&cut, "outcome_unknown");
+    assert_unavailable(&interrupted, code);
     assert_eq!(plant_counts(&t.pool).await, (0, 0), "nothing committed");
 
-    let retry = create(&t, &token, "cut-1", &fern()).await;
+    let retry = create(&t, &token, "interrupted-1", &body).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
     assert!(!retry.headers.contains_key("idempotent-replayed"));
-    let again = create(&t, &token, "cut-1", &fern()).await;
+    let again = create(&t, &token, "interrupted-1", &body).await;
     assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body, retry.body);
     assert_eq!(plant_counts(&t.pool).await, (1, 1), "one plant, one event");
 }
 
+/// Its backend terminated mid-statement: the append may have committed, `outcome_unknown`.
 #[sqlx::test]
 async fn a_grouped_append_cut_mid_statement_is_outcome_unknown_then_applied_once(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let mut config = config();
-    config.group_commit_writers = 2;
-    let t = TestApp::with_config(options, connect, config, true).await;
-    a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t).await;
+    let t = app_with_writers(options, connect, 2).await;
+    an_interrupted_append_answers_503_and_its_retry_applies_it_once(
+        t,
+        "pg_terminate_backend",
+        "outcome_unknown",
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -158,48 +171,29 @@ async fn an_ungrouped_append_cut_mid_statement_is_outcome_unknown_then_applied_o
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let mut config = config();
-    config.group_commit_writers = 0;
-    let t = TestApp::with_config(options, connect, config, true).await;
-    a_cut_append_is_outcome_unknown_and_its_retry_applies_it_once(t).await;
+    let t = app_with_writers(options, connect, 0).await;
+    an_interrupted_append_answers_503_and_its_retry_applies_it_once(
+        t,
+        "pg_terminate_backend",
+        "outcome_unknown",
+    )
+    .await;
 }
 
-/// An append blocked on the commit-order lock has its statement cancelled, as `statement_timeout`
-/// or an operator's `pg_cancel_backend` would: the database refused it, so nothing was written.
-/// 503 `database_busy` with `Retry-After`, never 500; the retry with the same key applies the
-/// request once.
-async fn a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t: TestApp) {
-    let (_, token) = t.user(&unique_email("owner")).await;
-    let mut holder = arosaje::infra::db::begin(&t.pool).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let body = fern();
-    let (cancelled, ()) = tokio::join!(
-        create(&t, &token, "cancelled-1", &body),
-        cancel_waiting(&t.pool, "advisory", "INSERT INTO events"),
-    );
-    holder.rollback().await.unwrap();
-    assert_unavailable(&cancelled, "database_busy");
-    assert_eq!(plant_counts(&t.pool).await, (0, 0), "nothing written");
-
-    let retry = create(&t, &token, "cancelled-1", &fern()).await;
-    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
-    assert!(!retry.headers.contains_key("idempotent-replayed"));
-    assert_eq!(plant_counts(&t.pool).await, (1, 1), "one plant, one event");
-}
-
+/// Its statement cancelled, as `statement_timeout` or an operator's `pg_cancel_backend` would:
+/// the database refused it, so nothing was written: `database_busy`.
 #[sqlx::test]
 async fn a_cancelled_grouped_append_is_database_busy_and_its_retry_applies_it_once(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let mut config = config();
-    config.group_commit_writers = 2;
-    let t = TestApp::with_config(options, connect, config, true).await;
-    a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t).await;
+    let t = app_with_writers(options, connect, 2).await;
+    an_interrupted_append_answers_503_and_its_retry_applies_it_once(
+        t,
+        "pg_cancel_backend",
+        "database_busy",
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -207,10 +201,13 @@ async fn a_cancelled_ungrouped_append_is_database_busy_and_its_retry_applies_it_
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let mut config = config();
-    config.group_commit_writers = 0;
-    let t = TestApp::with_config(options, connect, config, true).await;
-    a_cancelled_append_is_database_busy_and_its_retry_applies_it_once(t).await;
+    let t = app_with_writers(options, connect, 0).await;
+    an_interrupted_append_answers_503_and_its_retry_applies_it_once(
+        t,
+        "pg_cancel_backend",
+        "database_busy",
+    )
+    .await;
 }
 
 /// An instance whose database went read-only (a failover that left it on a standby): its reads
