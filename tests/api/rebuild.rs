@@ -650,6 +650,34 @@ fn load_of_every_kind() -> arosaje::seed::load::LoadOptions {
     }
 }
 
+/// Every BRIN index (events, messages and their keys, mails sent, the access log and each of
+/// its monthly partitions) has `autosummarize` (see its migration), after a rebuild too: the
+/// copies of a rebuilt model are indexed from the live definitions.
+async fn assert_brin_indexes_summarise_new_ranges(pool: &PgPool) {
+    let brin: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.oid::regclass::text, \
+                COALESCE(c.reloptions @> ARRAY['autosummarize=on'], false) \
+           FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
+          WHERE a.amname = 'brin' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for name in [
+        "events_timestamp_brin",
+        "sent_mails_sent_at_brin",
+        "message_keys_created_brin",
+        "messaging.messages_created_brin",
+        "monitoring.access_log_at_brin",
+    ] {
+        assert!(
+            brin.iter().any(|(index, _)| index == name),
+            "{name}: {brin:?}"
+        );
+    }
+    assert!(brin.iter().all(|(_, on)| *on), "{brin:?}");
+}
+
 /// A `seed load` of every kind (botanists, advice with versions and verdicts, several
 /// applications per sitting, reports, reviews, messages, access records), projected live by the
 /// runner's batches, is what a rebuild of each model makes in batches cut elsewhere; and the
@@ -743,6 +771,7 @@ async fn a_seed_load_of_every_kind_rebuilds_to_the_live_model(
         assert_eq!(report.parked, 0, "{report:?}");
     }
     assert_eq!(snapshot(&t.pool, &models).await, before);
+    assert_brin_indexes_summarise_new_ranges(&t.pool).await;
     let unvalidated: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated",
     )
