@@ -590,3 +590,41 @@ async fn seed_load_makes_exactly_the_counts_asked_for(
         events as i64 + 3
     );
 }
+
+/// After a load the log is as autovacuum would leave it: analysed, and every page summarised in
+/// its BRIN index on time (a range past the last summarised one is read by every time-window
+/// scan). The load spans several ranges of 128 pages.
+#[sqlx::test]
+async fn seed_load_leaves_the_log_analysed_and_summarised(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = TestApp::with_config(options, connect, config(), false).await;
+    let sizes = LoadOptions {
+        users: 2,
+        conversations: Some(1),
+        messages: 6_000,
+        ..Default::default()
+    };
+    load::load(&t.app, &sizes, &|_, _| {})
+        .await
+        .expect("seed load");
+    let (analysed, pages): (bool, i32) = sqlx::query_as(
+        "SELECT s.last_analyze IS NOT NULL, c.relpages FROM pg_stat_user_tables s \
+           JOIN pg_class c ON c.oid = s.relid WHERE s.relid = 'events'::regclass",
+    )
+    .fetch_one(&t.pool)
+    .await
+    .unwrap();
+    assert!(analysed, "events analysed after the load");
+    assert!(
+        pages > 2 * 128,
+        "the log spans several BRIN ranges: {pages} pages"
+    );
+    let unsummarised: i32 =
+        sqlx::query_scalar("SELECT brin_summarize_new_values('events_timestamp_brin')")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(unsummarised, 0, "ranges the load left unsummarised");
+}
