@@ -159,20 +159,23 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if let Some(conflict) = constraint_conflict(&err) {
-            return conflict;
-        }
-        if matches!(err, sqlx::Error::PoolTimedOut) {
-            return database_busy();
-        }
-        if is_connection_lost(&err) {
-            return database_unavailable(&err);
-        }
-        if let Some(refusal) = passing_refusal(&err) {
-            return refused(refusal, &err);
-        }
-        ApiError::Internal(err.into())
+        constraint_conflict(&err)
+            .or_else(|| database_trouble(&err))
+            .unwrap_or_else(|| ApiError::Internal(err.into()))
     }
+}
+
+/// A database error that says nothing about the request, as a 503: no connection came free
+/// (`database_busy`), the connection was lost (`database_unavailable`), or the database refused
+/// the statement for a passing reason (see [`refused`]). `None` for other errors.
+fn database_trouble(err: &sqlx::Error) -> Option<ApiError> {
+    if matches!(err, sqlx::Error::PoolTimedOut) {
+        return Some(database_busy());
+    }
+    if is_connection_lost(err) {
+        return Some(database_unavailable(err));
+    }
+    passing_refusal(err).map(|refusal| refused(refusal, err))
 }
 
 /// The one place where a unique or exclusion violation becomes an answer: a 409 with the code
@@ -264,16 +267,9 @@ impl ApiError {
         else {
             return self;
         };
-        if matches!(cause, sqlx::Error::PoolTimedOut) {
-            return database_busy();
-        }
-        if is_connection_lost(cause) {
-            return database_unavailable(cause);
-        }
-        if let Some(refusal) = passing_refusal(cause) {
-            return refused(refusal, cause);
-        }
-        constraint_conflict(cause).unwrap_or(self)
+        database_trouble(cause)
+            .or_else(|| constraint_conflict(cause))
+            .unwrap_or(self)
     }
 }
 
