@@ -223,40 +223,37 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
     metrics::histogram!("event_append_group_size").record(writing.len() as f64);
     match insert(&mut conn, &writing).await {
         Ok(rows) => deliver(writing, rows),
-        Err(err) => match failure_for_all(&err) {
-            Some(failure) => {
-                for request in writing {
-                    let _ = request.reply.send(Err(failure.clone()));
-                }
+        // A verdict on the whole statement, or on the one event it carried.
+        Err(err) if writing.len() == 1 || failure_for_all(&err).is_some() => {
+            let failure = refusal(err);
+            for request in writing {
+                let _ = request.reply.send(Err(failure.clone()));
             }
-            None if writing.len() == 1 => {
-                if let Some(request) = writing.into_iter().next() {
-                    let _ = request
-                        .reply
-                        .send(Err(AppendFailure::Refused(Arc::new(err))));
-                }
-            }
-            None => {
-                // The database refused one event (bad data, a constraint), which fails the whole
-                // statement: each event goes again alone, so only its own request hears of it.
-                tracing::warn!(
-                    error = %err,
-                    events = writing.len(),
-                    "a group append was refused; appending its events one by one"
-                );
-                for request in writing {
-                    match insert(&mut conn, std::slice::from_ref(&request)).await {
-                        Ok(rows) => deliver(vec![request], rows),
-                        Err(err) => {
-                            let failure = failure_for_all(&err)
-                                .unwrap_or_else(|| AppendFailure::Refused(Arc::new(err)));
-                            let _ = request.reply.send(Err(failure));
-                        }
+        }
+        Err(err) => {
+            // The database refused one event (bad data, a constraint), which fails the whole
+            // statement: each event goes again alone, so only its own request hears of it.
+            tracing::warn!(
+                error = %err,
+                events = writing.len(),
+                "a group append was refused; appending its events one by one"
+            );
+            for request in writing {
+                match insert(&mut conn, std::slice::from_ref(&request)).await {
+                    Ok(rows) => deliver(vec![request], rows),
+                    Err(err) => {
+                        let _ = request.reply.send(Err(refusal(err)));
                     }
                 }
             }
-        },
+        }
     }
+}
+
+/// The failure a statement's error means to the appends it carried: [`failure_for_all`], or else
+/// the database's refusal of its content.
+fn refusal(err: sqlx::Error) -> AppendFailure {
+    failure_for_all(&err).unwrap_or_else(|| AppendFailure::Refused(Arc::new(err)))
 }
 
 /// What a failed statement means to every append it carried, when it says nothing about any one
