@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
@@ -90,9 +90,7 @@ pub async fn connect_database(config: &config::StoreConfig) -> anyhow::Result<Pg
         .as_str()
         .parse()
         .with_context(|| "DATABASE_URL is not a PostgreSQL connection string")?;
-    PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+    infra::db::pool_options(config)
         .connect_with(infra::db::session_settings(options, config))
         .await
         .with_context(|| "cannot connect to PostgreSQL (DATABASE_URL)")

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use super::claim::Mark;
 use super::store::{is_connection_lost, passing_refusal, PassingRefusal};
 use super::Position;
+use crate::infra::db::Held;
 
 /// The verdict on one append: its position and timestamp, or `None` when the sequence was
 /// already taken.
@@ -108,6 +109,8 @@ async fn write_groups(
     receiver: Arc<Mutex<mpsc::Receiver<Queued>>>,
     max_group: usize,
 ) {
+    // Kept from one group to the next (see `Held`).
+    let mut held = Held::default();
     loop {
         let mut group = Vec::new();
         {
@@ -123,7 +126,7 @@ async fn write_groups(
                 }
             }
         }
-        write_group(&pool, group).await;
+        write_group(&pool, &mut held, group).await;
     }
 }
 
@@ -193,7 +196,7 @@ fn inserted_row(row: &PgRow, marking: bool) -> Result<InsertedRow, sqlx::Error> 
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, inserted))
 }
 
-async fn write_group(pool: &PgPool, group: Vec<Queued>) {
+async fn write_group(pool: &PgPool, held: &mut Held, group: Vec<Queued>) {
     // Two appends of the same version in one group: the first one competes, the others lost.
     let mut seen: HashSet<Key> = HashSet::new();
     let mut writing = Vec::with_capacity(group.len());
@@ -210,7 +213,7 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
             let _ = request.reply.send(Ok(None));
         }
     }
-    let mut conn = match pool.acquire().await {
+    let conn = match held.get(pool).await {
         Ok(conn) => conn,
         Err(err) => {
             let failure = AppendFailure::NotWritten(format!("appending a group of events: {err}"));
@@ -221,10 +224,11 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
         }
     };
     metrics::histogram!("event_append_group_size").record(writing.len() as f64);
-    match insert(&mut conn, &writing).await {
+    match insert(conn, &writing).await {
         Ok(rows) => deliver(writing, rows),
         // A verdict on the whole statement, or on the one event it carried.
         Err(err) if writing.len() == 1 || failure_for_all(&err).is_some() => {
+            held.discard();
             let failure = refusal(err);
             for request in writing {
                 let _ = request.reply.send(Err(failure.clone()));
@@ -239,13 +243,14 @@ async fn write_group(pool: &PgPool, group: Vec<Queued>) {
                 "a group append was refused; appending its events one by one"
             );
             for request in writing {
-                match insert(&mut conn, std::slice::from_ref(&request)).await {
+                match insert(conn, std::slice::from_ref(&request)).await {
                     Ok(rows) => deliver(vec![request], rows),
                     Err(err) => {
                         let _ = request.reply.send(Err(refusal(err)));
                     }
                 }
             }
+            held.discard();
         }
     }
 }

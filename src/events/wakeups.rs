@@ -71,13 +71,20 @@ impl Wakeups {
 /// Sends `NOTIFY arosaje_events` after local appends, with this process's instance id as payload;
 /// appends that happen while one is in flight share the next one.
 pub async fn run_notifier(pool: PgPool, wakeups: Arc<Wakeups>) {
+    // Under load it notifies about once per group commit: on a connection of its own.
+    let mut held = crate::infra::db::Held::default();
     loop {
         wakeups.outbound.notified().await;
-        if let Err(err) = sqlx::query("SELECT pg_notify('arosaje_events', $1)")
-            .bind(&wakeups.instance)
-            .execute(&pool)
-            .await
-        {
+        let sent = match held.get(&pool).await {
+            Ok(conn) => sqlx::query("SELECT pg_notify('arosaje_events', $1)")
+                .bind(&wakeups.instance)
+                .execute(conn)
+                .await
+                .map(drop),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = sent {
+            held.discard();
             tracing::warn!(error = %err, "cannot notify other instances; they will poll");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -465,3 +465,81 @@ async fn a_cut_access_record_is_503_outcome_unknown(
     let read = t.get("/api/admin/users", &admin).await;
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
 }
+
+/// The backend of this test's database whose last statement, now finished, contains `statement`
+/// (waiting up to 20 s for one).
+async fn idle_backend(pool: &PgPool, statement: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let idle: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+              WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                AND state = 'idle' AND position($1 in query) > 0 \
+              LIMIT 1",
+        )
+        .bind(statement)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(pid) = idle {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no idle backend last ran {statement}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pool skips sqlx's ping on a connection back from use a moment ago, but a connection that
+/// died while it sat idle (a database restart, a dropped link) is pinged, found dead and replaced
+/// before a query gets it.
+#[sqlx::test]
+async fn a_pooled_connection_that_died_idle_is_replaced_before_use(
+    _options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = arosaje::infra::db::pool_options(&config().store)
+        .max_connections(1)
+        .connect_with(connect.clone())
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let other = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect)
+        .await
+        .unwrap();
+    signal(&other, "pg_terminate_backend", pid).await;
+    tokio::time::sleep(arosaje::infra::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
+    let replaced: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a query after the connection died idle gets a live one");
+    assert_ne!(replaced, pid);
+}
+
+/// A group-commit writer keeps its connection from one group to the next; when that connection
+/// died while the writer was idle, the next append is still written (201), not refused as
+/// `outcome_unknown`.
+#[sqlx::test]
+async fn a_group_writer_whose_connection_died_idle_appends_on_a_new_one(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let t = app_with_writers(options, connect, 1).await;
+    let (_, token) = t.user(&unique_email("owner")).await;
+    let first = t.post("/api/plants", Some(&token), fern()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    // The group statement without claims (see `events::group_commit`).
+    let writer = idle_backend(&t.pool, "FROM UNNEST($1::text[], $2::text[], $3::bigint[]").await;
+    signal(&t.pool, "pg_terminate_backend", writer).await;
+    tokio::time::sleep(arosaje::infra::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
+    let second = t.post("/api/plants", Some(&token), fern()).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
+    assert_eq!(plant_counts(&t.pool).await, (2, 2));
+}

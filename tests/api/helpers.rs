@@ -46,7 +46,8 @@ impl Reply {
 /// A pool of our own on the test's database: sqlx's test pools share 20 connections among all
 /// tests of the binary, too few for projectors plus concurrent writers.
 pub async fn pool(_options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
+    // As `connect_database` sets it up, with more time to wait for a connection.
+    arosaje::infra::db::pool_options(&config().store)
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(connect)
