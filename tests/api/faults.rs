@@ -66,12 +66,19 @@ async fn terminate_waiting(pool: &PgPool, wait_event: &str, statement: &str) {
 /// The pid of a backend of this test's database that waits on a lock of `wait_event` kind while
 /// running a statement that contains `statement` (waiting up to 20 s for one).
 async fn waiting_backend(pool: &PgPool, wait_event: &str, statement: &str) -> i32 {
+    backend(pool, Some(wait_event), statement).await
+}
+
+/// The pid of a backend of this test's database whose statement contains `statement`: waiting on
+/// a lock of `wait_event` kind, or, without one, finished and idle (waiting up to 20 s for one).
+async fn backend(pool: &PgPool, wait_event: Option<&str>, statement: &str) -> i32 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let waiting: Option<i32> = sqlx::query_scalar(
+        let found: Option<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity \
               WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                AND wait_event_type = 'Lock' AND wait_event = $1 \
+                AND CASE WHEN $1::text IS NULL THEN state = 'idle' \
+                         ELSE wait_event_type = 'Lock' AND wait_event = $1 END \
                 AND position($2 in query) > 0 \
               LIMIT 1",
         )
@@ -80,12 +87,13 @@ async fn waiting_backend(pool: &PgPool, wait_event: &str, statement: &str) -> i3
         .fetch_optional(pool)
         .await
         .unwrap();
-        if let Some(pid) = waiting {
+        if let Some(pid) = found {
             return pid;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no backend waits on a {wait_event} lock running {statement}"
+            "no backend {} running {statement}",
+            wait_event.map_or("idle".to_string(), |w| format!("waits on a {w} lock"))
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -466,32 +474,6 @@ async fn a_cut_access_record_is_503_outcome_unknown(
     assert_eq!(read.status, StatusCode::OK, "{read:?}");
 }
 
-/// The backend of this test's database whose last statement, now finished, contains `statement`
-/// (waiting up to 20 s for one).
-async fn idle_backend(pool: &PgPool, statement: &str) -> i32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let idle: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity \
-              WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                AND state = 'idle' AND position($1 in query) > 0 \
-              LIMIT 1",
-        )
-        .bind(statement)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
-        if let Some(pid) = idle {
-            return pid;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no idle backend last ran {statement}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The pool skips sqlx's ping on a connection back from use a moment ago, but a connection that
 /// died while it sat idle (a database restart, a dropped link) is pinged, found dead and replaced
 /// before a query gets it.
@@ -536,7 +518,12 @@ async fn a_group_writer_whose_connection_died_idle_appends_on_a_new_one(
     let first = t.post("/api/plants", Some(&token), fern()).await;
     assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
     // The group statement without claims (see `events::group_commit`).
-    let writer = idle_backend(&t.pool, "FROM UNNEST($1::text[], $2::text[], $3::bigint[]").await;
+    let writer = backend(
+        &t.pool,
+        None,
+        "FROM UNNEST($1::text[], $2::text[], $3::bigint[]",
+    )
+    .await;
     signal(&t.pool, "pg_terminate_backend", writer).await;
     tokio::time::sleep(arosaje::infra::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
     let second = t.post("/api/plants", Some(&token), fern()).await;
