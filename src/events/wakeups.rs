@@ -75,14 +75,14 @@ pub async fn run_notifier(pool: PgPool, wakeups: Arc<Wakeups>) {
     let mut held = crate::infra::db::Held::default();
     loop {
         wakeups.outbound.notified().await;
-        let sent = match held.get(&pool).await {
-            Ok(conn) => sqlx::query("SELECT pg_notify('arosaje_events', $1)")
+        let sent = async {
+            let conn = held.get(&pool).await?;
+            sqlx::query("SELECT pg_notify('arosaje_events', $1)")
                 .bind(&wakeups.instance)
                 .execute(conn)
                 .await
-                .map(drop),
-            Err(err) => Err(err),
-        };
+        }
+        .await;
         if let Err(err) = sent {
             held.discard();
             tracing::warn!(error = %err, "cannot notify other instances; they will poll");

@@ -479,7 +479,7 @@ async fn a_cut_access_record_is_503_outcome_unknown(
 /// before a query gets it.
 #[sqlx::test]
 async fn a_pooled_connection_that_died_idle_is_replaced_before_use(
-    _options: PgPoolOptions,
+    options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
     let pool = arosaje::infra::db::pool_options(&config().store)
@@ -491,11 +491,7 @@ async fn a_pooled_connection_that_died_idle_is_replaced_before_use(
         .fetch_one(&pool)
         .await
         .unwrap();
-    let other = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(connect)
-        .await
-        .unwrap();
+    let other = crate::helpers::pool(options, connect).await;
     signal(&other, "pg_terminate_backend", pid).await;
     tokio::time::sleep(arosaje::infra::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
     let replaced: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
